@@ -1,0 +1,202 @@
+"""Service configuration, read only from ``BACKUP_*`` environment variables."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import sys
+from enum import StrEnum
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "BACKUP_"
+
+
+class JwtAlgorithm(StrEnum):
+    HS256 = "HS256"
+    HS384 = "HS384"
+    HS512 = "HS512"
+    RS256 = "RS256"
+    RS384 = "RS384"
+    RS512 = "RS512"
+
+    @property
+    def is_symmetric(self) -> bool:
+        return self.value.startswith("HS")
+
+
+class LogFormat(StrEnum):
+    JSON = "json"
+    TEXT = "text"
+
+
+class MysqlTarget:
+    """The parts of a ``mysql://user:password@host:port/database`` URL that asyncmy needs."""
+
+    __slots__ = ("database", "host", "password", "port", "user")
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("mysql", "mariadb"):
+            raise ValueError("must be a mysql://user:password@host:port/database URL")
+        database = parts.path.lstrip("/")
+        if not database or "/" in database:
+            raise ValueError("must name exactly one database, as in mysql://root@127.0.0.1:3306/name")
+        self.host: str = parts.hostname or "127.0.0.1"
+        self.port: int = parts.port or 3306
+        self.user: str = unquote(parts.username or "root")
+        self.password: str = unquote(parts.password or "")
+        self.database: str = unquote(database)
+
+    def __repr__(self) -> str:
+        return f"MysqlTarget({self.user}@{self.host}:{self.port}/{self.database})"
+
+
+def _check_mysql_url(value: str) -> str:
+    MysqlTarget(value)
+    return value
+
+
+class Settings(BaseSettings):
+    """Every variable is documented, with its default, in the README's configuration table."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    mysql_url: SecretStr = SecretStr("mysql://root@127.0.0.1:3306/backup_catalog")
+    amqp_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
+    amqp_exchange: str = Field("backup.events", min_length=1, max_length=200)
+    amqp_queue_prefix: str = Field("backup", min_length=1, max_length=100)
+    amqp_prefetch: int = Field(8, ge=1, le=1000)
+    max_delivery_attempts: int = Field(5, ge=1, le=100)
+
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = Field(8080, ge=0, le=65535)
+
+    storage_dir: Path = Path("./var/backups")
+    source_mysql_url: SecretStr = SecretStr("mysql://root@127.0.0.1:3306/app")
+    uploads_dir: Path = Path("./var/app/uploads")
+    configs_dir: Path = Path("./var/app/configs")
+    logs_dir: Path = Path("./var/app/logs")
+
+    jwt_secret: SecretStr | None = None
+    jwt_algorithm: JwtAlgorithm = JwtAlgorithm.HS256
+    jwt_public_key: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+
+    master_key: SecretStr | None = None
+    master_key_file: Path | None = None
+
+    outbox_poll_seconds: float = Field(1.0, gt=0, le=60)
+    lease_seconds: float = Field(60.0, ge=5, le=3600)
+    log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
+    log_format: LogFormat = LogFormat.TEXT
+
+    @field_validator("mysql_url", "source_mysql_url")
+    @classmethod
+    def _mysql_url_is_valid(cls, value: SecretStr) -> SecretStr:
+        _check_mysql_url(value.get_secret_value())
+        return value
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _amqp_url_is_valid(cls, value: SecretStr) -> SecretStr:
+        if urlsplit(value.get_secret_value()).scheme not in ("amqp", "amqps"):
+            raise ValueError("must be an amqp:// or amqps:// URL")
+        return value
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _jwt_secret_is_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters (use e.g. `openssl rand -base64 48`)")
+        return value
+
+    @field_validator("master_key")
+    @classmethod
+    def _master_key_is_32_bytes(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            decode_master_key(value.get_secret_value())
+        return value
+
+    @model_validator(mode="after")
+    def _jwt_key_matches_algorithm(self) -> Settings:
+        if self.jwt_algorithm.is_symmetric:
+            if self.jwt_public_key:
+                raise ValueError(f"{ENV_PREFIX}JWT_PUBLIC_KEY is only used with an RS algorithm")
+        elif not self.jwt_public_key:
+            raise ValueError(
+                f"{ENV_PREFIX}JWT_PUBLIC_KEY is required with {ENV_PREFIX}JWT_ALGORITHM={self.jwt_algorithm}"
+            )
+        if self.master_key is not None and self.master_key_file is not None:
+            raise ValueError(f"set {ENV_PREFIX}MASTER_KEY or {ENV_PREFIX}MASTER_KEY_FILE, not both")
+        return self
+
+    @property
+    def catalog(self) -> MysqlTarget:
+        return MysqlTarget(self.mysql_url.get_secret_value())
+
+    @property
+    def source(self) -> MysqlTarget:
+        return MysqlTarget(self.source_mysql_url.get_secret_value())
+
+    def jwt_verification_key(self) -> str:
+        """The key tokens are checked with; raises SettingsError when none is configured."""
+        if self.jwt_algorithm.is_symmetric:
+            if self.jwt_secret is None:
+                raise SettingsError(f"{ENV_PREFIX}JWT_SECRET is required to check admin tokens")
+            return self.jwt_secret.get_secret_value()
+        assert self.jwt_public_key is not None  # enforced by the model validator
+        return self.jwt_public_key
+
+    def load_master_key(self) -> bytes:
+        """The 32-byte master key that wraps every backup's data key."""
+        if self.master_key is not None:
+            return decode_master_key(self.master_key.get_secret_value())
+        if self.master_key_file is not None:
+            try:
+                text = self.master_key_file.read_text().strip()
+            except OSError as exc:
+                raise SettingsError(f"{ENV_PREFIX}MASTER_KEY_FILE: cannot read: {exc.strerror}") from exc
+            try:
+                return decode_master_key(text)
+            except ValueError as exc:
+                raise SettingsError(f"{ENV_PREFIX}MASTER_KEY_FILE: {exc}") from exc
+        raise SettingsError(f"{ENV_PREFIX}MASTER_KEY or {ENV_PREFIX}MASTER_KEY_FILE is required")
+
+
+class SettingsError(Exception):
+    """A setting is missing or invalid; the message names the variable."""
+
+
+def decode_master_key(text: str) -> bytes:
+    try:
+        key = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("must be base64 of 32 random bytes (e.g. `openssl rand -base64 32`)") from exc
+    if len(key) != 32:
+        raise ValueError(f"must decode to 32 bytes, got {len(key)} (e.g. `openssl rand -base64 32`)")
+    return key
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line per invalid variable, named as the operator sets it."""
+    lines = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"])
+        name = f"{ENV_PREFIX}{field.upper()}" if field else "settings"
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"{name}: {message}")
+    return "\n".join(lines)
+
+
+def load_settings() -> Settings:
+    """Reads the environment; on invalid settings, stops the process naming each bad variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        sys.stderr.write("invalid configuration:\n" + describe_validation_error(exc) + "\n")
+        raise SystemExit(2) from None
