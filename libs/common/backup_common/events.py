@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 from uuid import UUID, uuid4
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, computed_field
 
 SCHEMA_VERSION = 1
 
@@ -52,15 +52,14 @@ class Event(BaseModel):
 
     event_id: UUID = Field(default_factory=uuid4, description="Unique per event; the AMQP message_id.")
     occurred_at: AwareDatetime = Field(default_factory=_now)
-    schema_version: Literal[1] = Field(SCHEMA_VERSION, description="Bumped on incompatible changes.")
-    correlation_id: UUID = Field(description="The backup this event concerns.")
+    schema_version: Literal[1] = Field(1, description="Bumped on incompatible changes.")
+    backup_id: UUID = Field(description="The backup this event concerns.")
 
-    @model_validator(mode="before")
-    @classmethod
-    def _correlate_with_backup(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "correlation_id" not in data and "backup_id" in data:
-            return {**data, "correlation_id": data["backup_id"]}
-        return data
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def correlation_id(self) -> UUID:
+        """Ties together every event of one backup's life (also the AMQP correlation_id)."""
+        return self.backup_id
 
     def to_json(self) -> bytes:
         return self.model_dump_json().encode()
@@ -69,7 +68,6 @@ class Event(BaseModel):
 class BackupRequested(Event):
     routing_key: ClassVar[str] = "backup.requested"
     type: Literal["BackupRequested"] = "BackupRequested"
-    backup_id: UUID
     backup_type: BackupType
     parts: tuple[BackupPart, ...]
     description: str = ""
@@ -79,7 +77,6 @@ class BackupRequested(Event):
 class BackupPartCompleted(Event):
     routing_key: ClassVar[str] = "backup.part.completed"
     type: Literal["BackupPartCompleted"] = "BackupPartCompleted"
-    backup_id: UUID
     part: BackupPart
     size_bytes: int = Field(ge=0)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
@@ -90,7 +87,6 @@ class BackupPartCompleted(Event):
 class BackupPartFailed(Event):
     routing_key: ClassVar[str] = "backup.part.failed"
     type: Literal["BackupPartFailed"] = "BackupPartFailed"
-    backup_id: UUID
     part: BackupPart
     reason: str
 
@@ -98,7 +94,6 @@ class BackupPartFailed(Event):
 class BackupCompleted(Event):
     routing_key: ClassVar[str] = "backup.completed"
     type: Literal["BackupCompleted"] = "BackupCompleted"
-    backup_id: UUID
     backup_type: BackupType
     size_bytes: int = Field(ge=0)
 
@@ -106,7 +101,6 @@ class BackupCompleted(Event):
 class BackupFailed(Event):
     routing_key: ClassVar[str] = "backup.failed"
     type: Literal["BackupFailed"] = "BackupFailed"
-    backup_id: UUID
     backup_type: BackupType
     reason: str
 
@@ -114,21 +108,18 @@ class BackupFailed(Event):
 class DeleteRequested(Event):
     routing_key: ClassVar[str] = "backup.delete.requested"
     type: Literal["DeleteRequested"] = "DeleteRequested"
-    backup_id: UUID
     requested_by: str
 
 
 class BackupDeleted(Event):
     routing_key: ClassVar[str] = "backup.deleted"
     type: Literal["BackupDeleted"] = "BackupDeleted"
-    backup_id: UUID
 
 
 class RestoreRequested(Event):
     routing_key: ClassVar[str] = "restore.requested"
     type: Literal["RestoreRequested"] = "RestoreRequested"
     restore_id: UUID
-    backup_id: UUID
     parts: tuple[BackupPart, ...]
     requested_by: str
 
@@ -137,7 +128,6 @@ class RestorePartCompleted(Event):
     routing_key: ClassVar[str] = "restore.part.completed"
     type: Literal["RestorePartCompleted"] = "RestorePartCompleted"
     restore_id: UUID
-    backup_id: UUID
     part: BackupPart
 
 
@@ -145,7 +135,6 @@ class RestorePartFailed(Event):
     routing_key: ClassVar[str] = "restore.part.failed"
     type: Literal["RestorePartFailed"] = "RestorePartFailed"
     restore_id: UUID
-    backup_id: UUID
     part: BackupPart
     reason: str
 
@@ -153,20 +142,17 @@ class RestorePartFailed(Event):
 class VerifyRequested(Event):
     routing_key: ClassVar[str] = "verify.requested"
     type: Literal["VerifyRequested"] = "VerifyRequested"
-    backup_id: UUID
     requested_by: str
 
 
 class BackupVerified(Event):
     routing_key: ClassVar[str] = "backup.verified"
     type: Literal["BackupVerified"] = "BackupVerified"
-    backup_id: UUID
 
 
 class BackupVerificationFailed(Event):
     routing_key: ClassVar[str] = "backup.verification.failed"
     type: Literal["BackupVerificationFailed"] = "BackupVerificationFailed"
-    backup_id: UUID
     reason: str
 
 

@@ -1,0 +1,185 @@
+"""`backupctl`: the operator's command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import importlib.util
+import logging
+import os
+import re
+import secrets
+import signal
+import sys
+from collections.abc import MutableMapping, Sequence
+from pathlib import Path
+
+from backup_common import db
+from backup_common.events import write_event_schemas
+from backup_common.settings import ENV_PREFIX, SettingsError, load_settings
+from backup_common.tokens import ADMIN_ROLE, issue_token
+
+# Every service package, in start order; `run` starts those that exist in this installation.
+SERVICES = ("backup_gateway", "backup_database", "backup_files", "backup_verification", "backup_retention")
+LOCAL_SECRETS = Path("var/secrets")
+
+
+def parse_duration(text: str) -> int:
+    """'90s', '15m', '1h', '7d' or plain seconds, as seconds."""
+    match = re.fullmatch(r"\s*(\d+)\s*([smhd]?)\s*", text)
+    if match is None or int(match.group(1)) == 0:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}; use e.g. 30m, 1h or 7d")
+    return int(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    _use_local_secrets(os.environ, create=False)
+    settings = load_settings()
+    private_key = Path(args.private_key_file).read_text() if args.private_key_file else ""
+    try:
+        token = issue_token(
+            settings,
+            subject=args.subject,
+            roles=args.role or [ADMIN_ROLE],
+            ttl_seconds=args.ttl,
+            private_key=private_key,
+        )
+    except (SettingsError, ValueError) as exc:
+        print(f"backupctl token: {exc}", file=sys.stderr)
+        return 2
+    print(token)
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    applied = asyncio.run(db.migrate(settings.catalog))
+    target = settings.catalog
+    print(f"catalog {target.database} on {target.host}:{target.port}: " + (", ".join(applied) or "up to date"))
+    return 0
+
+
+def cmd_export_schemas(args: argparse.Namespace) -> int:
+    for path in write_event_schemas(Path(args.directory)):
+        print(path)
+    return 0
+
+
+def _local_secret(name: str, make: str, *, create: bool = True) -> Path | None:
+    """A random secret kept in a git-ignored file, so local restarts keep accepting old tokens."""
+    path = LOCAL_SECRETS / name
+    if not path.exists():
+        if not create:
+            return None
+        LOCAL_SECRETS.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(make + "\n")
+    return path
+
+
+def _use_local_secrets(env: MutableMapping[str, str], *, create: bool) -> list[str]:
+    """Fills in the JWT secret and master key from git-ignored local files when they are unset.
+
+    For a first local try only: `run` creates the files; other commands reuse them if present.
+    """
+    notes = []
+    algorithm = env.get(f"{ENV_PREFIX}JWT_ALGORITHM", "HS256")
+    if algorithm.startswith("HS") and not env.get(f"{ENV_PREFIX}JWT_SECRET"):
+        path = _local_secret("jwt-secret", secrets.token_urlsafe(48), create=create)
+        if path is not None:
+            env[f"{ENV_PREFIX}JWT_SECRET"] = path.read_text().strip()
+            notes.append(f"{ENV_PREFIX}JWT_SECRET is not set: using the local one in {path}")
+    if not env.get(f"{ENV_PREFIX}MASTER_KEY") and not env.get(f"{ENV_PREFIX}MASTER_KEY_FILE"):
+        path = _local_secret("master.key", base64.b64encode(secrets.token_bytes(32)).decode(), create=create)
+        if path is not None:
+            env[f"{ENV_PREFIX}MASTER_KEY_FILE"] = str(path.resolve())
+            notes.append(f"{ENV_PREFIX}MASTER_KEY is not set: using the local one in {path} (back it up!)")
+    return notes
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    env = dict(os.environ)
+    notes = _use_local_secrets(env, create=True)
+    os.environ.update(env)
+    settings = load_settings()
+    for note in notes:
+        print(f"backupctl run: {note}", file=sys.stderr)
+    applied = asyncio.run(db.migrate(settings.catalog))
+    if applied:
+        print(f"backupctl run: catalog migrated: {', '.join(applied)}", file=sys.stderr)
+    services = [name for name in SERVICES if importlib.util.find_spec(name) is not None]
+    if settings.jwt_algorithm.is_symmetric:
+        token = issue_token(settings, subject="local-admin", roles=[ADMIN_ROLE], ttl_seconds=12 * 3600)
+        base = f"http://{settings.gateway_host}:{settings.gateway_port}"
+        print(
+            f"\nGateway: {base}/api/admin/backup/list\nAdmin token (12 h):\n{token}\n\n"
+            f'Try: curl -H "Authorization: Bearer $TOKEN" {base}/api/admin/backup/stats\n',
+            flush=True,
+        )
+    return asyncio.run(_supervise(services, env))
+
+
+async def _supervise(services: Sequence[str], env: dict[str, str]) -> int:
+    """Runs every service in the foreground; Ctrl-C or one service exiting stops them all."""
+    children = [await asyncio.create_subprocess_exec(sys.executable, "-m", name, env=env) for name in services]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    waits = [asyncio.create_task(child.wait()) for child in children]
+    stopper = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([*waits, stopper], return_when=asyncio.FIRST_COMPLETED)
+    code = 0
+    for name, child, wait in zip(services, children, waits, strict=True):
+        if wait in done and child.returncode:
+            print(f"backupctl run: {name} exited with status {child.returncode}", file=sys.stderr)
+            code = child.returncode
+    for child in children:
+        if child.returncode is None:
+            child.terminate()
+    try:
+        await asyncio.wait_for(asyncio.gather(*waits), timeout=15)
+    except TimeoutError:
+        for child in children:
+            if child.returncode is None:
+                child.kill()
+        await asyncio.gather(*waits)
+    stopper.cancel()
+    return code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="backupctl", description="Operate the backup system.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    token = commands.add_parser("token", help="print a bearer token signed with the configured key")
+    token.add_argument("--role", action="append", help="role claim (repeatable; default: admin)")
+    token.add_argument("--ttl", type=parse_duration, default=3600, help="lifetime, e.g. 30m, 1h, 7d (default 1h)")
+    token.add_argument("--subject", default=os.environ.get("USER", "operator"), help="the token's sub claim")
+    token.add_argument("--private-key-file", help="PEM private key, to sign RS* tokens")
+    token.set_defaults(func=cmd_token)
+
+    migrate = commands.add_parser("migrate", help="create the catalog database and apply its schema")
+    migrate.set_defaults(func=cmd_migrate)
+
+    run = commands.add_parser("run", help="run every service in the foreground (Ctrl-C stops them)")
+    run.set_defaults(func=cmd_run)
+
+    schemas = commands.add_parser("export-schemas", help="write the events' JSON Schemas to a directory")
+    schemas.add_argument("directory", nargs="?", default="infra/schemas")
+    schemas.set_defaults(func=cmd_export_schemas)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="backupctl: %(message)s")
+    logging.getLogger("asyncmy").setLevel(logging.ERROR)
+    code: int = args.func(args)
+    return code
+
+
+def run_main() -> None:
+    sys.exit(main())

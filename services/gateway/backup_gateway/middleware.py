@@ -1,0 +1,182 @@
+"""Request pipeline: JSON errors, metrics, then default-deny admin auth with an audit record."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from backup_common.catalog import AuditEntry
+from backup_common.errors import Conflict, DomainError, Gone, InvalidRequest, NotFound
+from backup_common.tokens import InvalidToken
+from pydantic import ValidationError
+
+from backup_gateway.keys import AUDIT_TARGET, CATALOG, METRICS, PRINCIPAL, REQUEST_ID, VERIFIER
+
+log = logging.getLogger(__name__)
+
+ADMIN_PREFIX = "/api/admin/"
+
+_DOMAIN_STATUS: dict[type[DomainError], int] = {NotFound: 404, Conflict: 409, Gone: 410, InvalidRequest: 400}
+_HTTP_CODES = {
+    400: "invalid_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "unprocessable",
+}
+
+
+def error_response(
+    status: int, code: str, message: str, *, details: list[dict[str, Any]] | None = None, headers: Any = None
+) -> web.Response:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if details:
+        body["details"] = details
+    return web.json_response({"error": body}, status=status, headers=headers)
+
+
+def validation_details(error: ValidationError) -> tuple[str, list[dict[str, Any]]]:
+    details = [
+        {
+            "field": ".".join(str(part) for part in item["loc"]) or "body",
+            "message": item["msg"].removeprefix("Value error, "),
+        }
+        for item in error.errors(include_url=False)
+    ]
+    summary = "; ".join(f"{d['field']}: {d['message']}" for d in details[:5])
+    return summary, details
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error leaves as `{"error": {"code", "message"}}` with its status; never an HTML page."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "www-authenticate")}
+        code = _HTTP_CODES.get(exc.status, "error")
+        message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
+        if exc.status == 404:
+            message = f"no route {request.path}"
+        elif exc.status == 405:
+            message = f"{request.method} is not allowed here; allowed: {exc.headers.get('Allow', '')}"
+        return error_response(exc.status, code, message, headers=headers)
+    except ValidationError as exc:
+        summary, details = validation_details(exc)
+        return error_response(400, "invalid_request", summary, details=details)
+    except DomainError as exc:
+        return error_response(_DOMAIN_STATUS.get(type(exc), 400), exc.code, exc.message)
+    except Exception:
+        log.exception("unhandled error answering %s %s", request.method, request.path)
+        return error_response(500, "internal", "internal error; the gateway log has the details")
+
+
+def route_label(request: web.Request) -> str:
+    """The route's name, or its path pattern: never the raw path (unbounded label values)."""
+    route = request.match_info.route
+    if route.name:
+        return route.name
+    resource = route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        collected = request.app[METRICS]
+        label = route_label(request)
+        collected.requests.labels(label, request.method, str(status)).inc()
+        collected.latency.labels(label).observe(time.perf_counter() - started)
+
+
+def _bearer_token(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+@web.middleware
+async def admin_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Default deny: every path under /api/admin/ needs a valid admin token, matched route or not."""
+    if not request.path.startswith(ADMIN_PREFIX):
+        return await handler(request)
+    request[REQUEST_ID] = str(uuid.uuid4())
+    token = _bearer_token(request)
+    if token is None:
+        await _audit(request, "anonymous", "denied", 401, {"reason": "no bearer token"})
+        return error_response(
+            401, "unauthorized", "an admin bearer token is required", headers={"WWW-Authenticate": "Bearer"}
+        )
+    try:
+        principal = request.app[VERIFIER].verify(token)
+    except InvalidToken as exc:
+        await _audit(request, "anonymous", "denied", 401, {"reason": str(exc)})
+        return error_response(
+            401, "unauthorized", str(exc), headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
+        )
+    if not principal.is_admin:
+        await _audit(request, principal.subject, "denied", 403, {"reason": "admin role required"})
+        return error_response(403, "forbidden", "this token does not carry the admin role")
+    request[PRINCIPAL] = principal
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    except ValidationError:
+        status = 400
+        raise
+    except DomainError as exc:
+        status = _DOMAIN_STATUS.get(type(exc), 400)
+        raise
+    finally:
+        await _audit(request, principal.subject, "allowed" if status < 400 else "failed", status, None)
+
+
+def _action(request: web.Request) -> str:
+    name = request.match_info.route.name
+    return name or f"{request.method} {request.path}"[:64]
+
+
+async def _audit(request: web.Request, actor: str, outcome: str, status: int, detail: dict[str, Any] | None) -> None:
+    target = request.get(AUDIT_TARGET) or request.match_info.get("backup_id", "")
+    entry = AuditEntry(
+        actor=actor,
+        action=_action(request)[:64],
+        outcome=outcome,
+        target=target,
+        status_code=status,
+        source_address=request.remote or "",
+        request_id=request.get(REQUEST_ID),
+        detail={"method": request.method, **(detail or {})},
+    )
+    try:
+        await request.app[CATALOG].record_audit(entry)
+    except Exception:
+        # The request's own outcome stands; the failure is visible in logs and metrics.
+        request.app[METRICS].audit_failures.inc()
+        log.exception("could not write the audit record of %s %s", request.method, request.path)

@@ -1,0 +1,142 @@
+"""Request and response bodies of the API, validated at the boundary and described in OpenAPI."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from backup_common.events import BackupPart, BackupType
+from pydantic import BaseModel, ConfigDict, Field
+
+BackupStatus = Literal["pending", "running", "completed", "failed", "deleting", "deleted"]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CreateBackupRequest(_Body):
+    type: BackupType = Field(description="What to back up: full, database, files or incremental.")
+    description: str = Field("", max_length=500)
+
+
+class RestoreRequest(_Body):
+    confirm: str = Field(description="The id of the backup being restored, repeated as confirmation.")
+    parts: list[BackupPart] | None = Field(None, min_length=1, description="Parts to restore; all by default.")
+
+
+class ListQuery(_Body):
+    type: list[BackupType] = Field(default_factory=list, description="Comma-separated backup types.")
+    status: list[BackupStatus] = Field(default_factory=list, description="Comma-separated statuses.")
+    limit: int = Field(50, ge=1, le=500)
+    offset: int = Field(0, ge=0)
+
+
+class PartOut(BaseModel):
+    part: BackupPart
+    status: Literal["pending", "running", "completed", "failed"]
+    file_name: str | None
+    size_bytes: int
+    sha256: str | None
+    item_count: int
+    progress: dict[str, Any] | None
+    error: str | None
+    attempts: int
+    started_at: datetime | None
+    completed_at: datetime | None
+
+
+class Progress(BaseModel):
+    parts_completed: int
+    parts_total: int
+
+
+class BackupOut(BaseModel):
+    id: str
+    type: BackupType
+    status: BackupStatus
+    description: str
+    requested_by: str
+    trigger: str
+    parent_id: str | None
+    storage_path: str
+    size_bytes: int
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    updated_at: datetime
+    progress: Progress
+    parts: list[PartOut]
+
+
+class BackupEnvelope(BaseModel):
+    backup: BackupOut
+
+
+class BackupPage(BaseModel):
+    backups: list[BackupOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class RestoreOut(BaseModel):
+    id: str
+    backup_id: str
+    status: Literal["pending", "running", "completed", "failed"]
+    parts: list[BackupPart]
+    requested_by: str
+    error: str | None
+    created_at: datetime
+    completed_at: datetime | None
+
+
+class RestoreEnvelope(BaseModel):
+    restore: RestoreOut
+
+
+class LastSuccess(BaseModel):
+    id: str
+    completed_at: datetime
+    size_bytes: int
+
+
+class Outcomes(BaseModel):
+    completed: int
+    failed: int
+    success_rate: float | None = Field(description="completed / (completed + failed); null with neither.")
+
+
+class StorageUsage(BaseModel):
+    used_bytes: int = Field(description="Bytes held by completed backups, from the catalog.")
+    filesystem_total_bytes: int | None
+    filesystem_free_bytes: int | None
+
+
+class Stats(BaseModel):
+    total: int
+    by_type: dict[str, int]
+    by_status: dict[str, int]
+    bytes_total: int
+    bytes_by_type: dict[str, int]
+    last_success: dict[str, LastSuccess | None]
+    last_30_days: Outcomes
+    storage: StorageUsage
+
+
+class DocumentOut(BaseModel):
+    document: dict[str, Any]
+    revision: int
+    updated_by: str
+    updated_at: datetime
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    details: list[dict[str, Any]] | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
