@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Tools the tests call by name (e.g. the Compose v2 CLI from the dev extras) come from the venv.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: setup run test lint unit integration e2e schemas lock bench clean
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import aio_pika
 import pytest
+
 from backup_common import db
 from backup_common.settings import Settings
-
 from tests.services import TestServers, test_servers
 
 

@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 import pytest
+
 from backup_common import db
 from backup_common.leases import Lease, LeaseLost, LeaseStore
 from backup_common.settings import Settings

@@ -11,12 +11,12 @@ from uuid import uuid4
 import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+
 from backup_common import db
 from backup_common.events import BackupPart, BackupRequested, BackupType, Event
 from backup_common.messaging import AmqpPublisher, Consumer, PublishError, Topology
 from backup_common.processed import MysqlProcessedMessages
 from backup_common.settings import Settings
-
 from tests.conftest import DECLARED_QUEUES
 
 pytestmark = pytest.mark.integration

@@ -63,7 +63,12 @@ async def transaction(pool: Pool) -> AsyncIterator[Connection]:
         try:
             yield conn
         except BaseException:
-            await conn.rollback()
+            try:
+                await conn.rollback()
+            except Exception:
+                # Interrupted mid-query (e.g. cancelled): the connection's state is unknown, so it is
+                # closed rather than returned to the pool; the original error is what the caller sees.
+                conn.close()
             raise
         await conn.commit()
 

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from backup_common.errors import Conflict, Gone
 from zipstream import ZIP_STORED, ZipStream
 
+from backup_common.errors import Conflict, Gone
 from backup_gateway.keys import CATALOG, SETTINGS
 from backup_gateway.views import backup_id_of
 

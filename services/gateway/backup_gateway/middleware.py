@@ -9,11 +9,11 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from pydantic import ValidationError
+
 from backup_common.catalog import AuditEntry
 from backup_common.errors import Conflict, DomainError, Gone, InvalidRequest, NotFound
 from backup_common.tokens import InvalidToken
-from pydantic import ValidationError
-
 from backup_gateway.keys import AUDIT_TARGET, CATALOG, METRICS, PRINCIPAL, REQUEST_ID, VERIFIER
 
 log = logging.getLogger(__name__)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from backup_common.events import BackupPart, BackupType
 from pydantic import BaseModel, ConfigDict, Field
+
+from backup_common.events import BackupPart, BackupType
 
 BackupStatus = Literal["pending", "running", "completed", "failed", "deleting", "deleted"]
 

@@ -7,9 +7,9 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from backup_common.documents import ScheduleDocument, SettingsDocument
 from pydantic import BaseModel
 
+from backup_common.documents import ScheduleDocument, SettingsDocument
 from backup_gateway import download, views
 from backup_gateway.models import (
     BackupEnvelope,

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
 from backup_common.catalog import BackupFilter, NewBackup
 from backup_common.errors import InvalidRequest, NotFound
 from backup_common.events import BackupType
-from pydantic import BaseModel, ValidationError
-
 from backup_gateway.keys import AUDIT_TARGET, BROKER, CATALOG, PRINCIPAL, RELAY, SETTINGS
 from backup_gateway.models import (
     BackupEnvelope,

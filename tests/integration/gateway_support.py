@@ -1,0 +1,119 @@
+"""A gateway on its own catalog database, served in-process, and the helpers its tests share."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp.test_utils import TestClient, TestServer
+
+from backup_common import db
+from backup_common.broker import SERVICE_SUBSCRIPTIONS
+from backup_common.messaging import Topology
+from backup_common.settings import Settings
+from backup_common.tokens import issue_token
+from backup_gateway.app import create_app
+from tests.conftest import DECLARED_QUEUES
+
+
+def register_service_queues(settings: Settings) -> None:
+    """The gateway declares every service queue of the run's prefix; the run deletes them."""
+    topology = Topology(settings)
+    for service in SERVICE_SUBSCRIPTIONS:
+        queue = topology.queue_name(service)
+        for name in (queue, topology.dead_letter_queue_name(queue)):
+            if name not in DECLARED_QUEUES:
+                DECLARED_QUEUES.append(name)
+
+
+@dataclass
+class Gateway:
+    client: TestClient[Any, Any]
+    settings: Settings
+    pool: db.Pool
+
+    def token(self, *, roles: tuple[str, ...] = ("admin",), subject: str = "alice") -> str:
+        return issue_token(self.settings, subject=subject, roles=list(roles), ttl_seconds=600)
+
+    def auth(self, **kwargs: Any) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(**kwargs)}"}
+
+    async def call(
+        self, method: str, path: str, body: Any = None, *, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
+        data = json.dumps(body) if body is not None else None
+        response = await self.client.request(
+            method, path, data=data, headers=self.auth() if headers is None else headers
+        )
+        text = await response.text()
+        return response.status, (json.loads(text) if text else None)
+
+    async def create(self, backup_type: str = "full", **extra: Any) -> dict[str, Any]:
+        status, body = await self.call("POST", "/api/admin/backup/create", {"type": backup_type, **extra})
+        assert status == 202, body
+        backup: dict[str, Any] = body["backup"]
+        return backup
+
+    async def rows(self, sql: str, args: Any = None) -> list[dict[str, Any]]:
+        async with db.transaction(self.pool) as conn:
+            return await db.fetch_all(conn, sql, args)
+
+    async def complete(self, backup: dict[str, Any], *, content: bytes = b"archive bytes") -> Path:
+        """Does what the workers will do: writes each part's archive and the manifest, marks it completed."""
+        directory: Path = self.settings.storage_dir / backup["storage_path"]
+        directory.mkdir(parents=True, exist_ok=True)
+        total = 0
+        parts = []
+        for part in backup["parts"]:
+            data = content + part["part"].encode()
+            (directory / f"{part['part']}.zip").write_bytes(data)
+            digest = hashlib.sha256(data).hexdigest()
+            parts.append({"part": part["part"], "file": f"{part['part']}.zip", "sha256": digest})
+            total += len(data)
+            async with db.transaction(self.pool) as conn:
+                await db.execute(
+                    conn,
+                    "UPDATE backup_parts SET status = 'completed', file_name = %s, size_bytes = %s, sha256 = %s,"
+                    " completed_at = NOW(6), updated_at = NOW(6) WHERE backup_id = %s AND part = %s",
+                    (f"{part['part']}.zip", len(data), digest, backup["id"], part["part"]),
+                )
+        (directory / "manifest.json").write_text(json.dumps({"id": backup["id"], "parts": parts}))
+        async with db.transaction(self.pool) as conn:
+            await db.execute(
+                conn,
+                "UPDATE backups SET status = 'completed', size_bytes = %s, started_at = NOW(6),"
+                " completed_at = NOW(6), updated_at = NOW(6) WHERE id = %s",
+                (total, backup["id"]),
+            )
+        return directory
+
+    async def fail(self, backup: dict[str, Any], reason: str = "disk full") -> None:
+        async with db.transaction(self.pool) as conn:
+            await db.execute(
+                conn,
+                "UPDATE backups SET status = 'failed', error = %s, updated_at = NOW(6) WHERE id = %s",
+                (reason, backup["id"]),
+            )
+
+
+@asynccontextmanager
+async def running_gateway(base: Settings, **overrides: Any) -> AsyncIterator[Gateway]:
+    """A gateway on a catalog database of its own, so counts and lists see only this test's backups."""
+    catalog_url = base.mysql_url.get_secret_value().rsplit("/", 1)[0] + f"/backup_gw_{secrets.token_hex(4)}"
+    settings = Settings.model_validate(base.model_dump() | {"mysql_url": catalog_url} | overrides)
+    register_service_queues(settings)
+    client = TestClient(TestServer(create_app(settings)))
+    await client.start_server()
+    pool = await db.create_pool(settings.catalog)
+    try:
+        yield Gateway(client, settings, pool)
+    finally:
+        await db.close_pool(pool)
+        await client.close()
+        await db.drop_database(settings.catalog)

@@ -1,0 +1,186 @@
+"""The gateway's OpenAPI document: valid OpenAPI 3.1, in step with the routes the app registers."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
+from openapi_spec_validator import OpenAPIV31SpecValidator, validate
+
+from backup_common.settings import Settings
+from backup_gateway.app import create_app
+from backup_gateway.routes import API, ROUTES, openapi_document, openapi_path
+
+HTTP_METHODS = {"get", "put", "post", "delete", "patch", "options", "head", "trace"}
+BACKUP_UUID = "6f1c0d7e-3b52-4c8e-9a51-2f0d5c3e8b11"
+
+
+@pytest.fixture(scope="module")
+def app() -> web.Application:
+    """The real application; building it opens nothing (cleanup_ctx only runs on startup)."""
+    return create_app(Settings(jwt_secret="j" * 40))
+
+
+@pytest.fixture(scope="module")
+def document() -> dict[str, Any]:
+    return openapi_document()
+
+
+def registered_operations(app: web.Application) -> set[tuple[str, str]]:
+    """(OpenAPI path, lower-case method) of every route on the router, minus aiohttp's implicit HEADs."""
+    operations = set()
+    for route in app.router.routes():
+        if route.method == "HEAD":
+            continue
+        assert route.resource is not None
+        operations.add((openapi_path(route.resource.canonical), route.method.lower()))
+    return operations
+
+
+def documented_operations(document: dict[str, Any]) -> set[tuple[str, str]]:
+    return {(path, method) for path, item in document["paths"].items() for method in item if method in HTTP_METHODS}
+
+
+def test_the_document_is_valid_openapi_3_1(document: dict[str, Any]) -> None:
+    assert document["openapi"].startswith("3.1")
+
+    validate(document)
+    validate(document, cls=OpenAPIV31SpecValidator)
+
+
+def test_the_document_is_built_afresh_on_each_call() -> None:
+    first = openapi_document()
+    first["paths"].clear()
+
+    assert openapi_document()["paths"]
+
+
+def test_every_registered_route_is_documented_with_its_method(app: web.Application, document: dict[str, Any]) -> None:
+    registered = registered_operations(app)
+
+    undocumented = registered - documented_operations(document)
+
+    assert len(registered) >= len(ROUTES)
+    assert not undocumented, f"routes missing from the OpenAPI document: {sorted(undocumented)}"
+
+
+def test_every_documented_operation_is_a_registered_route(app: web.Application, document: dict[str, Any]) -> None:
+    phantom = documented_operations(document) - registered_operations(app)
+
+    assert not phantom, f"documented but not served: {sorted(phantom)}"
+
+
+def test_the_app_serves_its_document_and_its_metrics(app: web.Application) -> None:
+    registered = registered_operations(app)
+
+    assert ("/api/openapi.json", "get") in registered
+    assert ("/metrics", "get") in registered
+
+
+def test_openapi_path_turns_the_backup_id_pattern_into_a_plain_parameter() -> None:
+    paths = {openapi_path(route.path) for route in ROUTES}
+
+    assert f"{API}/{{backup_id}}" in paths
+    assert f"{API}/{{backup_id}}/download" in paths
+    assert f"{API}/{{backup_id}}/restore" in paths
+    assert all("(" not in path and ":" not in path for path in paths), paths
+
+
+@pytest.mark.parametrize("path", sorted({openapi_path(route.path) for route in ROUTES if route.path.startswith(API)}))
+def test_every_admin_path_declares_401_and_403(document: dict[str, Any], path: str) -> None:
+    for method, operation in document["paths"][path].items():
+        responses = operation["responses"]
+        assert "401" in responses, f"{method.upper()} {path} does not declare 401"
+        assert "403" in responses, f"{method.upper()} {path} does not declare 403"
+
+
+def test_every_documented_admin_path_declares_401_and_403_and_needs_the_bearer(document: dict[str, Any]) -> None:
+    admin_paths = [path for path in document["paths"] if path.startswith("/api/admin/")]
+
+    assert len(admin_paths) >= 6
+    for path in admin_paths:
+        for method, operation in document["paths"][path].items():
+            assert {"401", "403"} <= set(operation["responses"]), f"{method.upper()} {path}"
+            assert operation.get("security") != [], f"{method.upper()} {path} must not opt out of the bearer"
+
+
+def test_the_document_requires_a_bearer_jwt_by_default(document: dict[str, Any]) -> None:
+    assert document["security"] == [{"bearer": []}]
+    assert document["components"]["securitySchemes"]["bearer"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+    }
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics", "/api/openapi.json"])
+def test_public_paths_opt_out_of_authentication(document: dict[str, Any], path: str) -> None:
+    operation = document["paths"][path]["get"]
+
+    assert operation["security"] == []
+    assert "401" not in operation["responses"]
+
+
+def test_operation_ids_are_unique(document: dict[str, Any]) -> None:
+    ids = [operation["operationId"] for item in document["paths"].values() for operation in item.values()]
+
+    assert len(ids) == len(set(ids)), ids
+
+
+def test_every_success_status_of_a_route_is_documented(document: dict[str, Any]) -> None:
+    for route in ROUTES:
+        operation = document["paths"][openapi_path(route.path)][route.method.lower()]
+        assert str(route.status) in operation["responses"], route.name
+        for code in route.errors:
+            assert str(code) in operation["responses"], f"{route.name} lacks {code}"
+
+
+def test_every_schema_reference_resolves(document: dict[str, Any]) -> None:
+    text = repr(document)
+    references = set(re.findall(r"#/components/schemas/([A-Za-z0-9_.-]+)", text))
+
+    missing = references - set(document["components"]["schemas"])
+
+    assert references
+    assert not missing
+
+
+def test_the_download_is_documented_as_a_zip(document: dict[str, Any]) -> None:
+    success = document["paths"][f"{API}/{{backup_id}}/download"]["get"]["responses"]["200"]
+
+    assert "application/zip" in success["content"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "name"),
+    [
+        ("GET", f"{API}/list", "backup.list"),
+        ("GET", f"{API}/stats", "backup.stats"),
+        ("GET", f"{API}/schedule", "schedule.read"),
+        ("PUT", f"{API}/settings", "settings.update"),
+        ("POST", f"{API}/create", "backup.create"),
+        ("GET", f"{API}/{BACKUP_UUID}", "backup.read"),
+        ("DELETE", f"{API}/{BACKUP_UUID}", "backup.delete"),
+        ("GET", f"{API}/{BACKUP_UUID}/download", "backup.download"),
+        ("POST", f"{API}/{BACKUP_UUID}/restore", "backup.restore"),
+        ("GET", f"{API}/listing", "backup.read"),
+        ("GET", "/healthz", "healthz"),
+    ],
+)
+async def test_named_routes_take_precedence_over_a_backup_id(
+    app: web.Application, method: str, path: str, name: str
+) -> None:
+    match = await app.router.resolve(make_mocked_request(method, path, app=app))
+
+    assert match.route.name == name
+
+
+@pytest.mark.parametrize("reserved", ["list", "stats", "schedule", "settings", "create"])
+async def test_a_reserved_name_is_never_taken_for_a_backup_id_to_delete(app: web.Application, reserved: str) -> None:
+    match = await app.router.resolve(make_mocked_request("DELETE", f"{API}/{reserved}", app=app))
+
+    assert match.route.name != "backup.delete"
+    assert "backup_id" not in match
