@@ -12,11 +12,11 @@ import pytest
 
 from backup_common import db
 from backup_common.settings import Settings
-from tests.services import TestServers, test_servers
+from tests.services import ServiceEndpoints, test_servers
 
 
 @pytest.fixture(scope="session")
-def servers() -> Iterator[TestServers]:
+def servers() -> Iterator[ServiceEndpoints]:
     with test_servers() as found:
         yield found
 
@@ -27,7 +27,7 @@ def jwt_secret() -> str:
 
 
 @pytest.fixture(scope="session")
-def settings(servers: TestServers, jwt_secret: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+def settings(servers: ServiceEndpoints, jwt_secret: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """Settings of an isolated catalog database and exchange for this test run."""
     root = tmp_path_factory.mktemp("backup")
     return Settings(

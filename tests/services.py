@@ -18,7 +18,7 @@ DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
 
 @dataclass(frozen=True)
-class TestServers:
+class ServiceEndpoints:
     mysql_server_url: str  # without a database name
     amqp_url: str
     run_id: str
@@ -39,11 +39,11 @@ def docker_engine_answers() -> bool:
 
 
 @contextmanager
-def test_servers() -> Iterator[TestServers]:
+def test_servers() -> Iterator[ServiceEndpoints]:
     run_id = uuid.uuid4().hex[:10]
     explicit = "BACKUP_TEST_MYSQL_URL" in os.environ or "BACKUP_TEST_AMQP_URL" in os.environ
     if explicit or not docker_engine_answers():
-        yield TestServers(
+        yield ServiceEndpoints(
             os.environ.get("BACKUP_TEST_MYSQL_URL", DEFAULT_MYSQL_URL),
             os.environ.get("BACKUP_TEST_AMQP_URL", DEFAULT_AMQP_URL),
             run_id,
@@ -55,7 +55,7 @@ def test_servers() -> Iterator[TestServers]:
     with ExitStack() as stack:
         mysql = stack.enter_context(MySqlContainer("mysql:8.4", root_password="test"))
         rabbit = stack.enter_context(RabbitMqContainer("rabbitmq:3.13"))
-        yield TestServers(
+        yield ServiceEndpoints(
             f"mysql://root:test@{mysql.get_container_host_ip()}:{mysql.get_exposed_port(3306)}/",
             f"amqp://guest:guest@{rabbit.get_container_host_ip()}:{rabbit.get_exposed_port(5672)}/",
             run_id,

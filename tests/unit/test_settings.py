@@ -134,11 +134,6 @@ def test_an_invalid_variable_stops_the_process_with_a_message_naming_it(
     assert "hunter2" not in err, "the rejected value (possibly a secret) must not be echoed"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug (settings.py:49): urlsplit's port error quotes the text after the last ':', which is the "
-    "password when the URL lacks its @host part",
-)
 @pytest.mark.parametrize("variable", ["BACKUP_MYSQL_URL", "BACKUP_SOURCE_MYSQL_URL"])
 def test_a_mysql_url_missing_its_host_is_refused_without_echoing_the_password(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], variable: str

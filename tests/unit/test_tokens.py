@@ -258,11 +258,12 @@ def test_issued_tokens_carry_the_configured_issuer_and_audience() -> None:
     assert TokenVerifier(settings).verify(token).is_admin
 
 
-def test_a_token_with_an_audience_is_accepted_when_no_audience_is_configured() -> None:
-    """Documents the current choice: with no BACKUP_JWT_AUDIENCE, `aud` is not checked at all."""
+def test_a_token_meant_for_another_audience_is_refused_when_no_audience_is_configured() -> None:
+    """A token another service was meant to receive is never taken as ours (RFC 7519 4.1.3)."""
     verifier = TokenVerifier(hs_settings())
 
-    assert verifier.verify(sign(claims(aud="some-other-service"))).is_admin
+    with pytest.raises(InvalidToken, match="audience"):
+        verifier.verify(sign(claims(aud="some-other-service")))
 
 
 def test_a_token_with_an_issuer_is_accepted_when_no_issuer_is_configured() -> None:

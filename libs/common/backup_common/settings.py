@@ -45,8 +45,13 @@ class MysqlTarget:
         database = parts.path.lstrip("/")
         if not database or "/" in database:
             raise ValueError("must name exactly one database, as in mysql://root@127.0.0.1:3306/name")
+        try:
+            port = parts.port
+        except ValueError:
+            # Never echo the bad value: without '@host' it is the password.
+            raise ValueError("has an invalid host or port; expected mysql://user:password@host:port/database") from None
         self.host: str = parts.hostname or "127.0.0.1"
-        self.port: int = parts.port or 3306
+        self.port: int = port or 3306
         self.user: str = unquote(parts.username or "root")
         self.password: str = unquote(parts.password or "")
         self.database: str = unquote(database)
@@ -147,7 +152,7 @@ class Settings(BaseSettings):
         """The key tokens are checked with; raises SettingsError when none is configured."""
         if self.jwt_algorithm.is_symmetric:
             if self.jwt_secret is None:
-                raise SettingsError(f"{ENV_PREFIX}JWT_SECRET is required to check admin tokens")
+                raise SettingsError(f"{ENV_PREFIX}JWT_SECRET is required to sign and check admin tokens")
             return self.jwt_secret.get_secret_value()
         assert self.jwt_public_key is not None  # enforced by the model validator
         return self.jwt_public_key

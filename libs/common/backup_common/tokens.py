@@ -44,7 +44,8 @@ class TokenVerifier:
                 algorithms=self._algorithms,
                 issuer=self._issuer,
                 audience=self._audience,
-                options={"require": required, "verify_aud": self._audience is not None},
+                # A token naming an audience is refused unless it is ours (none configured: refused).
+                options={"require": required},
                 leeway=30,
             )
         except jwt.ExpiredSignatureError:
