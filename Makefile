@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Tools the tests call by name (e.g. the Compose v2 CLI from the dev extras) come from the venv.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup run test lint unit integration e2e schemas lock bench clean
+.PHONY: setup run test lint unit integration e2e schemas lock clean
 
 setup: $(STAMP)
 

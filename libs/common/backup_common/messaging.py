@@ -30,20 +30,18 @@ from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from pydantic import ValidationError
 
 from backup_common.events import Event, parse_event
-from backup_common.ports import EventHandler, ProcessedMessages
+from backup_common.ports import EventHandler, ProcessedMessages, PublishError
 from backup_common.settings import Settings
 
 log = logging.getLogger(__name__)
+
+__all__ = ["AmqpPublisher", "Consumer", "PublishError", "Topology"]
 
 ATTEMPTS_HEADER = "x-attempts"
 LAST_ERROR_HEADER = "x-last-error"
 # processed_messages.message_id is VARCHAR(128); a longer id could never be remembered.
 MAX_MESSAGE_ID_LENGTH = 128
 _MAX_ERROR_TEXT = 300
-
-
-class PublishError(Exception):
-    """The broker did not take responsibility for a message: nacked, unroutable or unreachable."""
 
 
 @dataclass(frozen=True)

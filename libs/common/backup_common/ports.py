@@ -8,6 +8,10 @@ from typing import Protocol
 from backup_common.events import Event
 
 
+class PublishError(Exception):
+    """The broker did not take responsibility for a message: nacked, unroutable or unreachable."""
+
+
 class Publisher(Protocol):
     async def publish(self, event: Event) -> None:
         """Returns once the broker confirmed the event; raises PublishError otherwise."""
