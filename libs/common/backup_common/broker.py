@@ -62,6 +62,7 @@ class BrokerLink:
         self._connection: AbstractRobustConnection | None = None
         self._publisher: AmqpPublisher | None = None
         self._task: asyncio.Task[None] | None = None
+        self._up = asyncio.Event()
 
     @property
     def connected(self) -> bool:
@@ -76,6 +77,12 @@ class BrokerLink:
     def connection(self) -> AbstractRobustConnection | None:
         return self._connection
 
+    async def wait_connected(self) -> AbstractRobustConnection:
+        """The connection, once the broker first answered (it reconnects by itself afterwards)."""
+        await self._up.wait()
+        assert self._connection is not None
+        return self._connection
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._connect_until_up(), name="broker-link")
 
@@ -88,6 +95,7 @@ class BrokerLink:
                 await declare_topology(connection, self._topology)
                 self._publisher = await AmqpPublisher(connection, self._topology).start()
                 self._connection = connection
+                self._up.set()
                 log.info("connected to RabbitMQ; exchange %s", self._topology.exchange)
                 return
             except Exception as exc:

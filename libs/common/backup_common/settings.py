@@ -80,6 +80,13 @@ class Settings(BaseSettings):
     gateway_host: str = "127.0.0.1"
     gateway_port: int = Field(8080, ge=0, le=65535)
 
+    # Workers serve only /healthz, /readyz and /metrics, each on its own port.
+    worker_host: str = "127.0.0.1"
+    database_backup_port: int = Field(8081, ge=0, le=65535)
+    file_backup_port: int = Field(8082, ge=0, le=65535)
+    verification_port: int = Field(8083, ge=0, le=65535)
+    retention_port: int = Field(8084, ge=0, le=65535)
+
     storage_dir: Path = Path("./var/backups")
     source_mysql_url: SecretStr = SecretStr("mysql://root@127.0.0.1:3306/app")
     uploads_dir: Path = Path("./var/app/uploads")

@@ -1,0 +1,65 @@
+"""The dump and load entry points, their options and results (implemented in dump.py and load.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class DumpOptions:
+    parallelism: int = 2
+    keep_definers: bool = True
+    compression_level: int = 1  # isal level: 0-3
+    member_bytes: int = 32 << 20  # SQL text per archive member; also the size of a large table's key ranges
+    statement_bytes: int = 1 << 20  # SQL text per INSERT statement
+
+
+@dataclass(frozen=True)
+class DumpProgress:
+    bytes_done: int
+    rows_done: int
+    tables_done: int
+    tables_total: int
+
+
+@dataclass
+class TableSummary:
+    name: str
+    rows: int
+    sql_bytes: int
+    members: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DumpResult:
+    """What the manifest records of a database part."""
+
+    archive_bytes: int
+    sha256: str
+    tables: list[TableSummary]
+    server_version: str
+    consistency: str  # "shared-snapshot" or "single-connection"
+    consistency_note: str
+    binlog: dict[str, Any] | None  # {"file", "position", "gtid"} or None when binary logging is off
+    members: list[str]
+
+    @property
+    def rows(self) -> int:
+        return sum(table.rows for table in self.tables)
+
+
+@dataclass(frozen=True)
+class LoadSummary:
+    database: str
+    tables: int
+    rows: int
+    views: int
+    routines: int
+    triggers: int
+    events: int
+    seconds: float
+
+
+ProgressCallback = Callable[[DumpProgress], Awaitable[None]]
