@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from backup_common import db
 from backup_common.broker import SERVICE_SUBSCRIPTIONS
 from backup_common.messaging import Topology
-from backup_common.settings import Settings
+from backup_common.settings import MysqlTarget, Settings
 from backup_common.tokens import issue_token
 from backup_gateway.app import create_app
 from tests.conftest import DECLARED_QUEUES
@@ -117,3 +117,22 @@ async def running_gateway(base: Settings, **overrides: Any) -> AsyncIterator[Gat
         await db.close_pool(pool)
         await client.close()
         await db.drop_database(settings.catalog)
+
+
+async def make_source(url: str) -> MysqlTarget:
+    """A small application database to back up: one table, three rows, quotes and unicode."""
+    target = MysqlTarget(url)
+    await db.drop_database(target)
+    await db.ensure_database(target)
+    pool = await db.create_pool(target, maxsize=1)
+    try:
+        async with db.transaction(pool) as conn:
+            await db.execute(
+                conn, "CREATE TABLE accounts (id INT PRIMARY KEY, owner VARCHAR(50), balance DECIMAL(12,2))"
+            )
+            await db.execute(
+                conn, "INSERT INTO accounts VALUES (1, 'zoë', 10.50), (2, 'o''brien', 20.00), (3, NULL, 0)"
+            )
+    finally:
+        await db.close_pool(pool)
+    return target

@@ -16,7 +16,9 @@ from collections.abc import MutableMapping, Sequence
 from pathlib import Path
 
 from backup_common import db
-from backup_common.events import write_event_schemas
+from backup_common.archive import ArchiveError
+from backup_common.crypto import KeyUnwrapError
+from backup_common.events import BackupPart, write_event_schemas
 from backup_common.settings import ENV_PREFIX, SettingsError, load_settings
 from backup_common.tokens import ADMIN_ROLE, issue_token
 
@@ -150,6 +152,50 @@ async def _supervise(services: Sequence[str], env: dict[str, str]) -> int:
     return code
 
 
+def cmd_db_load(args: argparse.Namespace) -> int:
+    from backup_common.locate import BackupNotFound, locate_part
+    from backup_common.settings import MysqlTarget
+    from backup_database.load import LoadError, load_database
+
+    settings = load_settings()
+    server = args.server or settings.source_mysql_url.get_secret_value()
+    target = MysqlTarget(server.rsplit("/", 1)[0] + "/" + args.into)
+
+    async def load() -> int:
+        try:
+            located = await locate_part(settings, args.backup, BackupPart.DATABASE)
+            summary = await load_database(
+                located.archive, target, password=located.password, force=args.force, parallelism=args.parallel
+            )
+        except (BackupNotFound, LoadError, KeyUnwrapError, ArchiveError, SettingsError) as exc:
+            print(f"backupctl db-load: {exc}", file=sys.stderr)
+            return 1
+        print(
+            f"loaded backup {located.backup_id} into {summary.database} on {target.host}:{target.port} in"
+            f" {summary.seconds:.1f} s: {summary.tables} tables, {summary.rows} rows, {summary.views} views,"
+            f" {summary.routines} routines, {summary.triggers} triggers, {summary.events} events"
+        )
+        return 0
+
+    return asyncio.run(load())
+
+
+def cmd_key(args: argparse.Namespace) -> int:
+    from backup_common.locate import BackupNotFound, locate_part
+
+    settings = load_settings()
+    try:
+        located = asyncio.run(locate_part(settings, args.backup, BackupPart(args.part)))
+    except (BackupNotFound, KeyUnwrapError, SettingsError) as exc:
+        print(f"backupctl key: {exc}", file=sys.stderr)
+        return 1
+    if located.password is None:
+        print(f"backupctl key: backup {located.backup_id} is not encrypted", file=sys.stderr)
+        return 1
+    print(located.password)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="backupctl", description="Operate the backup system.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -166,6 +212,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run every service in the foreground (Ctrl-C stops them)")
     run.set_defaults(func=cmd_run)
+
+    db_load = commands.add_parser("db-load", help="load a backup's database part into a database")
+    db_load.add_argument("backup", help="backup id, or a backup directory (works without the catalog)")
+    db_load.add_argument("--into", required=True, help="database to load into (created if missing)")
+    db_load.add_argument("--force", action="store_true", help="replace the contents of a non-empty database")
+    db_load.add_argument("--parallel", type=int, default=2, help="connections loading data at once (default 2)")
+    db_load.add_argument("--server", help="mysql:// URL of the server (default: BACKUP_SOURCE_MYSQL_URL's server)")
+    db_load.set_defaults(func=cmd_db_load)
+
+    key = commands.add_parser("key", help="print the password of a backup's archives (for 7-Zip or unzip)")
+    key.add_argument("backup", help="backup id, or a backup directory")
+    key.add_argument("--part", choices=[p.value for p in BackupPart], default=BackupPart.DATABASE.value)
+    key.set_defaults(func=cmd_key)
 
     schemas = commands.add_parser("export-schemas", help="write the events' JSON Schemas to a directory")
     schemas.add_argument("directory", nargs="?", default="infra/schemas")

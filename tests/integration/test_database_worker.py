@@ -1,0 +1,131 @@
+"""The database_backup worker driven through the API, with a real source database, catalog and broker."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import secrets
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pyzipper
+from aiohttp.test_utils import TestServer
+
+from backup_common import db
+from backup_common.events import BackupPart, BackupRequested, BackupType
+from backup_common.outbox import add_to_outbox
+from backup_common.runtime import create_worker_app
+from backup_common.settings import Settings
+from backup_database.service import DatabaseBackupWorker
+from tests.integration.gateway_support import Gateway, make_source, running_gateway
+
+pytestmark = pytest.mark.integration
+
+API = "/api/admin/backup"
+
+
+@pytest.fixture
+async def system(settings: Settings, tmp_path: Path) -> AsyncIterator[Gateway]:
+    """A gateway and a database_backup worker sharing one catalog, storage and exchange."""
+    source_url = settings.mysql_url.get_secret_value().rsplit("/", 1)[0] + f"/backup_src_{secrets.token_hex(4)}"
+    source = await make_source(source_url)
+    master = base64.b64encode(secrets.token_bytes(32)).decode()
+    overrides: dict[str, Any] = {
+        "source_mysql_url": source_url,
+        "master_key": master,
+        "storage_dir": tmp_path / "storage",
+        "lease_seconds": 5,
+    }
+    async with running_gateway(settings, **overrides) as gateway:
+        worker = TestServer(create_worker_app(gateway.settings, "database_backup", DatabaseBackupWorker))
+        await worker.start_server()
+        try:
+            yield gateway
+        finally:
+            await worker.close()
+            await db.drop_database(source)
+
+
+async def wait_finished(gateway: Gateway, backup_id: str) -> dict[str, Any]:
+    async with asyncio.timeout(60):
+        while True:
+            status, body = await gateway.call("GET", f"{API}/{backup_id}")
+            assert status == 200
+            if body["backup"]["status"] in ("completed", "failed"):
+                return dict(body["backup"])
+            await asyncio.sleep(0.2)
+
+
+async def test_a_database_backup_requested_through_the_api_completes_with_an_encrypted_archive(
+    system: Gateway,
+) -> None:
+    created = await system.create("database")
+    backup = await wait_finished(system, created["id"])
+    assert backup["status"] == "completed", backup["error"]
+    [part] = backup["parts"]
+    assert part["status"] == "completed"
+    assert part["item_count"] == 3
+    assert part["progress"]["tables_done"] == part["progress"]["tables_total"] == 1
+    directory = system.settings.storage_dir / backup["storage_path"]
+    manifest = json.loads((directory / "manifest.json").read_text())
+    assert manifest["backup"]["id"] == backup["id"]
+    database = manifest["parts"]["database"]
+    assert database["sha256"] == part["sha256"]
+    assert database["tables"][0]["rows"] == 3
+    assert manifest["encryption"]["scheme"] == "winzip-aes-256"
+    assert (directory / "database.zip").stat().st_size == part["size_bytes"]
+    with pyzipper.AESZipFile(directory / "database.zip") as archive, pytest.raises(RuntimeError):
+        archive.read(archive.namelist()[0])
+    assert [p.name for p in directory.iterdir() if p.name.startswith(".")] == []
+
+
+async def test_a_redelivered_backup_request_does_not_make_a_second_archive(system: Gateway) -> None:
+    created = await system.create("database")
+    backup = await wait_finished(system, created["id"])
+    directory = system.settings.storage_dir / backup["storage_path"]
+    before = (directory / "database.zip").stat()
+    duplicate = BackupRequested(
+        backup_id=uuid.UUID(created["id"]),
+        backup_type=BackupType.DATABASE,
+        parts=(BackupPart.DATABASE,),
+        requested_by="alice",
+    )
+    async with db.transaction(system.pool) as conn:
+        await add_to_outbox(conn, duplicate)
+    await asyncio.sleep(2)
+    after = (directory / "database.zip").stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    rows = await system.rows("SELECT state, attempts FROM job_leases WHERE job_key = %s",
+                             (f"backup:{created['id']}:database",))  # fmt: skip
+    assert rows == [{"state": "done", "attempts": 1}]
+
+
+async def test_an_unreachable_source_fails_the_backup_with_a_reason_and_leaves_no_archive(
+    settings: Settings, tmp_path: Path
+) -> None:
+    overrides: dict[str, Any] = {
+        "source_mysql_url": "mysql://root@127.0.0.1:1/app",
+        "master_key": base64.b64encode(secrets.token_bytes(32)).decode(),
+        "storage_dir": tmp_path / "storage",
+    }
+    async with running_gateway(settings, **overrides) as gateway:
+        worker = TestServer(create_worker_app(gateway.settings, "database_backup", DatabaseBackupWorker))
+        await worker.start_server()
+        try:
+            created = await gateway.create("full")
+            backup = await wait_finished(gateway, created["id"])
+        finally:
+            await worker.close()
+        assert backup["status"] == "failed"
+        assert "database part failed" in backup["error"]
+        assert "cannot connect to the source database" in backup["error"]
+        directory = gateway.settings.storage_dir / backup["storage_path"]
+        assert not (directory / "database.zip").exists()
+        leftovers = list(directory.glob("*")) if directory.exists() else []
+        assert leftovers == []
+        _, listing = await gateway.call("GET", f"{API}/list?status=completed")
+        assert listing["total"] == 0
