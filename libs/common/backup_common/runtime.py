@@ -19,6 +19,7 @@ from backup_common import db
 from backup_common.broker import SERVICE_SUBSCRIPTIONS, BrokerLink
 from backup_common.catalog import Catalog
 from backup_common.events import Event
+from backup_common.health import healthz, readiness
 from backup_common.leases import LeaseStore
 from backup_common.messaging import Consumer, Topology
 from backup_common.outbox import OutboxRelay
@@ -117,7 +118,7 @@ def create_worker_app(
         await db.close_pool(pool)
 
     app.cleanup_ctx.append(resources)
-    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
     return app
@@ -157,22 +158,9 @@ async def _reap_forever(context: WorkerContext) -> None:
         context.relay.wake()
 
 
-async def _healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
-
-
 async def _readyz(request: web.Request) -> web.Response:
     context = request.app[CONTEXT]
-    checks: dict[str, str] = {}
-    try:
-        await asyncio.wait_for(context.catalog.ping(), timeout=3)
-        checks["mysql"] = "ok"
-    except Exception as exc:
-        checks["mysql"] = f"unavailable: {type(exc).__name__}"
-    checks["rabbitmq"] = "ok" if context.broker.connected else "unavailable"
-    ready = all(value == "ok" for value in checks.values())
-    body = {"status": "ready" if ready else "not ready", "checks": checks}
-    return web.json_response(body, status=200 if ready else 503)
+    return await readiness(context.catalog, context.broker)
 
 
 async def _metrics(request: web.Request) -> web.Response:

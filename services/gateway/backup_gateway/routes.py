@@ -10,6 +10,7 @@ from aiohttp.typedefs import Handler
 from pydantic import BaseModel
 
 from backup_common.documents import ScheduleDocument, SettingsDocument
+from backup_common.health import healthz
 from backup_gateway import download, views
 from backup_gateway.models import (
     BackupEnvelope,
@@ -84,7 +85,7 @@ ROUTES: tuple[Route, ...] = (
         "Delete a backup (its files and its key); refused while it is in progress.",
         status=202, response=BackupEnvelope, errors=(404, 409),
     ),
-    Route("GET", "/healthz", views.healthz, "healthz", "The process is alive.", public=True),
+    Route("GET", "/healthz", healthz, "healthz", "The process is alive.", public=True),
     Route("GET", "/readyz", views.readyz, "readyz", "MySQL and RabbitMQ are reachable.", public=True, errors=(503,)),
 )  # fmt: skip
 

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 from backup_common.catalog import BackupFilter, NewBackup
 from backup_common.errors import InvalidRequest, NotFound
 from backup_common.events import BackupType
+from backup_common.health import readiness
 from backup_gateway.keys import AUDIT_TARGET, BROKER, CATALOG, PRINCIPAL, RELAY, SETTINGS
 from backup_gateway.models import (
     BackupEnvelope,
@@ -181,19 +182,5 @@ async def put_document(request: web.Request) -> web.Response:
     return respond(DocumentOut.model_validate(document))
 
 
-async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
-
-
 async def readyz(request: web.Request) -> web.Response:
-    checks: dict[str, str] = {}
-    try:
-        await asyncio.wait_for(request.app[CATALOG].ping(), timeout=3)
-        checks["mysql"] = "ok"
-    except Exception as exc:
-        checks["mysql"] = f"unavailable: {type(exc).__name__}"
-    checks["rabbitmq"] = "ok" if request.app[BROKER].connected else "unavailable"
-    ready = all(value == "ok" for value in checks.values())
-    return web.json_response(
-        {"status": "ready" if ready else "not ready", "checks": checks}, status=200 if ready else 503
-    )
+    return await readiness(request.app[CATALOG], request.app[BROKER])
