@@ -129,3 +129,36 @@ async def test_an_unreachable_source_fails_the_backup_with_a_reason_and_leaves_n
         assert leftovers == []
         _, listing = await gateway.call("GET", f"{API}/list?status=completed")
         assert listing["total"] == 0
+
+
+async def test_a_part_whose_worker_died_is_requested_again_and_completed_by_another(system: Gateway) -> None:
+    created = await system.create("database")
+    await wait_finished(system, created["id"])
+    # A second backup whose part a now-dead worker claimed: its lease expired and no message is left.
+    backup_id = str(uuid.uuid4())
+    event = BackupRequested(
+        backup_id=uuid.UUID(backup_id), backup_type=BackupType.DATABASE, parts=(BackupPart.DATABASE,),
+        requested_by="alice",
+    )  # fmt: skip
+    async with db.transaction(system.pool) as conn:
+        await db.execute(
+            conn,
+            "INSERT INTO backups (id, type, status, requested_by, storage_path, created_at, updated_at)"
+            " VALUES (%s, 'database', 'running', 'alice', %s, NOW(6), NOW(6))",
+            (backup_id, f"2026-01-01/{backup_id}"),
+        )
+        await db.execute(
+            conn,
+            "INSERT INTO backup_parts (backup_id, part, status, attempts, updated_at)"
+            " VALUES (%s, 'database', 'running', 1, NOW(6))",
+            (backup_id,),
+        )
+        await db.execute(
+            conn,
+            "INSERT INTO job_leases (job_key, holder, version, state, attempts, payload, claimed_at, expires_at,"
+            " updated_at) VALUES (%s, 'database_backup@gone:1', 1, 'held', 1, %s, NOW(6), NOW(6), NOW(6))",
+            (f"backup:{backup_id}:database", event.to_json()),
+        )
+    backup = await wait_finished(system, backup_id)
+    assert backup["status"] == "completed", backup["error"]
+    assert backup["parts"][0]["attempts"] == 2
