@@ -6,8 +6,9 @@ import asyncio
 import base64
 import json
 import secrets
+import subprocess
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -162,3 +163,51 @@ async def test_a_part_whose_worker_died_is_requested_again_and_completed_by_anot
     backup = await wait_finished(system, backup_id)
     assert backup["status"] == "completed", backup["error"]
     assert backup["parts"][0]["attempts"] == 2
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB filesystem of its own (tmpfs; needs root, as in CI), so writing runs out of space."""
+    mountpoint = tmp_path / "tiny"
+    mountpoint.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mountpoint)], check=False)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", str(mountpoint)], check=False)
+
+
+async def test_a_full_disk_fails_the_backup_with_the_reason_and_leaves_nothing_behind(
+    settings: Settings, full_disk: Path
+) -> None:
+    source_url = settings.mysql_url.get_secret_value().rsplit("/", 1)[0] + f"/backup_src_{secrets.token_hex(4)}"
+    source = await make_source(source_url)
+    pool = await db.create_pool(source, maxsize=1)
+    try:
+        async with db.transaction(pool) as conn:
+            await db.execute(conn, "CREATE TABLE noise (id INT PRIMARY KEY, data LONGBLOB)")
+            for batch in range(4):  # about 4 MiB that does not compress
+                await db.execute(conn, "INSERT INTO noise VALUES (%s, %s)", (batch, secrets.token_bytes(1 << 20)))
+    finally:
+        await db.close_pool(pool)
+    overrides: dict[str, Any] = {
+        "source_mysql_url": source_url,
+        "master_key": base64.b64encode(secrets.token_bytes(32)).decode(),
+        "storage_dir": full_disk,
+    }
+    try:
+        async with running_gateway(settings, **overrides) as gateway:
+            worker = TestServer(create_worker_app(gateway.settings, "database_backup", DatabaseBackupWorker))
+            await worker.start_server()
+            try:
+                backup = await wait_finished(gateway, (await gateway.create("database"))["id"])
+            finally:
+                await worker.close()
+    finally:
+        await db.drop_database(source)
+    assert backup["status"] == "failed"
+    assert "No space left on device" in backup["error"], backup["error"]
+    assert backup["parts"][0]["error"]
+    assert [str(path) for path in full_disk.rglob("*") if path.is_file()] == []
