@@ -5,6 +5,7 @@ consistent-snapshot transaction, the way mydumper does it. Without the RELOAD pr
 one connection reads everything in its own snapshot (still consistent, just not parallel).
 
 Member names sort in replay order, so the stock client can load them by hand (see the README):
+  0-database.sql              the database's default character set and collation
   1-tables/NNNN-name.sql      CREATE TABLE
   2-data/NNNN-name.NNNNNN.sql INSERT statements, one per line
   3-routines.sql              procedures and functions
@@ -318,6 +319,17 @@ async def _read_definitions(
         return sql if keep else schema.strip_definer(sql)
 
     members: dict[str, list[bytes]] = {}
+    # Columns and routine parameters declared without a collation take the database's default.
+    defaults = await db.fetch_one(
+        control,
+        "SELECT DEFAULT_CHARACTER_SET_NAME AS charset, DEFAULT_COLLATION_NAME AS collation"
+        " FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = DATABASE()",
+    )
+    if defaults:
+        members["0-database.sql"] = [
+            SESSION_HEADER,
+            f"ALTER DATABASE CHARACTER SET {defaults['charset']} COLLATE {defaults['collation']};\n".encode(),
+        ]
     for index, table in enumerate(inventory.tables, start=1):
         row = await _show_create(control, f"SHOW CREATE TABLE {schema.quote_name(table.name)}", "Create Table")
         table.create_sql = row["Create Table"]
@@ -422,7 +434,7 @@ async def dump_database(
         for job in jobs:
             counters.jobs_left[job.table.name] += 1
         archive = _Archive(writer)
-        for name in sorted(n for n in definitions if n.startswith("1-")):
+        for name in sorted(n for n in definitions if n < "2"):
             await archive.add(name, definitions[name])
         if progress is not None:
             ticker = asyncio.create_task(_report(progress, counters, len(inventory.tables)))
@@ -432,7 +444,7 @@ async def dump_database(
         for reader in readers:
             await _execute(reader, "SET SESSION character_set_results = binary")
         await asyncio.gather(*(_drain(reader, queue, archive, options, counters, summaries) for reader in readers))
-        for name in sorted(n for n in definitions if not n.startswith("1-")):
+        for name in sorted(n for n in definitions if n > "2"):
             await archive.add(name, definitions[name])
         info = await asyncio.to_thread(writer.commit)
         log.info("archive writing took %.2f s", archive.write_seconds)

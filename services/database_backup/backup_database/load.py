@@ -133,14 +133,16 @@ async def load_database(
         control = await _connect(target)
         try:
             for name in names:
-                if name.startswith("1-"):
+                if name < "2":
                     text = first if name == names[0] else await asyncio.to_thread(_read_member, reader, name)
                     await _run(control, split_statements(text), name)
             data = [name for name in names if name.startswith("2-")]
             queue: asyncio.Queue[str] = asyncio.Queue()
             for name in data:
                 queue.put_nowait(name)
-            loaded = await asyncio.gather(*(_load_data(target, reader, queue) for _ in range(max(1, parallelism))))
+            loaded = await asyncio.gather(
+                *(_load_data(target, archive_path, password, queue) for _ in range(max(1, parallelism)))
+            )
             for name in names:
                 if name[0] in "3456":
                     await _run(control, split_statements(await asyncio.to_thread(_read_member, reader, name)), name)
@@ -161,7 +163,9 @@ async def load_database(
     )
 
 
-async def _load_data(target: MysqlTarget, reader: ArchiveReader, queue: asyncio.Queue[str]) -> int:
+async def _load_data(target: MysqlTarget, archive_path: Path, password: str | None, queue: asyncio.Queue[str]) -> int:
+    # Each loader reads through its own handle on the archive: no reader state is shared between threads.
+    reader = await asyncio.to_thread(ArchiveReader, archive_path, password=password)
     conn = await _connect(target)
     rows = 0
     try:
@@ -175,3 +179,4 @@ async def _load_data(target: MysqlTarget, reader: ArchiveReader, queue: asyncio.
             rows += await _run(conn, split_statements(text), name)
     finally:
         conn.close()
+        await asyncio.to_thread(reader.close)

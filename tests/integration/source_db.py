@@ -1,0 +1,1078 @@
+"""Source databases for the dump and load tests, and what the tests compare them by.
+
+``build_feature_database`` creates a database holding every feature a dump has to carry over, each in
+the shape most likely to be lost on the way: values at the limits of their types, text that breaks
+naive quoting, objects whose creation order matters (foreign-key cycles, views over views, a view
+calling a stored function, triggers that would fire again if created before the data), counters and
+definitions that live outside the rows. ``snapshot`` reads back everything a faithful copy keeps, in a
+form that compares equal between two databases of different names.
+
+``build_bank`` and ``transfer_storm`` are for the consistency proof: transfers commit a debit, a
+credit and a ledger row together, so any copy that is not one snapshot of both tables shows balances
+that disagree with the ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import re
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any
+
+import asyncmy
+from asyncmy.errors import MySQLError
+
+from backup_common import db
+from backup_common.settings import MysqlTarget
+
+FIXTURE_DEFINER_USER = "backup_fixture_definer"
+FIXTURE_DEFINER = f"{FIXTURE_DEFINER_USER}@%"  # as information_schema spells a definer
+BIG_TABLE = "big_table"
+BIG_TABLE_ROWS = 200_000
+ODD_TABLE = "odd `name`. with spaces ü"
+ODD_VIEW = "odd view ü.name"
+CHECKED_VIEW = "v_orders; checked"
+SCHEMA_CHARSET = "utf8mb4"
+SCHEMA_COLLATION = "utf8mb4_unicode_ci"
+SCHEMA_PLACEHOLDER = "`<schema>`"
+
+# Text that breaks every quoting shortcut: quotes, backslashes, NUL, line ends, ctrl-Z, comment and
+# delimiter tokens, LOAD DATA's NULL marker, characters outside the BMP and combining sequences.
+TRICKY_TEXT = (
+    "quote ' double \" backtick ` backslash \\ \\N nul \x00 newline \n return \r crlf \r\n tab \t "
+    "ctrl-z \x1a percent % underscore _ semicolon ; DELIMITER ;; comment /* x */ /*!40101 y */ -- z # w "
+    "emoji 😀👍🏽🇩🇪 combining e\u0301 a\u0308 Z\u0324\u0354 CJK 漢字 RTL שלום zero-width \u200b end"
+)
+LATIN1_TEXT = "Grüße aus Köln, naïve façade, ÿ, £, € and ¿qué? 'quoted' \\ done"
+ALL_BYTES = bytes(range(256))
+LONG_TEXT = "ü" * 150_000 + TRICKY_TEXT  # one value far above a small statement_bytes
+LONG_BLOB = random.Random(20240229).randbytes(300_000)
+FIXTURE_JSON = json.dumps(
+    {
+        "nested": {"list": [1, 2.5, -0.0, 1e300, 1e-300, True, False, None], "deep": {"a": {"b": {"c": []}}}},
+        "unicode": '😀 e\u0301 漢字 "quoted" it\'s \\ back\nline',
+        "empty": {},
+    },
+    ensure_ascii=False,
+)
+
+
+# --- connections -------------------------------------------------------------------------------
+
+
+async def connect(target: MysqlTarget, *, database: bool = True) -> Any:
+    """An autocommit connection to the target database (or to the server, database=False)."""
+    options = {**db.connection_options(target), "autocommit": True}
+    if database:
+        options["db"] = target.database
+    return await asyncmy.connect(**options)
+
+
+async def run(conn: Any, *statements: str) -> None:
+    async with conn.cursor() as cursor:
+        for statement in statements:
+            await cursor.execute(statement)
+
+
+async def rows(conn: Any, sql: str, args: Any = None) -> list[dict[str, Any]]:
+    return await db.fetch_all(conn, sql, args)
+
+
+async def is_mariadb(conn: Any) -> bool:
+    (row,) = await rows(conn, "SELECT VERSION() AS version")
+    return "mariadb" in text_of(row["version"]).lower()
+
+
+async def server_version(target: MysqlTarget) -> str:
+    conn = await connect(target, database=False)
+    try:
+        (row,) = await rows(conn, "SELECT VERSION() AS version")
+        return text_of(row["version"])
+    finally:
+        await conn.ensure_closed()
+
+
+async def binary_logging_enabled(target: MysqlTarget) -> bool:
+    conn = await connect(target, database=False)
+    try:
+        (row,) = await rows(conn, "SELECT @@GLOBAL.log_bin AS log_bin")
+        return bool(int(row["log_bin"]))
+    finally:
+        await conn.ensure_closed()
+
+
+async def current_account(target: MysqlTarget) -> str:
+    """The account a connection with these credentials acts as, spelled as information_schema spells definers."""
+    conn = await connect(target, database=False)
+    try:
+        (row,) = await rows(conn, "SELECT CURRENT_USER() AS account")
+        return text_of(row["account"])
+    finally:
+        await conn.ensure_closed()
+
+
+async def recreate_database(target: MysqlTarget, *, charset: str, collation: str) -> None:
+    """Drops the target database if it exists and creates it empty with the given defaults."""
+    await db.drop_database(target)
+    conn = await connect(target, database=False)
+    try:
+        await run(
+            conn,
+            f"CREATE DATABASE {db.quote_identifier(target.database)} CHARACTER SET {charset} COLLATE {collation}",
+        )
+    finally:
+        await conn.ensure_closed()
+
+
+async def database_is_empty_or_absent(target: MysqlTarget) -> bool:
+    conn = await connect(target, database=False)
+    try:
+        name = target.database
+        counts = await rows(
+            conn,
+            "SELECT (SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s) AS schemata,"
+            " (SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s) AS tables,"
+            " (SELECT COUNT(*) FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = %s) AS routines,"
+            " (SELECT COUNT(*) FROM information_schema.EVENTS WHERE EVENT_SCHEMA = %s) AS events",
+            (name, name, name, name),
+        )
+        row = counts[0]
+        return int(row["schemata"]) == 0 or int(row["tables"]) + int(row["routines"]) + int(row["events"]) == 0
+    finally:
+        await conn.ensure_closed()
+
+
+# --- SQL literals that do not depend on the client library's escaping -------------------------------
+
+
+def utf8(value: str) -> str:
+    return f"_utf8mb4 X'{value.encode().hex()}'" if value else "''"
+
+
+def binary(value: bytes) -> str:
+    return f"X'{value.hex()}'"
+
+
+# --- the feature database ------------------------------------------------------------------------
+
+ALL_TYPES_COLUMNS = [
+    "label",
+    "t_tinyint",
+    "t_tinyint_u",
+    "t_smallint",
+    "t_smallint_u",
+    "t_mediumint",
+    "t_mediumint_u",
+    "t_int",
+    "t_int_u",
+    "t_bigint",
+    "t_bigint_u",
+    "t_decimal",
+    "t_float",
+    "t_double",
+    "t_bit1",
+    "t_bit64",
+    "t_date",
+    "t_time",
+    "t_datetime",
+    "t_timestamp",
+    "t_year",
+    "t_char",
+    "t_varchar",
+    "t_text",
+    "t_mediumtext",
+    "t_latin1",
+    "t_bin_collation",
+    "t_binary",
+    "t_varbinary",
+    "t_blob",
+    "t_longblob",
+    "t_enum",
+    "t_set",
+    "t_json",
+    "t_point",
+    "t_polygon",
+    "t_geometry",
+]
+
+DECIMAL_MAX = "9" * 35 + "." + "9" * 30
+
+
+def all_types_table(mariadb: bool) -> str:
+    # MariaDB keeps the SRID in every geometry value; MySQL 8 also restricts a column to one SRID.
+    point_srid = "" if mariadb else " SRID 4326"
+    return f"""
+CREATE TABLE all_types (
+  id INT NOT NULL AUTO_INCREMENT,
+  label VARCHAR(40) NOT NULL,
+  t_tinyint TINYINT NULL,
+  t_tinyint_u TINYINT UNSIGNED NULL,
+  t_smallint SMALLINT NULL,
+  t_smallint_u SMALLINT UNSIGNED NULL,
+  t_mediumint MEDIUMINT NULL,
+  t_mediumint_u MEDIUMINT UNSIGNED NULL,
+  t_int INT NULL,
+  t_int_u INT UNSIGNED NULL,
+  t_bigint BIGINT NULL,
+  t_bigint_u BIGINT UNSIGNED NULL,
+  t_decimal DECIMAL(65,30) NULL,
+  t_float FLOAT NULL,
+  t_double DOUBLE NULL,
+  t_bit1 BIT(1) NULL,
+  t_bit64 BIT(64) NULL,
+  t_date DATE NULL,
+  t_time TIME(6) NULL,
+  t_datetime DATETIME(6) NULL,
+  t_timestamp TIMESTAMP(6) NULL DEFAULT NULL,
+  t_year YEAR NULL,
+  t_char CHAR(20) NULL,
+  t_varchar VARCHAR(1000) NULL COMMENT 'utf8mb4 text; it''s "tricky"\\nsecond line',
+  t_text TEXT NULL,
+  t_mediumtext MEDIUMTEXT NULL,
+  t_latin1 VARCHAR(200) CHARACTER SET latin1 NULL,
+  t_bin_collation VARCHAR(100) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
+  t_binary BINARY(4) NULL,
+  t_varbinary VARBINARY(300) NULL,
+  t_blob BLOB NULL,
+  t_longblob LONGBLOB NULL,
+  t_enum ENUM('small','medium','it''s large','') NULL,
+  t_set SET('read','write','admin''s') NULL,
+  t_json JSON NULL,
+  t_point POINT{point_srid} NULL,
+  t_polygon POLYGON NULL,
+  t_geometry GEOMETRY NULL,
+  PRIMARY KEY (id)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci
+  COMMENT='every column type; it''s "all" of them\\nsecond line \\\\ backslash'
+"""
+
+
+def all_types_rows(*, zero_dates: bool) -> list[dict[str, str]]:
+    """SQL expressions per column; a column a row leaves out is NULL."""
+    minimum = {
+        "label": "'minimum'",
+        "t_tinyint": "-128",
+        "t_tinyint_u": "0",
+        "t_smallint": "-32768",
+        "t_smallint_u": "0",
+        "t_mediumint": "-8388608",
+        "t_mediumint_u": "0",
+        "t_int": "-2147483648",
+        "t_int_u": "0",
+        "t_bigint": "-9223372036854775808",
+        "t_bigint_u": "0",
+        "t_decimal": "-" + DECIMAL_MAX,
+        "t_float": "-3.4028234663852886e38",
+        "t_double": "-1.7976931348623157e308",
+        "t_bit1": "b'0'",
+        "t_bit64": "b'0'",
+        "t_date": "'1000-01-01'",
+        "t_time": "'-838:59:59.000000'",
+        "t_datetime": "'1000-01-01 00:00:00.000000'",
+        "t_timestamp": "'1970-01-01 00:00:01.000000'",
+        "t_year": "1901",
+        "t_char": "''",
+        "t_varchar": "''",
+        "t_text": "''",
+        "t_mediumtext": "''",
+        "t_latin1": "''",
+        "t_bin_collation": "''",
+        "t_binary": binary(b"\x00\x00\x00\x00"),
+        "t_varbinary": "X''",
+        "t_blob": "X''",
+        "t_longblob": "X''",
+        "t_enum": "'small'",
+        "t_set": "''",
+        "t_json": "'[]'",
+        "t_point": "ST_GeomFromText('POINT(0 0)', 4326)",
+        "t_polygon": "ST_GeomFromText('POLYGON((0 0,0 1,1 1,1 0,0 0))')",
+        "t_geometry": "ST_GeomFromText('LINESTRING(0 0,1 1,2 0)')",
+    }
+    maximum = {
+        "label": "'maximum'",
+        "t_tinyint": "127",
+        "t_tinyint_u": "255",
+        "t_smallint": "32767",
+        "t_smallint_u": "65535",
+        "t_mediumint": "8388607",
+        "t_mediumint_u": "16777215",
+        "t_int": "2147483647",
+        "t_int_u": "4294967295",
+        "t_bigint": "9223372036854775807",
+        "t_bigint_u": "18446744073709551615",
+        "t_decimal": DECIMAL_MAX,
+        "t_float": "3.4028234663852886e38",
+        "t_double": "1.7976931348623157e308",
+        "t_bit1": "b'1'",
+        "t_bit64": "0xFFFFFFFFFFFFFFFF",
+        "t_date": "'9999-12-31'",
+        "t_time": "'838:59:59.000000'",
+        "t_datetime": "'9999-12-31 23:59:59.999999'",
+        "t_timestamp": "'2038-01-19 03:14:07.999999'",
+        "t_year": "2155",
+        "t_char": utf8("chär ✓ 20 chars max"),
+        "t_varchar": utf8(TRICKY_TEXT + " trailing spaces   "),
+        "t_text": utf8(TRICKY_TEXT * 3),
+        "t_mediumtext": utf8(LONG_TEXT),
+        "t_latin1": utf8(LATIN1_TEXT),
+        "t_bin_collation": utf8("Case Matters ÄÖÜ äöü"),
+        "t_binary": binary(b"\xff\x00\x1a\x5c"),
+        "t_varbinary": binary(ALL_BYTES),
+        "t_blob": binary(ALL_BYTES * 4),
+        "t_longblob": binary(LONG_BLOB),
+        "t_enum": "'it''s large'",
+        "t_set": "'read,write,admin''s'",
+        "t_json": utf8(FIXTURE_JSON),
+        "t_point": "ST_GeomFromText('POINT(-89.5 179.25)', 4326)",
+        "t_polygon": "ST_GeomFromText('POLYGON((0 0,0 10,10 10,10 0,0 0),(2 2,2 4,4 4,4 2,2 2))')",
+        "t_geometry": "ST_GeomFromText('GEOMETRYCOLLECTION(POINT(1 2),LINESTRING(0 0,3 4))', 3857)",
+    }
+    special = {
+        "label": "'tiny, fractions, negative zero'",
+        "t_tinyint": "-1",
+        "t_tinyint_u": "1",
+        "t_bigint": "-1",
+        "t_bigint_u": "9223372036854775808",
+        "t_decimal": "0." + "0" * 29 + "1",
+        "t_float": "-0e0",
+        "t_double": "-0e0",
+        "t_bit1": "b'0'",
+        "t_bit64": "b'1010101010101010101010101010101010101010101010101010101010101010'",
+        "t_date": "'2024-02-29'",
+        "t_time": "'-00:00:00.000001'",
+        "t_datetime": "'2024-02-29 23:59:59.000001'",
+        "t_timestamp": "'2024-03-31 01:30:00.123456'",
+        "t_year": "2000",
+        "t_char": "'   '",
+        "t_varchar": utf8("   leading and trailing   "),
+        "t_text": utf8("\n"),
+        "t_latin1": utf8("\\N"),
+        "t_enum": "''",
+        "t_set": "'admin''s'",
+        "t_json": utf8('{"a": null, "b": "NULL", "c": "\\u0000"}'),
+        "t_binary": binary(b"\x00"),
+        "t_varbinary": binary(b"\x00"),
+        "t_blob": binary(b"\x1a"),
+    }
+    exponents = {
+        "label": "'exponents'",
+        "t_float": "1.17549435e-38",
+        "t_double": "2.2250738585072014e-308",
+        "t_decimal": "-0." + "0" * 29 + "1",
+    }
+    precision = {
+        "label": "'precision'",
+        "t_float": "3.14159265",
+        "t_double": "0.1",
+        "t_decimal": "12345678901234567890123456789012345.123456789012345678901234567890",
+    }
+    huge = {
+        "label": "'huge exponents'",
+        "t_float": "-1.0e-37",
+        "t_double": "-1.2345678901234567e-300",
+    }
+    nulls = {"label": "'nulls'"}
+    result = [minimum, maximum, special, exponents, precision, huge, nulls]
+    if zero_dates:
+        result.append(
+            {
+                "label": "'zero dates'",
+                "t_date": "'0000-00-00'",
+                "t_datetime": "'0000-00-00 00:00:00'",
+                "t_timestamp": "'0000-00-00 00:00:00'",
+                "t_year": "0",
+                "t_time": "'00:00:00'",
+            }
+        )
+    return result
+
+
+def insert_all_types(row: dict[str, str]) -> str:
+    columns = ", ".join(ALL_TYPES_COLUMNS)
+    values = ", ".join(row.get(column, "NULL") for column in ALL_TYPES_COLUMNS)
+    return f"INSERT INTO all_types ({columns}) VALUES ({values})"
+
+
+def places_table(mariadb: bool) -> str:
+    srid = "" if mariadb else " SRID 0"
+    return f"""
+CREATE TABLE places (
+  id INT NOT NULL PRIMARY KEY,
+  name VARCHAR(50) NOT NULL,
+  location POINT NOT NULL{srid},
+  SPATIAL INDEX location_index (location)
+) ENGINE=InnoDB
+"""
+
+
+TABLES = [
+    f"""
+CREATE TABLE {db.quote_identifier(ODD_TABLE)} (
+  id INT NOT NULL PRIMARY KEY,
+  `dot.col` VARCHAR(20) NULL,
+  `back``tick` VARCHAR(20) NULL,
+  `col with space` INT NULL,
+  `ünïcödé` VARCHAR(20) NULL,
+  `key` INT NULL,
+  `desc` VARCHAR(10) NULL,
+  KEY `index with space` (`col with space`)
+) ENGINE=InnoDB COMMENT='unusual identifiers'
+""",
+    """
+CREATE TABLE `order` (
+  id INT NOT NULL AUTO_INCREMENT,
+  `select` VARCHAR(100) NOT NULL COMMENT 'a column named select; it''s "reserved"\\nsecond line',
+  customer VARCHAR(100) NOT NULL,
+  status ENUM('new','paid','shipped') NOT NULL DEFAULT 'new',
+  total DECIMAL(10,2) NOT NULL DEFAULT 0.00,
+  PRIMARY KEY (id),
+  KEY `from` (customer)
+) ENGINE=InnoDB COMMENT='orders: it''s a "reserved" name\\nwith a second line and a backslash \\\\'
+""",
+    """
+CREATE TABLE audit_log (
+  id INT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+  action VARCHAR(20) NOT NULL,
+  detail TEXT NULL,
+  created_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)
+) ENGINE=InnoDB
+""",
+    """
+CREATE TABLE empty_table (
+  id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+  note VARCHAR(10) NULL
+) ENGINE=InnoDB AUTO_INCREMENT=50 COMMENT='no rows, but a counter'
+""",
+    """
+CREATE TABLE no_primary_key (
+  a INT NULL,
+  b VARCHAR(20) NULL,
+  c BLOB NULL
+) ENGINE=InnoDB
+""",
+    """
+CREATE TABLE latin_table (
+  id INT NOT NULL PRIMARY KEY,
+  name VARCHAR(100) NOT NULL,
+  note TEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL
+) ENGINE=InnoDB DEFAULT CHARSET=latin1 COLLATE=latin1_german1_ci
+""",
+    """
+CREATE TABLE line_items (
+  id INT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+  price DECIMAL(10,2) NOT NULL,
+  qty INT NOT NULL,
+  total DECIMAL(12,2) AS (price * qty) STORED,
+  label VARCHAR(80) AS (CONCAT(qty, ' x ', price)) VIRTUAL,
+  hidden_note VARCHAR(40) NULL INVISIBLE,
+  description TEXT NULL,
+  CONSTRAINT line_items_qty_positive CHECK (qty > 0),
+  KEY total_index (total),
+  FULLTEXT KEY description_text (description)
+) ENGINE=InnoDB
+""",
+    """
+CREATE TABLE partitioned_log (
+  id INT NOT NULL,
+  created DATE NOT NULL,
+  message VARCHAR(100) NULL,
+  PRIMARY KEY (id, created)
+) ENGINE=InnoDB
+PARTITION BY RANGE (YEAR(created)) (
+  PARTITION p2022 VALUES LESS THAN (2023) COMMENT = 'old rows',
+  PARTITION p2023 VALUES LESS THAN (2024),
+  PARTITION pmax VALUES LESS THAN MAXVALUE
+)
+""",
+    # departments and employees reference each other, and employees reference themselves: no table
+    # order loads them with foreign-key checks on.
+    """
+CREATE TABLE departments (
+  id INT NOT NULL PRIMARY KEY,
+  name VARCHAR(50) NOT NULL,
+  head_id INT NULL,
+  UNIQUE KEY department_name (name),
+  KEY head (head_id)
+) ENGINE=InnoDB
+""",
+    """
+CREATE TABLE employees (
+  id INT NOT NULL PRIMARY KEY,
+  name VARCHAR(80) NOT NULL,
+  department_id INT NOT NULL,
+  manager_id INT NULL,
+  CONSTRAINT employees_department FOREIGN KEY (department_id) REFERENCES departments (id) ON UPDATE CASCADE,
+  CONSTRAINT employees_manager FOREIGN KEY (manager_id) REFERENCES employees (id) ON DELETE SET NULL
+) ENGINE=InnoDB
+""",
+    """
+ALTER TABLE departments ADD CONSTRAINT departments_head
+  FOREIGN KEY (head_id) REFERENCES employees (id) ON DELETE SET NULL
+""",
+    f"""
+CREATE TABLE {BIG_TABLE} (
+  id BIGINT NOT NULL PRIMARY KEY,
+  k INT NOT NULL,
+  payload VARCHAR(64) NOT NULL,
+  amount DECIMAL(12,2) NULL,
+  note VARCHAR(20) NULL,
+  KEY k (k)
+) ENGINE=InnoDB
+""",
+]
+
+DATA = [
+    f"""
+INSERT INTO {db.quote_identifier(ODD_TABLE)} (id, `dot.col`, `back``tick`, `col with space`, `ünïcödé`, `key`, `desc`)
+VALUES (1, 'a.b', 'c`d', 1, 'ü', 1, 'asc'), (2, NULL, NULL, NULL, NULL, NULL, NULL),
+       (3, {utf8(TRICKY_TEXT[:20])}, '``', -1, 'é', 0, '')
+""",
+    "INSERT INTO no_primary_key (a, b, c) VALUES (1, 'dup', X'00'), (1, 'dup', X'00'), (1, 'dup', X'00'),"
+    " (NULL, NULL, NULL), (NULL, NULL, NULL), (2, 'x', NULL), (2, 'x', X'')",
+    f"INSERT INTO latin_table (id, name, note) VALUES (1, {utf8(LATIN1_TEXT)}, {utf8('emoji in utf8mb4 😀')}),"
+    " (2, 'plain', NULL), (3, '', '')",
+    f"INSERT INTO line_items (price, qty, hidden_note, description) VALUES"
+    f" (9.99, 3, 'invisible but kept', {utf8('first; line item')}),"
+    " (0.01, 1, NULL, NULL), (12345678.90, 100, 'big', 'big order')",
+    "DELETE FROM line_items WHERE qty = 100",
+    "INSERT INTO partitioned_log (id, created, message) VALUES (1, '2022-06-01', 'old'),"
+    " (2, '2023-01-01', 'mid'), (3, '2030-12-31', 'future'), (4, '2022-12-31', NULL)",
+    "INSERT INTO places (id, name, location) VALUES (1, 'origin', ST_GeomFromText('POINT(0 0)')),"
+    " (2, 'elsewhere', ST_GeomFromText('POINT(12.5 -7.25)'))",
+    # Rows reference rows inserted after them: the source itself needed foreign-key checks off.
+    "INSERT INTO departments (id, name, head_id) VALUES (1, 'Engineering', 3), (2, 'Sales', 5), (3, 'Empty', NULL)",
+    "INSERT INTO employees (id, name, department_id, manager_id) VALUES (1, 'Ada', 1, 3), (2, 'Grace;;', 1, 3),"
+    " (3, 'Linus', 1, 4), (4, 'Ken', 2, 5), (5, 'Barbara', 2, NULL)",
+    f"""
+INSERT INTO {BIG_TABLE} (id, k, payload, amount, note)
+WITH digits (d) AS (
+  SELECT 0 UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL SELECT 4
+  UNION ALL SELECT 5 UNION ALL SELECT 6 UNION ALL SELECT 7 UNION ALL SELECT 8 UNION ALL SELECT 9
+), numbers (n) AS (
+  SELECT a.d + 10 * b.d + 100 * c.d + 1000 * e.d + 10000 * f.d + 100000 * g.d + 1
+  FROM digits a CROSS JOIN digits b CROSS JOIN digits c CROSS JOIN digits e CROSS JOIN digits f
+  CROSS JOIN (SELECT d FROM digits WHERE d < {BIG_TABLE_ROWS // 100_000}) g
+)
+SELECT n, n % 1000, MD5(n), n / 100, IF(n % 7 = 0, NULL, CONCAT('n', n)) FROM numbers
+""",
+]
+
+ROUTINES = [
+    """
+CREATE FUNCTION fixture_label(p_name VARCHAR(80)) RETURNS VARCHAR(120)
+    DETERMINISTIC
+    NO SQL
+    COMMENT 'labels; used by a view'
+BEGIN
+  DECLARE v_result VARCHAR(120);
+  SET v_result = CONCAT('<', p_name, '>');
+  IF p_name LIKE '%;;%' THEN
+    SET v_result = CONCAT(v_result, ' DELIMITER ;;');
+  END IF;
+  RETURN v_result;
+END
+""",
+    f"""
+CREATE DEFINER = `{FIXTURE_DEFINER_USER}`@`%` PROCEDURE fixture_record(
+    IN p_customer VARCHAR(100), INOUT p_count INT, OUT p_note TEXT)
+    MODIFIES SQL DATA
+    SQL SECURITY INVOKER
+    COMMENT 'records a call; it''s "safe";; DELIMITER //'
+BEGIN
+  DECLARE v_marker VARCHAR(60) DEFAULT 'DELIMITER ;;';
+  DECLARE v_i INT DEFAULT 0;
+  WHILE v_i < 3 DO
+    SET v_i = v_i + 1;
+  END WHILE;
+  SET p_count = IFNULL(p_count, 0) + v_i;
+  SET p_note = CONCAT('a;b;;c ', v_marker, ' END; $$ // \\\\ ''q''');
+  INSERT INTO audit_log (action, detail) VALUES ('proc', CONCAT(p_customer, ';;'));
+END
+""",
+    """
+CREATE PROCEDURE fixture_counts()
+    READS SQL DATA
+BEGIN
+  SELECT COUNT(*) AS orders FROM `order`;
+  SELECT COUNT(*) AS entries FROM audit_log WHERE detail LIKE '%;%';
+END
+""",
+]
+
+# Created under PIPES_AS_CONCAT: recreated under another sql_mode, || would mean OR.
+PIPES_FUNCTION = """
+CREATE FUNCTION fixture_pipes(p_a VARCHAR(10) CHARACTER SET latin1, p_b TEXT) RETURNS TEXT CHARSET utf8mb4
+    DETERMINISTIC
+    NO SQL
+RETURN p_a || ';' || p_b
+"""
+
+# Triggers that change what they insert: created before the data is loaded, they fire again and
+# the copy differs (suffixes, totals, extra audit rows).
+TRIGGERS = [
+    """
+CREATE TRIGGER order_before_insert BEFORE INSERT ON `order` FOR EACH ROW
+BEGIN
+  DECLARE note VARCHAR(100) DEFAULT 'semicolons ;; and DELIMITER $$ inside a string';
+  SET NEW.`select` = CONCAT(NEW.`select`, ' [checked]');
+  INSERT INTO audit_log (action, detail) VALUES ('insert', CONCAT(NEW.customer, ': ', note));
+END
+""",
+    """
+CREATE TRIGGER order_before_insert_total BEFORE INSERT ON `order` FOR EACH ROW FOLLOWS order_before_insert
+SET NEW.total = ROUND(NEW.total * 1.1, 2)
+""",
+    """
+CREATE TRIGGER order_after_update AFTER UPDATE ON `order` FOR EACH ROW
+BEGIN
+  IF NEW.status <> OLD.status THEN
+    INSERT INTO audit_log (action, detail) VALUES ('status', CONCAT(OLD.status, ' -> ', NEW.status, ';'));
+  END IF;
+  INSERT INTO audit_log (action, detail) VALUES ('update', NEW.id);
+END
+""",
+]
+
+ORDERS = [
+    f"INSERT INTO `order` (`select`, customer, total) VALUES ('first', 'alice', 10.00), ('second', 'bob', 0.10),"
+    f" ({utf8(TRICKY_TEXT[:60])}, {utf8('zoë 😀')}, 9999999.99), ('fourth', 'dave', 1.00)",
+    "UPDATE `order` SET status = 'paid' WHERE customer = 'alice'",
+    "UPDATE `order` SET total = total + 1 WHERE customer = 'bob'",
+    "DELETE FROM `order` WHERE customer = 'dave'",
+]
+
+EVENT = """
+CREATE EVENT fixture_cleanup
+  ON SCHEDULE EVERY 1 DAY STARTS '2035-01-01 03:00:00' ENDS '2036-01-01 00:00:00'
+  ON COMPLETION PRESERVE
+  DISABLE
+  COMMENT 'nightly; it''s "disabled"'
+  DO BEGIN
+    DELETE FROM audit_log WHERE action = 'never;;';
+    INSERT INTO audit_log (action, detail) VALUES ('event', 'DELIMITER ;;');
+  END
+"""
+
+# Created deepest first, as they must be; a_first_view sorts before everything it depends on, and
+# v_base calls a stored function.
+VIEWS = [
+    "CREATE VIEW v_base AS SELECT e.id, fixture_label(e.name) AS label, e.department_id, e.manager_id FROM employees e",
+    "CREATE VIEW v_mid AS SELECT b.id, b.label, d.name AS department FROM v_base b JOIN departments d"
+    " ON d.id = b.department_id",
+    "CREATE ALGORITHM = TEMPTABLE VIEW v_top AS SELECT department, COUNT(*) AS people FROM v_mid GROUP BY department",
+    "CREATE VIEW a_first_view AS SELECT department, people FROM v_top WHERE people > 0",
+    f"CREATE DEFINER = `{FIXTURE_DEFINER_USER}`@`%` SQL SECURITY INVOKER VIEW {db.quote_identifier(CHECKED_VIEW)} AS"
+    " SELECT id, `select`, customer, total FROM `order` WHERE total >= 0 WITH CASCADED CHECK OPTION",
+    f"CREATE VIEW {db.quote_identifier(ODD_VIEW)} AS SELECT `dot.col`, `back``tick` AS `tick``ed`"
+    f" FROM {db.quote_identifier(ODD_TABLE)}",
+]
+
+
+def with_mode(sql_mode: str, extra: str) -> str:
+    return ",".join(mode for mode in [*sql_mode.split(","), extra] if mode)
+
+
+async def build_feature_database(target: MysqlTarget) -> None:
+    """Drops and creates the target database holding every feature a dump has to carry over."""
+    await recreate_database(target, charset=SCHEMA_CHARSET, collation=SCHEMA_COLLATION)
+    conn = await connect(target)
+    try:
+        existing = await rows(conn, "SELECT 1 FROM mysql.user WHERE User = %s AND Host = '%%'", (FIXTURE_DEFINER_USER,))
+        if not existing:  # a definer must exist; locked, nobody logs in as it
+            await run(conn, f"CREATE USER IF NOT EXISTS `{FIXTURE_DEFINER_USER}`@`%` ACCOUNT LOCK")
+        mariadb = await is_mariadb(conn)
+        (modes,) = await rows(conn, "SELECT @@GLOBAL.sql_mode AS global_mode, @@SESSION.sql_mode AS session_mode")
+        global_mode = text_of(modes["global_mode"])
+        session_mode = text_of(modes["session_mode"])
+        zero_dates = "NO_ZERO_DATE" not in global_mode.split(",")
+
+        await run(conn, all_types_table(mariadb), places_table(mariadb), *TABLES)
+        await run(conn, "SET SESSION foreign_key_checks = 0")
+        await run(conn, *(insert_all_types(row) for row in all_types_rows(zero_dates=zero_dates)))
+        await run(conn, *DATA)
+        await run(conn, "SET SESSION foreign_key_checks = 1")
+
+        await run(conn, *ROUTINES)
+        await run(conn, f"SET SESSION sql_mode = '{with_mode(session_mode, 'PIPES_AS_CONCAT')}'")
+        await run(conn, PIPES_FUNCTION)
+        await run(conn, f"SET SESSION sql_mode = '{session_mode}'")
+        await run(conn, *TRIGGERS)
+
+        # Id 0 in an AUTO_INCREMENT column survives only under NO_AUTO_VALUE_ON_ZERO.
+        await run(conn, f"SET SESSION sql_mode = '{with_mode(session_mode, 'NO_AUTO_VALUE_ON_ZERO')}'")
+        await run(conn, "INSERT INTO `order` (id, `select`, customer, total) VALUES (0, 'zero id', 'zero', 0.00)")
+        await run(conn, f"SET SESSION sql_mode = '{session_mode}'")
+        await run(conn, *ORDERS)
+        await run(conn, "ALTER TABLE `order` AUTO_INCREMENT = 1000", "ALTER TABLE line_items AUTO_INCREMENT = 500")
+
+        await run(conn, EVENT, *VIEWS)
+    finally:
+        await conn.ensure_closed()
+
+
+# --- snapshots -----------------------------------------------------------------------------------
+
+_AUTO_INCREMENT = re.compile(r" AUTO_INCREMENT=(\d+)")
+
+
+def text_of(value: Any) -> str:
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode()
+    return str(value)
+
+
+def plain(value: Any) -> Any:
+    """A value that compares equal across databases and prints readably in an assertion."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode()
+    if isinstance(value, Decimal | datetime | date | time | timedelta | float):
+        return str(value)
+    return repr(value)
+
+
+async def snapshot(target: MysqlTarget, *, ignore_definers: bool = False) -> dict[str, Any]:
+    """Everything a faithful copy of the target database keeps, keyed by object name.
+
+    ``schema``: the database's default character set and collation. ``tables``: per base table its
+    ``SHOW CREATE TABLE`` without the counter, the ``AUTO_INCREMENT`` counter, ``COUNT(*)`` and
+    ``CHECKSUM TABLE … EXTENDED``. ``views``, ``triggers``, ``routines`` and ``events``: their
+    definitions and attributes from information_schema, with the database's own name replaced by a
+    placeholder. With ``ignore_definers`` the definers are left out.
+    """
+    conn = await connect(target)
+    try:
+        return {
+            "schema": await _schema(conn, target.database),
+            "tables": await _tables(conn, target.database),
+            "views": await _views(conn, target.database, ignore_definers),
+            "triggers": await _triggers(conn, target.database, ignore_definers),
+            "routines": await _routines(conn, target.database, ignore_definers),
+            "events": await _events(conn, target.database, ignore_definers),
+        }
+    finally:
+        await conn.ensure_closed()
+
+
+def objects(snap: dict[str, Any]) -> dict[str, Any]:
+    """The snapshot without the database's defaults: what a load into an existing database controls."""
+    return {key: value for key, value in snap.items() if key != "schema"}
+
+
+def object_definers(snap: dict[str, Any]) -> dict[str, str]:
+    """``"<kind> <name>": definer`` for every view, trigger, routine and event of a snapshot."""
+    found: dict[str, str] = {}
+    for kind in ("views", "triggers", "routines", "events"):
+        for name, attributes in snap[kind].items():
+            found[f"{kind} {name}"] = attributes["definer"]
+    return found
+
+
+def snapshot_differences(expected: Any, actual: Any, path: str = "") -> list[str]:
+    """Where two snapshots (or parts of them) differ, one line per differing value, empty when equal."""
+    if isinstance(expected, dict) and isinstance(actual, dict):
+        found: list[str] = []
+        for key in sorted(set(expected) | set(actual), key=str):
+            where = f"{path}/{key}" if path else str(key)
+            if key not in actual:
+                found.append(f"{where}: missing")
+            elif key not in expected:
+                found.append(f"{where}: not in the original")
+            else:
+                found.extend(snapshot_differences(expected[key], actual[key], where))
+        return found
+    if expected != actual:
+        return [f"{path}: expected {_shorten(expected)}, got {_shorten(actual)}"]
+    return []
+
+
+def _shorten(value: Any, limit: int = 300) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"… ({len(text)} characters)"
+
+
+async def behaviour(target: MysqlTarget) -> dict[str, Any]:
+    """What the feature database's views and functions answer: a copy must answer the same."""
+    conn = await connect(target)
+    try:
+        queries = {
+            "view chain": "SELECT * FROM a_first_view ORDER BY department",
+            "checked view": f"SELECT * FROM {db.quote_identifier(CHECKED_VIEW)} ORDER BY id",
+            "odd view": f"SELECT * FROM {db.quote_identifier(ODD_VIEW)} ORDER BY 1, 2",
+            "functions": "SELECT fixture_pipes('a', 'b') AS piped, fixture_label('x;;y') AS label",
+        }
+        return {
+            label: [{key: plain(value) for key, value in row.items()} for row in await rows(conn, sql)]
+            for label, sql in queries.items()
+        }
+    finally:
+        await conn.ensure_closed()
+
+
+def _normalise(text: Any, database: str) -> Any:
+    if text is None:
+        return None
+    return text_of(text).replace(db.quote_identifier(database), SCHEMA_PLACEHOLDER)
+
+
+def _pick(row: dict[str, Any], columns: list[str], ignore_definers: bool, database: str) -> dict[str, Any]:
+    picked: dict[str, Any] = {}
+    for column in columns:
+        if column not in row or (ignore_definers and column == "DEFINER"):
+            continue
+        value = row[column]
+        picked[column.lower()] = _normalise(value, database) if isinstance(value, str | bytes) else plain(value)
+    return picked
+
+
+async def _schema(conn: Any, database: str) -> dict[str, Any]:
+    (row,) = await rows(
+        conn,
+        "SELECT DEFAULT_CHARACTER_SET_NAME AS charset, DEFAULT_COLLATION_NAME AS collation"
+        " FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s",
+        (database,),
+    )
+    return {"charset": text_of(row["charset"]), "collation": text_of(row["collation"])}
+
+
+async def _tables(conn: Any, database: str) -> dict[str, Any]:
+    found = await rows(
+        conn,
+        "SELECT TABLE_NAME AS name FROM information_schema.TABLES"
+        " WHERE TABLE_SCHEMA = %s AND TABLE_TYPE <> 'VIEW' ORDER BY TABLE_NAME",
+        (database,),
+    )
+    tables: dict[str, Any] = {}
+    for row in found:
+        name = text_of(row["name"])
+        quoted = db.quote_identifier(name)
+        async with conn.cursor() as cursor:
+            await cursor.execute(f"SHOW CREATE TABLE {quoted}")
+            (_, create) = await cursor.fetchone()
+            await cursor.execute(f"SELECT COUNT(*) FROM {quoted}")
+            (count,) = await cursor.fetchone()
+            await cursor.execute(f"CHECKSUM TABLE {quoted} EXTENDED")
+            (_, checksum) = await cursor.fetchone()
+        create = text_of(create)
+        counter = _AUTO_INCREMENT.search(create)
+        tables[name] = {
+            "create": _AUTO_INCREMENT.sub("", create),
+            "auto_increment": int(counter.group(1)) if counter else None,
+            "rows": int(count),
+            "checksum": plain(checksum),
+        }
+    return tables
+
+
+async def _views(conn: Any, database: str, ignore_definers: bool) -> dict[str, Any]:
+    found = await rows(conn, "SELECT * FROM information_schema.VIEWS WHERE TABLE_SCHEMA = %s", (database,))
+    columns = ["VIEW_DEFINITION", "CHECK_OPTION", "IS_UPDATABLE", "DEFINER", "SECURITY_TYPE", "ALGORITHM"]
+    return {text_of(row["TABLE_NAME"]): _pick(row, columns, ignore_definers, database) for row in found}
+
+
+async def _triggers(conn: Any, database: str, ignore_definers: bool) -> dict[str, Any]:
+    found = await rows(conn, "SELECT * FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = %s", (database,))
+    columns = [
+        "EVENT_MANIPULATION",
+        "EVENT_OBJECT_TABLE",
+        "ACTION_ORDER",
+        "ACTION_STATEMENT",
+        "ACTION_ORIENTATION",
+        "ACTION_TIMING",
+        "SQL_MODE",
+        "DEFINER",
+    ]
+    return {text_of(row["TRIGGER_NAME"]): _pick(row, columns, ignore_definers, database) for row in found}
+
+
+PARAMETER_COLUMNS = [
+    "ORDINAL_POSITION",
+    "PARAMETER_MODE",
+    "PARAMETER_NAME",
+    "DTD_IDENTIFIER",
+    "CHARACTER_SET_NAME",
+    "COLLATION_NAME",
+]
+
+
+async def _routines(conn: Any, database: str, ignore_definers: bool) -> dict[str, Any]:
+    found = await rows(conn, "SELECT * FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = %s", (database,))
+    columns = [
+        "ROUTINE_TYPE",
+        "DATA_TYPE",
+        "DTD_IDENTIFIER",
+        "CHARACTER_SET_NAME",
+        "COLLATION_NAME",
+        "ROUTINE_BODY",
+        "ROUTINE_DEFINITION",
+        "IS_DETERMINISTIC",
+        "SQL_DATA_ACCESS",
+        "SECURITY_TYPE",
+        "SQL_MODE",
+        "ROUTINE_COMMENT",
+        "DEFINER",
+    ]
+    parameters = await rows(
+        conn,
+        "SELECT SPECIFIC_NAME, ROUTINE_TYPE, ORDINAL_POSITION, PARAMETER_MODE, PARAMETER_NAME, DTD_IDENTIFIER,"
+        " CHARACTER_SET_NAME, COLLATION_NAME FROM information_schema.PARAMETERS"
+        " WHERE SPECIFIC_SCHEMA = %s ORDER BY SPECIFIC_NAME, ROUTINE_TYPE, ORDINAL_POSITION",
+        (database,),
+    )
+    routines: dict[str, Any] = {}
+    for row in found:
+        kind, name = text_of(row["ROUTINE_TYPE"]), text_of(row["ROUTINE_NAME"])
+        routine = _pick(row, columns, ignore_definers, database)
+        routine["parameters"] = {
+            f"{parameter['ORDINAL_POSITION']} {text_of(parameter['PARAMETER_NAME'] or 'RETURNS')}": _pick(
+                parameter, PARAMETER_COLUMNS, False, database
+            )
+            for parameter in parameters
+            if text_of(parameter["SPECIFIC_NAME"]) == name and text_of(parameter["ROUTINE_TYPE"]) == kind
+        }
+        routines[f"{kind} {name}"] = routine
+    return routines
+
+
+async def _events(conn: Any, database: str, ignore_definers: bool) -> dict[str, Any]:
+    found = await rows(conn, "SELECT * FROM information_schema.EVENTS WHERE EVENT_SCHEMA = %s", (database,))
+    columns = [
+        "DEFINER",
+        "TIME_ZONE",
+        "EVENT_BODY",
+        "EVENT_DEFINITION",
+        "EVENT_TYPE",
+        "EXECUTE_AT",
+        "INTERVAL_VALUE",
+        "INTERVAL_FIELD",
+        "SQL_MODE",
+        "STARTS",
+        "ENDS",
+        "STATUS",
+        "ON_COMPLETION",
+        "EVENT_COMMENT",
+    ]
+    return {text_of(row["EVENT_NAME"]): _pick(row, columns, ignore_definers, database) for row in found}
+
+
+# --- the bank: a cross-table invariant for the consistency proof ----------------------------------
+
+
+async def build_bank(target: MysqlTarget, accounts: int = 200, balance: int = 1000) -> None:
+    """Drops and creates the target database with ``accounts`` accounts of ``balance`` each and an empty ledger."""
+    await recreate_database(target, charset=SCHEMA_CHARSET, collation=SCHEMA_COLLATION)
+    conn = await connect(target)
+    try:
+        await run(
+            conn,
+            "CREATE TABLE accounts (id INT NOT NULL PRIMARY KEY, balance BIGINT NOT NULL) ENGINE=InnoDB",
+            "CREATE TABLE ledger (id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, from_account INT NOT NULL,"
+            " to_account INT NOT NULL, amount INT NOT NULL, KEY from_account (from_account),"
+            " KEY to_account (to_account)) ENGINE=InnoDB",
+        )
+        async with conn.cursor() as cursor:
+            await cursor.executemany(
+                "INSERT INTO accounts (id, balance) VALUES (%s, %s)",
+                [(number, balance) for number in range(1, accounts + 1)],
+            )
+    finally:
+        await conn.ensure_closed()
+
+
+_RETRYABLE = {1205, 1213}  # lock wait timeout, deadlock
+
+
+async def transfer_storm(target: MysqlTarget, stop: asyncio.Event, *, workers: int = 4) -> int:
+    """Transfers money between random accounts on ``workers`` connections until ``stop`` is set.
+
+    Each transfer debits one account, credits another and records a ledger row in one transaction.
+    Returns the number of transfers committed.
+    """
+    conn = await connect(target)
+    try:
+        (row,) = await rows(conn, "SELECT MIN(id) AS low, MAX(id) AS high FROM accounts")
+        low, high = int(row["low"]), int(row["high"])
+    finally:
+        await conn.ensure_closed()
+
+    async def worker(seed: int) -> int:
+        rng = random.Random(seed)
+        connection = await asyncmy.connect(db=target.database, **db.connection_options(target))
+        committed = 0
+        try:
+            while not stop.is_set():
+                debit, credit = rng.sample(range(low, high + 1), 2)
+                amount = rng.randint(1, 100)
+                try:
+                    await connection.begin()
+                    async with connection.cursor() as cursor:
+                        # In id order, so two transfers never wait for each other in a cycle.
+                        for account, change in sorted([(debit, -amount), (credit, amount)]):
+                            await cursor.execute(
+                                "UPDATE accounts SET balance = balance + %s WHERE id = %s", (change, account)
+                            )
+                        await cursor.execute(
+                            "INSERT INTO ledger (from_account, to_account, amount) VALUES (%s, %s, %s)",
+                            (debit, credit, amount),
+                        )
+                    await connection.commit()
+                    committed += 1
+                except MySQLError as exc:
+                    if exc.args[0] not in _RETRYABLE:
+                        raise
+                    await connection.rollback()
+                await asyncio.sleep(0)
+        finally:
+            await connection.ensure_closed()
+        return committed
+
+    done = await asyncio.gather(*(worker(seed) for seed in range(workers)))
+    return sum(done)
+
+
+async def ledger_count(target: MysqlTarget) -> int:
+    """Transfers committed so far (read outside any long transaction, so always current)."""
+    conn = await connect(target)
+    try:
+        (row,) = await rows(conn, "SELECT COUNT(*) AS transfers FROM ledger")
+        return int(row["transfers"])
+    finally:
+        await conn.ensure_closed()
+
+
+async def bank_inconsistencies(target: MysqlTarget, *, accounts: int = 200, balance: int = 1000) -> list[str]:
+    """What is wrong with the bank in the target: empty when every balance agrees with the ledger."""
+    conn = await connect(target)
+    try:
+        (totals,) = await rows(conn, "SELECT COUNT(*) AS accounts, SUM(balance) AS total FROM accounts")
+        problems = []
+        if int(totals["accounts"]) != accounts:
+            problems.append(f"{totals['accounts']} accounts instead of {accounts}")
+        if int(totals["total"] or 0) != accounts * balance:
+            problems.append(f"the balances sum to {totals['total']} instead of {accounts * balance}")
+        mismatched = await rows(
+            conn,
+            "SELECT a.id, a.balance, COALESCE(c.total, 0) AS credits, COALESCE(d.total, 0) AS debits"
+            " FROM accounts a"
+            " LEFT JOIN (SELECT to_account, SUM(amount) AS total FROM ledger GROUP BY to_account) c"
+            "   ON c.to_account = a.id"
+            " LEFT JOIN (SELECT from_account, SUM(amount) AS total FROM ledger GROUP BY from_account) d"
+            "   ON d.from_account = a.id"
+            " WHERE a.balance <> %s + COALESCE(c.total, 0) - COALESCE(d.total, 0)"
+            " ORDER BY a.id",
+            (balance,),
+        )
+        for row in mismatched[:10]:
+            problems.append(
+                f"account {row['id']} holds {row['balance']} but the ledger says"
+                f" {balance} + {row['credits']} - {row['debits']}"
+            )
+        if len(mismatched) > 10:
+            problems.append(f"… and {len(mismatched) - 10} more accounts disagree with the ledger")
+        return problems
+    finally:
+        await conn.ensure_closed()
