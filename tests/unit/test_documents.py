@@ -57,7 +57,7 @@ def test_the_default_settings_validate() -> None:
     assert isinstance(document, SettingsDocument)
     assert document.retention == RetentionPolicy(keep_last=3, keep_daily=7, keep_weekly=4, keep_monthly=12)
     assert document.encryption.enabled
-    assert document.compression.level == 6
+    assert document.compression.level == 3
     assert document.verification.restore_drill_cron == "0 4 * * 6"
     assert "**/*.tmp" in document.exclude
 
@@ -200,8 +200,8 @@ def test_zero_daily_weekly_and_monthly_counts_are_allowed() -> None:
     ("document", "location"),
     [
         ({"retention": {"max_age_days": 0}}, "retention.max_age_days"),
-        ({"compression": {"level": 0}}, "compression.level"),
-        ({"compression": {"level": 10}}, "compression.level"),
+        ({"compression": {"level": -1}}, "compression.level"),
+        ({"compression": {"level": 4}}, "compression.level"),
         ({"restore_limits": {"max_entries": 0}}, "restore_limits.max_entries"),
         ({"verification": {"restore_drill_cron": "99 * * * *"}}, "verification.restore_drill_cron"),
         ({"exclude": [""]}, "exclude.0"),

@@ -85,7 +85,9 @@ class EncryptionSettings(_Strict):
 
 
 class CompressionSettings(_Strict):
-    level: int = Field(6, ge=1, le=9)
+    level: int = Field(
+        3, ge=0, le=3, description="Deflate effort: 0 is fastest, 3 gives the smallest archives (the default)."
+    )
 
 
 class DatabaseSettings(_Strict):

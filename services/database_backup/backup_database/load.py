@@ -24,15 +24,33 @@ LOAD_SESSION = (
 )
 
 
+READ_CHUNK = 1 << 20
+# Lock waits and deadlocks between loaders filling one table: the statement is simply run again.
+RETRYABLE = {1205, 1213}
+RETRIES = 5
+
+
 class LoadError(Exception):
     """The archive could not be loaded; the message says why."""
 
 
-def split_statements(text: bytes) -> Iterator[bytes]:
+def _lines(text: bytes | bytearray) -> Iterator[bytes]:
+    """Lines one at a time: splitting a whole member at once would hold a second copy of it."""
+    start = 0
+    size = len(text)
+    while start < size:
+        end = text.find(b"\n", start)
+        if end < 0:
+            end = size
+        yield bytes(text[start:end])
+        start = end + 1
+
+
+def split_statements(text: bytes | bytearray) -> Iterator[bytes]:
     """Statements of a member: each ends at a line ending with the current delimiter (DELIMITER aware)."""
     delimiter = b";"
     pending: list[bytes] = []
-    for line in text.split(b"\n"):
+    for line in _lines(text):
         stripped = line.strip()
         if not pending and stripped.upper().startswith(b"DELIMITER "):
             delimiter = stripped.split(None, 1)[1]
@@ -41,7 +59,7 @@ def split_statements(text: bytes) -> Iterator[bytes]:
             continue
         pending.append(line)
         if stripped.endswith(delimiter):
-            statement = b"\n".join(pending).rstrip()
+            statement = (pending[0] if len(pending) == 1 else b"\n".join(pending)).rstrip()
             pending = []
             statement = statement[: -len(delimiter)].strip()
             if statement and not _only_comment(statement):
@@ -61,16 +79,23 @@ async def _connect(target: MysqlTarget) -> Connection:
 
 
 async def _run(conn: Connection, statements: Iterator[bytes], member: str) -> int:
-    """Runs a member's statements in one transaction; returns the rows they inserted."""
+    """Runs a member's statements, each committed on its own so that row locks are held briefly;
+    returns the rows they inserted."""
     rows = 0
     async with conn.cursor() as cursor:
         for statement in statements:
-            try:
-                rows += max(0, await cursor.execute(statement))
-            except MySQLError as exc:
-                preview = statement[:200].decode(errors="replace")
-                raise LoadError(f"{member}: {exc.args[-1]} (in: {preview}…)") from exc
-    await conn.commit()
+            for attempt in range(1, RETRIES + 1):
+                try:
+                    rows += max(0, await cursor.execute(statement))
+                    await conn.commit()
+                    break
+                except MySQLError as exc:
+                    await conn.rollback()
+                    if exc.args[0] in RETRYABLE and attempt < RETRIES:
+                        await asyncio.sleep(0.1 * attempt)
+                        continue
+                    preview = statement[:200].decode(errors="replace")
+                    raise LoadError(f"{member}: {exc.args[-1]} (in: {preview}…)") from exc
     return rows
 
 
@@ -112,9 +137,14 @@ async def _prepare_target(target: MysqlTarget, force: bool) -> None:
     await db.ensure_database(target)
 
 
-def _read_member(reader: ArchiveReader, name: str) -> bytes:
+def _read_member(reader: ArchiveReader, name: str) -> bytearray:
+    """The whole member, read to its end so that its authentication code is checked before any of its
+    statements runs; in one growing buffer, never twice in memory."""
+    text = bytearray()
     with reader.open_member(name) as stream:
-        return stream.read()
+        while chunk := stream.read(READ_CHUNK):
+            text += chunk
+    return text
 
 
 async def load_database(

@@ -116,7 +116,10 @@ class DatabaseBackupWorker:
         directory = settings.storage_dir / record.storage_path
         archive = directory / archive_name(PART)
         await asyncio.to_thread(_prepare_directory, directory, archive)
-        options = DumpOptions(keep_definers=bool(document["database"]["keep_definers"]))
+        options = DumpOptions(
+            keep_definers=bool(document["database"]["keep_definers"]),
+            compression_level=int(document["compression"]["level"]),
+        )
 
         async def report(progress: DumpProgress) -> None:
             await context.parts.progress(lease, record.id, PART, asdict(progress))
