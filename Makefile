@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Tools the tests call by name (e.g. the Compose v2 CLI from the dev extras) come from the venv.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup run test lint unit integration e2e schemas lock clean
+.PHONY: setup run test lint unit integration e2e schemas lock bench clean
 
 setup: $(STAMP)
 
@@ -45,6 +45,12 @@ schemas: setup
 lock:
 	$(PYTHON) -m pip install --quiet uv
 	$(PYTHON) -m uv pip compile pyproject.toml --extra dev --python-version 3.11 --generate-hashes -o requirements.lock
+
+# Generates about 530 MiB of SQL once (reused afterwards), then times our database backup and load
+# against mariadb-dump | gzip -6, mydumper and myloader on the same data. Needs root (apt, page cache).
+bench: setup
+	bash bench/setup.sh
+	$(BIN)/python -m bench.database $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
