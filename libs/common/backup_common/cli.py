@@ -111,7 +111,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     applied = asyncio.run(db.migrate(settings.catalog))
     if applied:
         print(f"backupctl run: catalog migrated: {', '.join(applied)}", file=sys.stderr)
-    services = [name for name in SERVICES if importlib.util.find_spec(name) is not None]
+    services = [name for name in SERVICES if _runnable(name)]
     if settings.jwt_algorithm.is_symmetric:
         token = issue_token(settings, subject="local-admin", roles=[ADMIN_ROLE], ttl_seconds=12 * 3600)
         base = f"http://{settings.gateway_host}:{settings.gateway_port}"
@@ -121,6 +121,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             flush=True,
         )
     return asyncio.run(_supervise(services, env))
+
+
+def _runnable(package: str) -> bool:
+    """A service package that exists in this installation and has a __main__ to run."""
+    try:
+        return importlib.util.find_spec(f"{package}.__main__") is not None
+    except ModuleNotFoundError:
+        return False
 
 
 async def _supervise(services: Sequence[str], env: dict[str, str]) -> int:

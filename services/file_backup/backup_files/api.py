@@ -1,0 +1,74 @@
+"""What the files part records about each path, shared by the archiver, the restorer and the worker.
+
+A files part holds one archive member per path: `<tree>/<relative path>` for files and symbolic
+links, `<tree>/<relative path>/` for directories, where <tree> is `uploads`, `configs` or `logs`.
+Its manifest (`files.json`) lists the `state` of every tree at that backup (what a restore of it
+must reproduce), the `entries` this archive carries (all of them for a complete backup; new and
+changed ones for an incremental) and the `deleted` paths since the parent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Kind = Literal["file", "dir", "symlink"]
+TREES = ("uploads", "configs", "logs")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One path as the scanner found it (never following symbolic links)."""
+
+    path: str  # "<tree>/<relative posix path>", no trailing slash
+    kind: Kind
+    mode: int  # permission bits, stat.S_IMODE
+    mtime_ns: int
+    size: int  # 0 for directories; for links, the length of the target
+    target: str | None = None  # symbolic links only
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """One path as the archive holds it."""
+
+    path: str
+    kind: Kind
+    mode: int
+    mtime_ns: int
+    size: int
+    sha256: str | None  # files only: of the bytes archived
+    target: str | None = None
+    stored: bool = False  # kept uncompressed (already-compressed format)
+    changed_while_read: bool = False  # kept changing over every attempt; the bytes may be torn
+
+
+@dataclass(frozen=True)
+class Skipped:
+    path: str
+    reason: str  # e.g. "socket", "character device", "unreadable: Permission denied"
+
+
+@dataclass
+class ArchiveResult:
+    records: list[FileRecord] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    bytes_read: int = 0
+
+
+@dataclass(frozen=True)
+class RestoreLimits:
+    max_total_bytes: int = 1 << 40
+    max_entries: int = 10_000_000
+    max_compression_ratio: int = 1000
+
+
+@dataclass(frozen=True)
+class RestoreSummary:
+    target: str
+    files: int
+    directories: int
+    symlinks: int
+    deleted: int
+    bytes_written: int
+    backups_applied: list[str]
