@@ -452,6 +452,21 @@ class Catalog:
                 ),
             )
 
+    async def previous_files_backup(self, backup_id: str) -> dict[str, Any] | None:
+        """The newest completed backup with a files part created before this one: an incremental's parent."""
+        async with self._pool.acquire() as conn:
+            row = await db.fetch_one(
+                conn,
+                "SELECT b.id, b.storage_path FROM backups b"
+                " JOIN backup_parts p ON p.backup_id = b.id AND p.part = 'files' AND p.status = 'completed'"
+                " JOIN backups me ON me.id = %s"
+                " WHERE b.status = 'completed' AND b.created_at < me.created_at"
+                " ORDER BY b.created_at DESC, b.id DESC LIMIT 1",
+                (backup_id,),
+            )
+            await conn.rollback()
+        return row
+
     async def ping(self) -> None:
         async with self._pool.acquire() as conn:
             await db.fetch_one(conn, "SELECT 1 AS ok")

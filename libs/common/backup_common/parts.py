@@ -118,6 +118,13 @@ class PartJobs:
                 (lease.job_key, json.dumps(progress), backup_id, part.value, lease.holder, lease.version),
             )
 
+    async def set_parent(self, lease: Lease, backup_id: str, parent_id: str | None) -> None:
+        async with db.transaction(self._pool) as conn:
+            await self._leases.fence(conn, lease)
+            await db.execute(
+                conn, "UPDATE backups SET parent_id = %s, updated_at = NOW(6) WHERE id = %s", (parent_id, backup_id)
+            )
+
     async def complete(
         self, lease: Lease, backup_id: str, part: BackupPart, result: PartResult, write_manifest: ManifestWriter
     ) -> bool:

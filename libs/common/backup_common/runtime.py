@@ -21,11 +21,12 @@ from backup_common.catalog import Catalog
 from backup_common.events import Event
 from backup_common.health import healthz, readiness
 from backup_common.leases import LeaseStore
+from backup_common.logs import configure_logging
 from backup_common.messaging import Consumer, Topology
 from backup_common.outbox import OutboxRelay
 from backup_common.parts import PartJobs
 from backup_common.processed import MysqlProcessedMessages
-from backup_common.settings import Settings
+from backup_common.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,14 @@ WORKER = web.AppKey("worker", Worker)
 
 def holder_name(service: str) -> str:
     return f"{service}@{socket.gethostname()}:{os.getpid()}"
+
+
+def run_worker(service: str, make_worker: Callable[[WorkerContext], Worker], port: Callable[[Settings], int]) -> None:
+    """The entry point of a worker process: serves until SIGINT or SIGTERM, then gives its jobs back."""
+    settings = load_settings()
+    configure_logging(settings, service)
+    app = create_worker_app(settings, service, make_worker)
+    web.run_app(app, host=settings.worker_host, port=port(settings), print=None, access_log=None)
 
 
 def create_worker_app(
