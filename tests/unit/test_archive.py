@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import struct
 import subprocess
 import zipfile
@@ -348,7 +349,21 @@ def test_a_file_that_is_not_an_archive_is_reported_as_corrupt(tmp_path: Path) ->
 
 @pytest.mark.parametrize(
     "name",
-    ["", "/etc/passwd", "../escape", "a/../../b", "a/..", "dir\\file", "a\x00b", "a//b", "./a", "a/", "C:/x", "\udcff"],
+    [
+        "",
+        "/etc/passwd",
+        "../escape",
+        "a/../../b",
+        "a/..",
+        "dir\\file",
+        "a\x00b",
+        "a//b",
+        "./a",
+        "a//",
+        "/",
+        "C:/x",
+        "\udcff",
+    ],
 )
 def test_unsafe_member_names_are_refused(tmp_path: Path, name: str) -> None:
     with ArchiveWriter(tmp_path / "a.zip", password=None) as writer:
@@ -431,3 +446,14 @@ def test_7zip_tests_and_extracts_an_encrypted_archive_given_its_password(tmp_pat
     assert (tmp_path / "out" / "media" / "photo.jpg").read_bytes() == random_data
     assert wrong.returncode != 0
     assert "Wrong password" in wrong.stdout + wrong.stderr
+
+
+def test_a_directory_member_ends_with_a_slash(tmp_path: Path) -> None:
+    path = tmp_path / "dirs.zip"
+    with ArchiveWriter(path, password=None) as writer:
+        writer.write_member("uploads/empty/", b"", mode=stat.S_IFDIR | 0o750)
+        writer.commit()
+    with zipfile.ZipFile(path) as archive:
+        [info] = archive.infolist()
+    assert info.is_dir()
+    assert stat.S_ISDIR(info.external_attr >> 16)

@@ -79,7 +79,8 @@ class MemberInfo:
 
 
 def check_member_name(name: str) -> str:
-    """Returns ``name`` when it is a safe relative member path; raises ValueError otherwise."""
+    """Returns ``name`` when it is a safe relative member path (a directory's ends with '/');
+    raises ValueError otherwise."""
     if not name:
         raise ValueError("a member name must not be empty")
     if "\x00" in name:
@@ -90,7 +91,8 @@ def check_member_name(name: str) -> str:
         raise ValueError(f"member name {name!r} is absolute; member names are relative paths")
     if len(name) >= 2 and name[1] == ":" and name[0].isalpha():
         raise ValueError(f"member name {name!r} starts with a drive letter")
-    parts = name.split("/")
+    # A directory member ends with one '/', as zip tools expect.
+    parts = name.removesuffix("/").split("/")
     if any(part in ("", ".", "..") for part in parts):
         raise ValueError(f"member name {name!r} has an empty, '.' or '..' path component")
     try:

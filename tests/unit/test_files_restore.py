@@ -1,0 +1,503 @@
+"""Restoring the trees of a files backup: exact rebuilds, chains replayed, hostile archives refused."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import stat
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pyzipper
+
+from backup_common.archive import ArchiveReader, ArchiveWriter, MemberInfo, WrongPassword
+from backup_files.api import TREES, FileRecord, RestoreLimits
+from backup_files.restore import (
+    ChainLink,
+    IntegrityError,
+    RestoreError,
+    TargetNotEmpty,
+    UnsafeArchive,
+    restore_chain,
+)
+
+PASSWORD = "pw"
+T0 = 1_700_000_000_123_456_789
+MIB = 1 << 20
+LIMITS = RestoreLimits()
+
+
+@dataclass(frozen=True)
+class File:
+    content: bytes
+    mode: int = 0o644
+    mtime_ns: int = T0
+
+
+@dataclass(frozen=True)
+class Dir:
+    mode: int = 0o755
+    mtime_ns: int = T0
+
+
+@dataclass(frozen=True)
+class Link:
+    target: str
+    mtime_ns: int = T0
+
+
+Node = File | Dir | Link
+Tree = dict[str, Node]
+
+
+def record(path: str, node: Node) -> dict[str, Any]:
+    if isinstance(node, File):
+        digest = hashlib.sha256(node.content).hexdigest()
+        return asdict(FileRecord(path, "file", node.mode, node.mtime_ns, len(node.content), digest))
+    if isinstance(node, Dir):
+        return asdict(FileRecord(path, "dir", node.mode, node.mtime_ns, 0, None))
+    return asdict(FileRecord(path, "symlink", 0o777, node.mtime_ns, len(node.target), None, target=node.target))
+
+
+def members(items: list[tuple[str, Node]]) -> list[tuple[str, bytes, int]]:
+    """The archive members of paths as the archiver writes them: name, content and mode."""
+    out = []
+    for path, node in items:
+        if isinstance(node, File):
+            out.append((path, node.content, stat.S_IFREG | node.mode))
+        elif isinstance(node, Dir):
+            out.append((path + "/", b"", stat.S_IFDIR | node.mode))
+        else:
+            out.append((path, node.target.encode(), stat.S_IFLNK | 0o777))
+    return out
+
+
+def write_archive(archive: Path, content: list[tuple[str, bytes, int]]) -> None:
+    """An encrypted archive written with pyzipper directly: ArchiveWriter refuses directory members
+    (``<path>/``) and the hostile names these tests need."""
+    with pyzipper.AESZipFile(archive, "w", compression=pyzipper.ZIP_DEFLATED, encryption=pyzipper.WZ_AES) as zip_file:
+        zip_file.setpassword(PASSWORD.encode())
+        for name, data, mode in content:
+            info = zip_file.zipinfo_cls(name, date_time=(2024, 1, 1, 0, 0, 0))
+            info.external_attr = mode << 16
+            info.compress_type = pyzipper.ZIP_DEFLATED
+            zip_file.writestr(info, data)
+
+
+def write_link(directory: Path, backup_id: str, carried: Tree, *, state: Tree, deleted: list[str]) -> ChainLink:
+    """A files part as the archiver writes it: one member per carried path, and its manifest."""
+    archive = directory / f"{backup_id}.zip"
+    write_archive(archive, members(sorted(carried.items())))
+    manifest = {
+        "entries": [record(path, node) for path, node in carried.items()],
+        "deleted": deleted,
+        "state": [record(path, node) for path, node in state.items()],
+    }
+    return ChainLink(backup_id, archive, PASSWORD, manifest)
+
+
+def full(directory: Path, backup_id: str, tree: Tree) -> ChainLink:
+    return write_link(directory, backup_id, tree, state=tree, deleted=[])
+
+
+def incremental(directory: Path, backup_id: str, before: Tree, after: Tree) -> ChainLink:
+    carried = {path: node for path, node in after.items() if before.get(path) != node}
+    deleted = sorted(path for path in before if path not in after)
+    return write_link(directory, backup_id, carried, state=after, deleted=deleted)
+
+
+def write_raw_link(directory: Path, backup_id: str, items: list[tuple[str, Node]], *, type_bits: int = 0) -> ChainLink:
+    """A files part whose members and manifest entries have the given paths, whatever they are;
+    ``type_bits`` replaces the file type and mode of every member."""
+    content = [(name, data, type_bits or mode) for name, data, mode in members(items)]
+    archive = directory / f"{backup_id}.zip"
+    write_archive(archive, content)
+    records = [record(path, node) for path, node in items]
+    return ChainLink(backup_id, archive, PASSWORD, {"entries": records, "deleted": [], "state": records})
+
+
+def snapshot(target: Path) -> Tree:
+    """What the target holds below its tree roots, read back without following links."""
+    assert {entry.name for entry in target.iterdir()} <= set(TREES)
+    out: Tree = {}
+    pending = [(target / tree, tree) for tree in TREES if (target / tree).is_dir()]
+    while pending:
+        directory, path = pending.pop()
+        for entry in os.scandir(directory):
+            child = f"{path}/{entry.name}"
+            st = entry.stat(follow_symlinks=False)
+            if stat.S_ISLNK(st.st_mode):
+                out[child] = Link(os.readlink(entry.path), st.st_mtime_ns)
+            elif stat.S_ISDIR(st.st_mode):
+                out[child] = Dir(stat.S_IMODE(st.st_mode), st.st_mtime_ns)
+                pending.append((Path(entry.path), child))
+            else:
+                assert stat.S_ISREG(st.st_mode)
+                out[child] = File(Path(entry.path).read_bytes(), stat.S_IMODE(st.st_mode), st.st_mtime_ns)
+    return out
+
+
+def everything(root: Path) -> dict[str, tuple[int, int, int]]:
+    """Every path under ``root`` with its type, size and time, to tell whether anything was written."""
+    out = {}
+    for directory, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            st = os.lstat(os.path.join(directory, name))
+            out[os.path.relpath(os.path.join(directory, name), root)] = (st.st_mode, st.st_size, st.st_mtime_ns)
+    return out
+
+
+def assert_refused_without_writing(
+    tmp_path: Path, chain: list[ChainLink], match: str, limits: RestoreLimits = LIMITS
+) -> None:
+    target = tmp_path / "restored"
+    before = everything(tmp_path)
+    with pytest.raises(UnsafeArchive, match=re.escape(match)):
+        restore_chain(chain, target, limits)
+    assert not target.exists()
+    assert everything(tmp_path) == before
+
+
+@pytest.fixture
+def archives(tmp_path: Path) -> Path:
+    directory = tmp_path / "archives"
+    directory.mkdir()
+    return directory
+
+
+SAMPLE: Tree = {
+    "uploads/a.txt": File(b"hello\n", 0o644, T0 + 1),
+    "uploads/empty": File(b"", 0o600, T0 + 2),
+    "uploads/big.bin": File(os.urandom(3 * MIB + 17), 0o640, T0 + 3),
+    "uploads/run.sh": File(b"#!/bin/sh\necho hi\n", 0o755, T0 + 4),
+    "uploads/photos": Dir(0o750, T0 + 5),
+    "uploads/photos/2024": Dir(0o755, T0 + 6),
+    "uploads/photos/2024/cat.jpg": File(b"\xff\xd8" + os.urandom(5000), 0o444, T0 + 7),
+    "uploads/nothing-here": Dir(0o700, T0 + 8),
+    "uploads/latest": Link("photos/2024/cat.jpg", T0 + 9),
+    "uploads/settings": Link("../configs", T0 + 10),
+    "configs/locked": Dir(0o555, T0 + 11),
+    "configs/locked/app.ini": File(b"[app]\nkey = 1\n", 0o400, T0 + 12),
+    "logs/app.log": File(b"line\n" * 10_000, 0o644, T0 + 13),
+}
+
+
+def test_a_complete_backup_restores_every_byte_mode_time_link_and_empty_directory(
+    tmp_path: Path, archives: Path
+) -> None:
+    target = tmp_path / "restored"
+    summary = restore_chain([full(archives, "b1", SAMPLE)], target, LIMITS)
+
+    assert snapshot(target) == SAMPLE
+    assert os.readlink(target / "uploads/settings") == "../configs"
+    assert (summary.files, summary.directories, summary.symlinks) == (7, 4, 2)
+    assert summary.bytes_written == sum(len(n.content) for n in SAMPLE.values() if isinstance(n, File))
+    assert summary.backups_applied == ["b1"]
+    assert summary.target == str(target)
+
+
+def test_a_base_and_two_incrementals_reproduce_the_state_of_each_backup(tmp_path: Path, archives: Path) -> None:
+    s0 = dict(SAMPLE)
+    s0.update({"uploads/old": Dir(), "uploads/old/x.txt": File(b"x"), "uploads/old/y.txt": File(b"y")})
+    s1 = dict(s0)
+    s1["uploads/a.txt"] = File(b"hello, again\n", 0o644, T0 + 100)  # modified
+    s1["uploads/new.txt"] = File(b"new\n", 0o600, T0 + 101)  # added
+    del s1["uploads/empty"]  # deleted file
+    for path in ("uploads/old", "uploads/old/x.txt", "uploads/old/y.txt"):  # deleted directory
+        del s1[path]
+    s1["uploads/renamed.sh"] = s1.pop("uploads/run.sh")  # renamed: deleted and added
+    s1["logs/app.log"] = File(b"line\n" * 10_000, 0o600, T0 + 13)  # mode changed
+    s1["uploads/to-cat"] = Link("photos/2024/cat.jpg", T0 + 102)  # new link
+    s1["uploads/inbox"] = Dir(0o770, T0 + 103)  # new empty directory
+    s1["uploads"] = Dir(0o755, T0 + 104)  # a tree root in the state is restored too
+    s2 = dict(s1)
+    s2["uploads/new.txt"] = Dir(0o755, T0 + 200)  # a file became a directory
+    s2["uploads/new.txt/inside"] = File(b"inside\n", 0o644, T0 + 201)
+    s2["uploads/photos/2024"] = Link("../nothing-here", T0 + 202)  # a directory became a link
+    del s2["uploads/photos/2024/cat.jpg"]
+    del s2["uploads/latest"]
+    del s2["uploads/to-cat"]
+    s2["uploads/settings"] = Link("../logs", T0 + 203)  # link retargeted
+    s2["uploads/photos"] = Dir(0o750, T0 + 204)
+    chain = [
+        full(archives, "b0", s0),
+        incremental(archives, "b1", s0, s1),
+        incremental(archives, "b2", s1, s2),
+    ]
+
+    for count, state in enumerate((s0, s1, s2), start=1):
+        target = tmp_path / f"restored-{count}"
+        summary = restore_chain(chain[:count], target, LIMITS)
+        restored = snapshot(target)
+        if "uploads" in state:
+            assert restored == {path: node for path, node in state.items() if path != "uploads"}
+            root = os.lstat(target / "uploads")
+            assert (stat.S_IMODE(root.st_mode), root.st_mtime_ns) == (0o755, T0 + 104)
+        else:
+            assert restored == state
+        assert summary.backups_applied == ["b0", "b1", "b2"][:count]
+    assert summary.deleted == len(chain[1].manifest["deleted"]) + len(chain[2].manifest["deleted"])
+
+
+@pytest.mark.parametrize(
+    ("name", "rule"),
+    [
+        ("../evil", "'..' component"),
+        ("/etc/x", "absolute"),
+        ("uploads/../../x", "'..' component"),
+        ("uploads\\..\\..\\evil", "backslash"),
+        ("C:/evil", "drive letter"),
+        ("etc/passwd", "not inside one of the trees"),
+        ("uploads//x", "empty or '.' component"),
+    ],
+)
+def test_a_member_named_to_leave_the_target_is_refused_and_nothing_is_written(
+    tmp_path: Path, archives: Path, name: str, rule: str
+) -> None:
+    chain = [write_raw_link(archives, "b1", [("uploads/fine.txt", File(b"ok")), (name, File(b"evil"))])]
+
+    assert_refused_without_writing(tmp_path, chain, rule)
+
+
+@pytest.mark.parametrize(
+    ("path", "target", "rule"),
+    [
+        ("uploads/etc", "/etc", "absolute path '/etc'"),
+        ("uploads/a", "../../..", "leads out of the target"),
+        ("uploads/a/b", "../../..", "leads out of the target"),
+        ("uploads/a", "b/../../..", "'..' after a name"),
+    ],
+)
+def test_a_link_pointing_out_of_the_target_is_refused_and_nothing_is_written(
+    tmp_path: Path, archives: Path, path: str, target: str, rule: str
+) -> None:
+    tree: Tree = {"uploads/a": Dir(), "uploads/file": File(b"x"), path: Link(target)}
+    chain = [full(archives, "b1", tree)]
+
+    assert_refused_without_writing(tmp_path, chain, rule)
+
+
+def test_a_link_leading_elsewhere_inside_the_target_is_restored(tmp_path: Path, archives: Path) -> None:
+    tree: Tree = {"uploads/a": Dir(), "uploads/a/up": Link("../../logs"), "uploads/a/root": Link("../..")}
+    restore_chain([full(archives, "b1", tree)], tmp_path / "restored", LIMITS)
+
+    assert snapshot(tmp_path / "restored") == tree
+
+
+def test_a_file_written_through_a_link_made_by_an_earlier_backup_is_refused_before_anything_is_written(
+    tmp_path: Path, archives: Path
+) -> None:
+    s0: Tree = {"uploads/x": Link("../configs"), "configs/app.ini": File(b"ok")}
+    s1: Tree = {**s0, "uploads/x/passwd": File(b"root::0:0::/:/bin/sh\n")}
+    chain = [full(archives, "b0", s0), incremental(archives, "b1", s0, s1)]
+
+    assert_refused_without_writing(tmp_path, chain, "through the symbolic link 'uploads/x'")
+
+
+def test_a_deletion_through_a_link_is_refused_before_anything_is_written(tmp_path: Path, archives: Path) -> None:
+    s0: Tree = {"uploads/x": Link("../configs"), "configs/app.ini": File(b"ok")}
+    s1 = write_link(archives, "b1", {}, state=s0, deleted=["uploads/x/app.ini"])
+
+    assert_refused_without_writing(tmp_path, [full(archives, "b0", s0), s1], "delete through the symbolic link")
+
+
+def test_a_link_already_in_a_forced_target_is_never_written_through(tmp_path: Path, archives: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    target = tmp_path / "restored"
+    target.mkdir()
+    (target / "uploads").symlink_to(outside)
+    chain = [full(archives, "b1", {"uploads/a.txt": File(b"a")})]
+
+    with pytest.raises(UnsafeArchive, match="'uploads' in the target is a symbolic link"):
+        restore_chain(chain, target, LIMITS, force=True)
+    assert list(outside.iterdir()) == []
+
+
+def test_a_character_device_member_is_refused_and_nothing_is_written(tmp_path: Path, archives: Path) -> None:
+    archive = archives / "b1.zip"
+    with ArchiveWriter(archive, password=PASSWORD) as writer:
+        writer.write_member("uploads/tty", b"", mode=stat.S_IFCHR | 0o644)
+        writer.commit()
+    entry = record("uploads/tty", File(b""))
+    chain = [ChainLink("b1", archive, PASSWORD, {"entries": [entry], "deleted": [], "state": [entry]})]
+
+    assert_refused_without_writing(tmp_path, chain, "'uploads/tty' is refused: it is a character device")
+
+
+def test_files_and_links_written_by_archive_writer_are_restored(tmp_path: Path, archives: Path) -> None:
+    tree: Tree = {"uploads/a.txt": File(b"a" * 5000, 0o640), "uploads/l": Link("a.txt"), "logs/x": File(b"")}
+    archive = archives / "b1.zip"
+    with ArchiveWriter(archive, password=PASSWORD) as writer:
+        for name, data, mode in members(sorted(tree.items())):
+            writer.write_member(name, data, mode=mode, compress=not stat.S_ISLNK(mode))
+        writer.commit()
+    records = [record(path, node) for path, node in tree.items()]
+    link = ChainLink("b1", archive, PASSWORD, {"entries": records, "deleted": [], "state": records})
+
+    restore_chain([link], tmp_path / "restored", LIMITS)
+    assert snapshot(tmp_path / "restored") == tree
+
+
+def test_a_manifest_mode_with_fifo_bits_is_refused(tmp_path: Path, archives: Path) -> None:
+    link = full(archives, "b1", {"uploads/pipe": File(b"")})
+    link.manifest["entries"][0]["mode"] = stat.S_IFIFO | 0o644
+
+    assert_refused_without_writing(tmp_path, [link], "it is a FIFO")
+
+
+@pytest.fixture(scope="module")
+def zip_bomb(tmp_path_factory: pytest.TempPathFactory) -> ChainLink:
+    """200 MiB of zeros deflated (zlib level 9) to about 200 KiB."""
+    archive = tmp_path_factory.mktemp("bomb") / "bomb.zip"
+    zeros = bytes(MIB)
+    digest = hashlib.sha256()
+    with pyzipper.AESZipFile(archive, "w", compression=pyzipper.ZIP_DEFLATED, encryption=pyzipper.WZ_AES) as zip_file:
+        zip_file.setpassword(PASSWORD.encode())
+        info = zip_file.zipinfo_cls("uploads/zeros.bin", date_time=(2024, 1, 1, 0, 0, 0))
+        info.external_attr = (stat.S_IFREG | 0o644) << 16
+        info.compress_type = pyzipper.ZIP_DEFLATED
+        info._compresslevel = 9
+        with zip_file.open(info, "w", force_zip64=True) as stream:
+            for _ in range(200):
+                stream.write(zeros)
+                digest.update(zeros)
+    entry = asdict(FileRecord("uploads/zeros.bin", "file", 0o644, T0, 200 * MIB, digest.hexdigest()))
+    return ChainLink("bomb", archive, PASSWORD, {"entries": [entry], "deleted": [], "state": [entry]})
+
+
+def test_a_zip_bomb_is_refused_by_the_compression_ratio_limit(tmp_path: Path, zip_bomb: ChainLink) -> None:
+    with ArchiveReader(zip_bomb.archive, password=PASSWORD) as reader:
+        (info,) = reader.infos()
+    assert info.size / info.compressed_size > 1000
+
+    limits = RestoreLimits(max_compression_ratio=100)
+    assert_refused_without_writing(tmp_path, [zip_bomb], "over the compression ratio limit of 100", limits)
+
+
+def test_a_zip_bomb_is_refused_by_the_total_size_limit(tmp_path: Path, zip_bomb: ChainLink) -> None:
+    limits = RestoreLimits(max_total_bytes=10 * MIB, max_compression_ratio=1 << 30)
+    assert_refused_without_writing(tmp_path, [zip_bomb], f"over the limit of {10 * MIB} bytes", limits)
+
+
+def test_the_total_size_limit_counts_every_backup_of_the_chain(tmp_path: Path, archives: Path) -> None:
+    s0: Tree = {"uploads/a": File(b"a" * 600)}
+    s1: Tree = {"uploads/a": File(b"b" * 600)}
+    chain = [full(archives, "b0", s0), incremental(archives, "b1", s0, s1)]
+    limits = RestoreLimits(max_total_bytes=1000)
+
+    assert_refused_without_writing(tmp_path, chain, "backup b1: member 'uploads/a' takes the chain to 1200", limits)
+
+
+def test_more_entries_than_the_limit_are_refused(tmp_path: Path, archives: Path) -> None:
+    tree: Tree = {f"uploads/{i}.txt": File(b"%d" % i) for i in range(5)}
+    limits = RestoreLimits(max_entries=3)
+
+    assert_refused_without_writing(tmp_path, [full(archives, "b1", tree)], "limit of 3 entries", limits)
+
+
+def test_a_member_larger_than_its_central_directory_says_stops_the_restore_and_leaves_no_partial_file(
+    tmp_path: Path, archives: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chain = [full(archives, "b1", {"uploads/big.bin": File(os.urandom(2 * MIB))})]
+    honest = ArchiveReader.infos
+
+    def lying(self: ArchiveReader) -> list[MemberInfo]:
+        return [replace(info, size=100, compressed_size=100) for info in honest(self)]
+
+    monkeypatch.setattr(ArchiveReader, "infos", lying)
+    target = tmp_path / "restored"
+
+    with pytest.raises(UnsafeArchive, match="holds more than the 100 bytes its archive declares"):
+        restore_chain(chain, target, LIMITS)
+    assert list((target / "uploads").iterdir()) == []
+
+
+def test_content_that_does_not_match_its_manifest_checksum_is_an_integrity_error(
+    tmp_path: Path, archives: Path
+) -> None:
+    link = full(archives, "b1", {"uploads/ok.txt": File(b"ok"), "uploads/tampered.txt": File(b"original")})
+    entry = next(e for e in link.manifest["entries"] if e["path"] == "uploads/tampered.txt")
+    entry["sha256"] = hashlib.sha256(b"something else").hexdigest()
+    target = tmp_path / "restored"
+
+    with pytest.raises(IntegrityError, match=re.escape("'uploads/tampered.txt' does not match its manifest")):
+        restore_chain([link], target, LIMITS)
+    assert sorted(path.name for path in (target / "uploads").iterdir()) == ["ok.txt"]
+
+
+def test_a_link_member_that_differs_from_its_manifest_target_is_refused(tmp_path: Path, archives: Path) -> None:
+    link = full(archives, "b1", {"uploads/l": Link("inside")})
+    link.manifest["entries"][0]["target"] = "elsewhere"
+
+    assert_refused_without_writing(tmp_path, [link], "its link target differs from the manifest's")
+
+
+def test_a_member_the_manifest_does_not_list_is_refused(tmp_path: Path, archives: Path) -> None:
+    link = full(archives, "b1", {"uploads/a": File(b"a"), "uploads/hidden": File(b"h")})
+    link.manifest["entries"] = [e for e in link.manifest["entries"] if e["path"] == "uploads/a"]
+
+    assert_refused_without_writing(tmp_path, [link], "member 'uploads/hidden' is not listed in the manifest")
+
+
+def test_a_manifest_entry_without_its_member_is_refused(tmp_path: Path, archives: Path) -> None:
+    link = full(archives, "b1", {"uploads/a": File(b"a")})
+    link.manifest["entries"].append(record("uploads/ghost", File(b"g")))
+
+    assert_refused_without_writing(tmp_path, [link], "'uploads/ghost' (file) has no member")
+
+
+def test_a_chain_missing_a_backup_is_refused_before_anything_is_written(tmp_path: Path, archives: Path) -> None:
+    s0: Tree = {"uploads/a": File(b"a")}
+    s1: Tree = {**s0, "uploads/b": File(b"b")}
+    s2: Tree = {**s1, "uploads/c": File(b"c")}
+    chain = [full(archives, "b0", s0), incremental(archives, "b1", s0, s1), incremental(archives, "b2", s1, s2)]
+    before = everything(tmp_path)
+
+    with pytest.raises(IntegrityError, match="backup b2: replaying the chain does not reproduce"):
+        restore_chain([chain[0], chain[2]], tmp_path / "restored", LIMITS)
+    assert everything(tmp_path) == before
+
+
+def test_a_non_empty_target_is_refused_unless_forced(tmp_path: Path, archives: Path) -> None:
+    target = tmp_path / "restored"
+    target.mkdir()
+    (target / "keep.txt").write_bytes(b"mine")
+    chain = [full(archives, "b1", {"uploads/a.txt": File(b"a")})]
+
+    with pytest.raises(TargetNotEmpty, match=r"is not empty.*\(--force\)"):
+        restore_chain(chain, target, LIMITS)
+    assert sorted(path.name for path in target.iterdir()) == ["keep.txt"]
+
+    restore_chain(chain, target, LIMITS, force=True)
+    assert (target / "uploads/a.txt").read_bytes() == b"a"
+    assert (target / "keep.txt").read_bytes() == b"mine"
+
+
+def test_an_empty_existing_target_is_restored_into(tmp_path: Path, archives: Path) -> None:
+    target = tmp_path / "restored"
+    target.mkdir()
+    restore_chain([full(archives, "b1", SAMPLE)], target, LIMITS)
+
+    assert snapshot(target) == SAMPLE
+
+
+def test_a_target_that_is_a_symbolic_link_is_refused(tmp_path: Path, archives: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "restored").symlink_to(real)
+
+    with pytest.raises(RestoreError, match="is a symbolic link"):
+        restore_chain([full(archives, "b1", {"uploads/a": File(b"a")})], tmp_path / "restored", LIMITS)
+    assert list(real.iterdir()) == []
+
+
+def test_a_wrong_password_is_reported_before_anything_is_written(tmp_path: Path, archives: Path) -> None:
+    link = replace(full(archives, "b1", {"uploads/l": Link("x")}), password="not-it")
+
+    with pytest.raises(WrongPassword):
+        restore_chain([link], tmp_path / "restored", LIMITS)
+    assert not (tmp_path / "restored").exists()
