@@ -19,12 +19,15 @@ from backup_common import db
 from backup_common.archive import ArchiveError
 from backup_common.crypto import KeyUnwrapError
 from backup_common.events import BackupPart, write_event_schemas
-from backup_common.settings import ENV_PREFIX, SettingsError, load_settings
+from backup_common.settings import ENV_PREFIX, Settings, SettingsError, load_settings
 from backup_common.tokens import ADMIN_ROLE, issue_token
+from backup_files.api import RestoreLimits
 
 # Every service package, in start order; `run` starts those that exist in this installation.
 SERVICES = ("backup_gateway", "backup_database", "backup_files", "backup_verification", "backup_retention")
 LOCAL_SECRETS = Path("var/secrets")
+# Incrementals on incrementals: a longer chain means the base is missing or the manifests loop.
+MAX_CHAIN = 1000
 
 
 def parse_duration(text: str) -> int:
@@ -188,6 +191,57 @@ def cmd_db_load(args: argparse.Namespace) -> int:
     return asyncio.run(load())
 
 
+def cmd_files_restore(args: argparse.Namespace) -> int:
+    from backup_common.locate import BackupNotFound, locate_part
+    from backup_files.restore import ChainLink, RestoreError, restore_chain
+
+    settings = load_settings()
+
+    async def chain() -> list[ChainLink]:
+        links: list[ChainLink] = []
+        reference: str | None = args.backup
+        while reference is not None:
+            located = await locate_part(settings, reference, BackupPart.FILES)
+            links.append(ChainLink(located.backup_id, located.archive, located.password, located.manifest))
+            reference = located.manifest.get("parent_id")
+            if len(links) > MAX_CHAIN:
+                raise BackupNotFound(f"the chain of {args.backup} is longer than {MAX_CHAIN} backups")
+        return links[::-1]
+
+    try:
+        links = asyncio.run(chain())
+        limits = asyncio.run(_restore_limits(settings))
+        summary = restore_chain(links, Path(args.into), limits, force=args.force)
+    except (BackupNotFound, KeyUnwrapError, ArchiveError, SettingsError, RestoreError, OSError) as exc:
+        print(f"backupctl files-restore: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"restored backup {links[-1].backup_id} into {summary.target} (chain of {len(links)}):"
+        f" {summary.files} files, {summary.directories} directories, {summary.symlinks} links,"
+        f" {summary.bytes_written} bytes, {summary.deleted} deletions replayed"
+    )
+    return 0
+
+
+async def _restore_limits(settings: Settings) -> RestoreLimits:
+    """The limits of the settings document, or the defaults when the catalog does not answer."""
+    from backup_common.catalog import Catalog
+
+    try:
+        pool = await asyncio.wait_for(db.create_pool(settings.catalog, maxsize=1), timeout=5)
+    except Exception:
+        return RestoreLimits()
+    try:
+        document = (await Catalog(pool).get_document("settings"))["document"]["restore_limits"]
+    finally:
+        await db.close_pool(pool)
+    return RestoreLimits(
+        max_total_bytes=int(document["max_total_bytes"]),
+        max_entries=int(document["max_entries"]),
+        max_compression_ratio=int(document["max_compression_ratio"]),
+    )
+
+
 def cmd_key(args: argparse.Namespace) -> int:
     from backup_common.locate import BackupNotFound, locate_part
 
@@ -228,6 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
     db_load.add_argument("--parallel", type=int, default=2, help="connections loading data at once (default 2)")
     db_load.add_argument("--server", help="mysql:// URL of the server (default: BACKUP_SOURCE_MYSQL_URL's server)")
     db_load.set_defaults(func=cmd_db_load)
+
+    files = commands.add_parser("files-restore", help="rebuild the file trees of a backup into a directory")
+    files.add_argument("backup", help="backup id, or a backup directory (works without the catalog)")
+    files.add_argument("--into", required=True, help="directory to rebuild into (new, or empty)")
+    files.add_argument("--force", action="store_true", help="allow a directory that is not empty")
+    files.set_defaults(func=cmd_files_restore)
 
     key = commands.add_parser("key", help="print the password of a backup's archives (for 7-Zip or unzip)")
     key.add_argument("backup", help="backup id, or a backup directory")

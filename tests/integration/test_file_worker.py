@@ -1,0 +1,199 @@
+"""The file_backup worker through the API: a chain of backups, each restored exactly, and full backups."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import secrets
+import stat
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from backup_common import db
+from backup_common.cli import main as backupctl
+from backup_common.runtime import create_worker_app
+from backup_common.settings import Settings
+from backup_database.service import DatabaseBackupWorker
+from backup_files.service import FileBackupWorker
+from tests.integration.gateway_support import Gateway, make_source, running_gateway
+
+pytestmark = pytest.mark.integration
+
+API = "/api/admin/backup"
+TREES = ("uploads", "configs", "logs")
+
+
+@dataclass
+class System:
+    gateway: Gateway
+    app: Path  # holds the uploads, configs and logs trees
+
+
+@pytest.fixture
+async def system(settings: Settings, tmp_path: Path) -> AsyncIterator[System]:
+    source_url = settings.mysql_url.get_secret_value().rsplit("/", 1)[0] + f"/backup_src_{secrets.token_hex(4)}"
+    source = await make_source(source_url)
+    app = tmp_path / "app"
+    for tree in TREES:
+        (app / tree).mkdir(parents=True)
+    overrides: dict[str, Any] = {
+        "source_mysql_url": source_url,
+        "master_key": base64.b64encode(secrets.token_bytes(32)).decode(),
+        "storage_dir": tmp_path / "storage",
+        "uploads_dir": app / "uploads",
+        "configs_dir": app / "configs",
+        "logs_dir": app / "logs",
+    }
+    async with running_gateway(settings, **overrides) as gateway:
+        workers = [
+            TestServer(create_worker_app(gateway.settings, "file_backup", FileBackupWorker)),
+            TestServer(create_worker_app(gateway.settings, "database_backup", DatabaseBackupWorker)),
+        ]
+        for worker in workers:
+            await worker.start_server()
+        try:
+            yield System(gateway, app)
+        finally:
+            for worker in workers:
+                await worker.close()
+            await db.drop_database(source)
+
+
+async def backup(system: System, backup_type: str) -> dict[str, Any]:
+    created = await system.gateway.create(backup_type)
+    async with asyncio.timeout(60):
+        while True:
+            _, body = await system.gateway.call("GET", f"{API}/{created['id']}")
+            if body["backup"]["status"] in ("completed", "failed"):
+                return dict(body["backup"])
+            await asyncio.sleep(0.2)
+
+
+def snapshot(root: Path) -> dict[str, tuple[Any, ...]]:
+    """Every path below the trees with its kind, bytes or link target, mode and modification time."""
+    found: dict[str, tuple[Any, ...]] = {}
+    for tree in TREES:
+        base = root / tree
+        for directory, dirs, files in os.walk(base):
+            for name in dirs + files:
+                path = Path(directory) / name
+                info = path.lstat()
+                relative = path.relative_to(root).as_posix()
+                if stat.S_ISLNK(info.st_mode):
+                    found[relative] = ("link", os.readlink(path))
+                elif stat.S_ISDIR(info.st_mode):
+                    found[relative] = ("dir", stat.S_IMODE(info.st_mode), info.st_mtime_ns)
+                else:
+                    found[relative] = ("file", path.read_bytes(), stat.S_IMODE(info.st_mode), info.st_mtime_ns)
+    return found
+
+
+def write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    path.chmod(mode)
+
+
+async def restore(system: System, backup_id: str, into: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`backupctl files-restore`, as an operator runs it (in a thread: it runs its own event loop)."""
+    settings = system.gateway.settings
+    monkeypatch.setenv("BACKUP_MYSQL_URL", settings.mysql_url.get_secret_value())
+    monkeypatch.setenv("BACKUP_STORAGE_DIR", str(settings.storage_dir))
+    assert settings.master_key is not None
+    monkeypatch.setenv("BACKUP_MASTER_KEY", settings.master_key.get_secret_value())
+    assert await asyncio.to_thread(backupctl, ["files-restore", backup_id, "--into", str(into)]) == 0
+
+
+async def test_each_backup_of_a_chain_restores_its_tree_exactly(
+    system: System, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = system.app
+    write(app / "uploads" / "photos" / "cat.jpg", secrets.token_bytes(300_000))
+    write(app / "uploads" / "docs" / "zoë résumé (final).txt", "naïve café ✓\n".encode() * 1000)
+    write(app / "configs" / "app.ini", b"[db]\nhost = localhost\n", 0o600)
+    write(app / "configs" / "run.sh", b"#!/bin/sh\necho hi\n", 0o755)
+    write(app / "logs" / "app.log", b"GET /index 200\n" * 20_000)
+    (app / "uploads" / "empty").mkdir()
+    os.symlink("photos/cat.jpg", app / "uploads" / "latest.jpg")
+    states = [snapshot(app)]
+    chain = [await backup(system, "files")]
+
+    write(app / "configs" / "app.ini", b"[db]\nhost = db.internal\n", 0o600)  # modified
+    write(app / "uploads" / "docs" / "new.txt", b"added\n")  # added
+    (app / "logs" / "app.log").unlink()  # deleted
+    (app / "uploads" / "photos" / "cat.jpg").rename(app / "uploads" / "photos" / "kitten.jpg")  # renamed
+    (app / "configs" / "run.sh").chmod(0o700)  # mode changed
+    os.symlink("../configs/app.ini", app / "uploads" / "settings")  # new link
+    (app / "logs" / "archive" / "2026").mkdir(parents=True)  # new empty directories
+    states.append(snapshot(app))
+    chain.append(await backup(system, "incremental"))
+
+    write(app / "logs" / "app.log", b"restarted\n")
+    (app / "uploads" / "latest.jpg").unlink()
+    os.symlink("photos/kitten.jpg", app / "uploads" / "latest.jpg")
+    (app / "uploads" / "empty").rmdir()
+    states.append(snapshot(app))
+    chain.append(await backup(system, "incremental"))
+
+    assert [b["status"] for b in chain] == ["completed"] * 3, [b["error"] for b in chain]
+    assert chain[1]["parent_id"] == chain[0]["id"]
+    assert chain[2]["parent_id"] == chain[1]["id"]
+    for index, (made, state) in enumerate(zip(chain, states, strict=True)):
+        into = tmp_path / f"restored-{index}"
+        await restore(system, made["id"], into, monkeypatch)
+        assert snapshot(into) == state, f"backup {index} of the chain"
+
+
+async def test_an_incremental_without_an_earlier_files_backup_is_complete_and_says_so(system: System) -> None:
+    write(system.app / "uploads" / "a.txt", b"a")
+    made = await backup(system, "incremental")
+    assert made["status"] == "completed", made["error"]
+    assert made["parent_id"] is None
+    manifest = (system.gateway.settings.storage_dir / made["storage_path"] / "files.json").read_text()
+    assert '"kind": "complete"' in manifest
+    assert "this incremental is a complete files backup" in manifest
+
+
+async def test_a_full_backup_ends_with_both_parts_and_one_manifest(system: System) -> None:
+    write(system.app / "logs" / "x.log", b"line\n" * 100)
+    made = await backup(system, "full")
+    assert made["status"] == "completed", made["error"]
+    assert sorted((p["part"], p["status"]) for p in made["parts"]) == [
+        ("database", "completed"),
+        ("files", "completed"),
+    ]
+    manifest = (system.gateway.settings.storage_dir / made["storage_path"] / "manifest.json").read_text()
+    assert '"database"' in manifest
+    assert '"files"' in manifest
+
+
+async def test_a_full_backup_fails_when_one_part_fails(settings: Settings, tmp_path: Path) -> None:
+    app = tmp_path / "app"
+    (app / "uploads").mkdir(parents=True)
+    overrides: dict[str, Any] = {
+        "source_mysql_url": "mysql://root@127.0.0.1:1/app",
+        "master_key": base64.b64encode(secrets.token_bytes(32)).decode(),
+        "storage_dir": tmp_path / "storage",
+        "uploads_dir": app / "uploads",
+    }
+    async with running_gateway(settings, **overrides) as gateway:
+        workers = [
+            TestServer(create_worker_app(gateway.settings, "file_backup", FileBackupWorker)),
+            TestServer(create_worker_app(gateway.settings, "database_backup", DatabaseBackupWorker)),
+        ]
+        for worker in workers:
+            await worker.start_server()
+        try:
+            made = await backup(System(gateway, app), "full")
+        finally:
+            for worker in workers:
+                await worker.close()
+    assert made["status"] == "failed"
+    assert "database part failed" in made["error"]
+    assert not (gateway.settings.storage_dir / made["storage_path"] / "manifest.json").exists()
