@@ -457,3 +457,19 @@ def test_a_directory_member_ends_with_a_slash(tmp_path: Path) -> None:
         [info] = archive.infolist()
     assert info.is_dir()
     assert stat.S_ISDIR(info.external_attr >> 16)
+
+
+def test_every_encrypted_member_has_its_own_salt(tmp_path: Path) -> None:
+    path = tmp_path / "salts.zip"
+    with ArchiveWriter(path, password="pw") as writer:
+        for index in range(20):
+            writer.write_member(f"m{index}", b"same content", compress=False)
+        writer.commit()
+    salts = set()
+    with path.open("rb") as handle, zipfile.ZipFile(handle) as archive:
+        for info in archive.infolist():
+            handle.seek(info.header_offset + 26)
+            name_length, extra_length = struct.unpack("<HH", handle.read(4))
+            handle.seek(info.header_offset + 30 + name_length + extra_length)
+            salts.add(handle.read(16))
+    assert len(salts) == 20
