@@ -51,6 +51,7 @@ lock:
 bench: setup
 	bash bench/setup.sh
 	$(BIN)/python -m bench.database $(BENCH_ARGS)
+	$(BIN)/python -m bench.files $(BENCH_FILES_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

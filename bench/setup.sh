@@ -9,9 +9,12 @@ command -v mydumper >/dev/null 2>&1 && command -v myloader >/dev/null 2>&1 || mi
 [ -x /usr/bin/time ] || missing+=(time)
 command -v gzip >/dev/null 2>&1 || missing+=(gzip)
 command -v mariadb-dump >/dev/null 2>&1 || missing+=(mariadb-client)
+# The files benchmark (bench/files.py) compares against tar | pigz and restic.
+command -v pigz >/dev/null 2>&1 || missing+=(pigz)
+command -v restic >/dev/null 2>&1 || missing+=(restic)
 
 if [ ${#missing[@]} -eq 0 ]; then
-  echo "bench/setup.sh: mydumper, myloader, GNU time, gzip and mariadb-client already installed"
+  echo "bench/setup.sh: mydumper, myloader, GNU time, gzip, mariadb-client, pigz and restic already installed"
   exit 0
 fi
 
