@@ -50,7 +50,7 @@ class FileBackupWorker(PartWorker):
             planned = entries
         else:
             parent_state = parent[1]["state"]
-            planned, deleted = plan_incremental(parent_state, entries)
+            planned, deleted = await asyncio.to_thread(plan_incremental, parent_state, entries)
         await context.parts.set_parent(lease, record.id, parent[0] if parent else None)
 
         done = {"bytes_done": 0, "entries_done": 0}
@@ -72,34 +72,37 @@ class FileBackupWorker(PartWorker):
             with contextlib.suppress(asyncio.CancelledError):
                 await reporter
 
-        state = next_state(parent_state, result.records, entries)
-        all_skipped = [*skipped, *result.skipped]
         final_progress = {
             "bytes_done": result.bytes_read,
             "entries_done": len(result.records),
             "entries_total": len(planned),
         }
-        part_manifest: dict[str, Any] = {
-            "part": self.part.value,
-            "file": archive.name,
-            "size_bytes": info.size,
-            "sha256": info.sha256,
-            "kind": "incremental" if parent else "complete",
-            "parent_id": parent[0] if parent else None,
-            "note": _note(record, parent is not None),
-            "trees": {name: str(path) for name, path in roots.items()},
-            "exclude": list(document["exclude"]),
-            "entries": [asdict(r) for r in result.records],
-            "deleted": deleted,
-            "state": state,
-            "skipped": [asdict(s) for s in all_skipped],
-            "changed_while_read": [r.path for r in result.records if r.changed_while_read],
-            "encryption": encryption,
-            "started_at": begun,
-            "finished_at": time.time(),
-            "tool": tool_info(),
-            "progress": final_progress,
-        }
+
+        def describe() -> dict[str, Any]:
+            # Thousands of records: built off the event loop.
+            return {
+                "part": self.part.value,
+                "file": archive.name,
+                "size_bytes": info.size,
+                "sha256": info.sha256,
+                "kind": "incremental" if parent else "complete",
+                "parent_id": parent[0] if parent else None,
+                "note": _note(record, parent is not None),
+                "trees": {name: str(path) for name, path in roots.items()},
+                "exclude": list(document["exclude"]),
+                "entries": [asdict(r) for r in result.records],
+                "deleted": deleted,
+                "state": next_state(parent_state, result.records, entries),
+                "skipped": [asdict(s) for s in [*skipped, *result.skipped]],
+                "changed_while_read": [r.path for r in result.records if r.changed_while_read],
+                "encryption": encryption,
+                "started_at": begun,
+                "finished_at": time.time(),
+                "tool": tool_info(),
+                "progress": final_progress,
+            }
+
+        part_manifest = await asyncio.to_thread(describe)
         await asyncio.to_thread(write_json_durably, directory / part_manifest_name(self.part), part_manifest)
         return PartResult(archive.name, info.size, info.sha256, len(result.records), final_progress)
 
