@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from backup_common import db
+from backup_common.catalog import Catalog
 from backup_common.events import BackupDeleted, Event
 from backup_common.outbox import OutboxRelay, add_to_outbox
 from backup_common.ports import PublishError
@@ -125,3 +126,18 @@ async def test_an_outbox_row_is_published_only_if_its_transaction_commits(catalo
     async with db.transaction(catalog_pool) as conn:
         rows = await db.fetch_all(conn, "SELECT id FROM outbox WHERE event_id = %s", (str(event.event_id),))
     assert rows == []
+
+
+async def test_services_reading_the_settings_at_once_all_get_the_seeded_defaults(fresh_catalog: MysqlTarget) -> None:
+    await db.migrate(fresh_catalog)
+    pool = await db.create_pool(fresh_catalog, minsize=10, maxsize=10)
+    try:
+        for name in ("settings", "schedule", "settings", "schedule"):
+            async with db.transaction(pool) as conn:
+                await db.execute(conn, "DELETE FROM settings")
+            # Several readers find no document at once, and all but one must see the one seeded.
+            documents = await asyncio.gather(*(Catalog(pool).get_document(name) for _ in range(10)))
+            assert {document["revision"] for document in documents} == {1}
+            assert all(document["document"] == documents[0]["document"] for document in documents)
+    finally:
+        await db.close_pool(pool)

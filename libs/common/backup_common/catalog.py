@@ -390,19 +390,24 @@ class Catalog:
 
     async def get_document(self, name: str) -> dict[str, Any]:
         """The named document, seeded from its default file the first time it is read."""
-        async with db.transaction(self._pool) as conn:
-            row = await db.fetch_one(conn, "SELECT * FROM settings WHERE name = %s", (name,))
-            if row is None:
-                default = default_document(name)
+        row = await self._read_document(name)
+        if row is None:
+            # Its own transaction: several services may seed at once; the losers' IGNORE only waits
+            # for the winner, and the read below (a new snapshot) sees whichever row won.
+            async with db.transaction(self._pool) as conn:
                 await db.execute(
                     conn,
                     "INSERT IGNORE INTO settings (name, document, revision, updated_by, updated_at)"
                     " VALUES (%s, %s, 1, 'defaults', NOW(6))",
-                    (name, default.model_dump_json()),
+                    (name, default_document(name).model_dump_json()),
                 )
-                row = await db.fetch_one(conn, "SELECT * FROM settings WHERE name = %s", (name,))
+            row = await self._read_document(name)
         assert row is not None
         return self._document_dict(name, row)
+
+    async def _read_document(self, name: str) -> dict[str, Any] | None:
+        async with db.transaction(self._pool) as conn:
+            return await db.fetch_one(conn, "SELECT * FROM settings WHERE name = %s", (name,))
 
     async def put_document(self, name: str, document: dict[str, Any], updated_by: str) -> dict[str, Any]:
         model, _ = DOCUMENTS[name]
