@@ -123,6 +123,10 @@ def system_env(
             "BACKUP_GATEWAY_PORT": str(port),
             "BACKUP_STORAGE_DIR": str(settings.storage_dir),
             "BACKUP_DATABASE_BACKUP_PORT": str(free_port()),
+            "BACKUP_FILE_BACKUP_PORT": str(free_port()),
+            "BACKUP_UPLOADS_DIR": str(settings.uploads_dir),
+            "BACKUP_CONFIGS_DIR": str(settings.configs_dir),
+            "BACKUP_LOGS_DIR": str(settings.logs_dir),
             **extra,
         }
     )
