@@ -237,15 +237,19 @@ async def test_make_run_serves_the_api_with_auth_and_sends_one_event_per_backup(
 
     assert sorted(await received()) == sorted(created)
 
-    # The database backup is made by the database_backup worker that make run started.
+    # The workers make run started complete all four: full, database, files, incremental.
+    finished = {}
+    async with asyncio.timeout(90):
+        for backup_id in created:
+            while True:
+                status, body = await system.request("GET", f"{API}/{backup_id}", token=admin)
+                if body["backup"]["status"] in ("completed", "failed"):
+                    finished[backup_id] = body["backup"]
+                    break
+                await asyncio.sleep(0.25)
+    assert [b["status"] for b in finished.values()] == ["completed"] * 4, [b["error"] for b in finished.values()]
     database_id = created[1]
-    async with asyncio.timeout(60):
-        while True:
-            status, body = await system.request("GET", f"{API}/{database_id}", token=admin)
-            if body["backup"]["status"] in ("completed", "failed"):
-                break
-            await asyncio.sleep(0.25)
-    assert body["backup"]["status"] == "completed", body["backup"]["error"]
+    body = {"backup": finished[database_id]}
     async with (
         aiohttp.ClientSession() as session,
         session.get(
