@@ -473,3 +473,90 @@ def test_every_encrypted_member_has_its_own_salt(tmp_path: Path) -> None:
             handle.seek(info.header_offset + 30 + name_length + extra_length)
             salts.add(handle.read(16))
     assert len(salts) == 20
+
+
+def _refuse_pyzipper_key_derivation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Makes sure members are decrypted with the key material derived ahead, not by pyzipper."""
+
+    def refuse(*args: Any, **kwargs: Any) -> bytes:
+        raise AssertionError("pyzipper derived a key itself")
+
+    monkeypatch.setattr("pyzipper.zipfile_aes.PBKDF2", refuse)
+
+
+def test_prefetched_keys_read_every_member_back_unchanged(
+    tmp_path: Path, big_text: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "files.zip"
+    random_data = os.urandom(3 * MIB)
+    write_sample(path, password=PASSWORD, chunks=big_text, random_data=random_data)
+    _refuse_pyzipper_key_derivation(monkeypatch)
+
+    with ArchiveReader(path, password=PASSWORD) as reader:
+        reader.prefetch(["media/photo.jpg", "no/such/member", "db/dump.sql", "empty.txt"])
+        assert read_member(reader, "media/photo.jpg") == random_data
+        assert read_member(reader, "db/dump.sql") == b"".join(big_text)
+        assert read_member(reader, "empty.txt") == b""
+        # Opened a second time, and a member never prefetched: the same keys.
+        assert read_member(reader, "media/photo.jpg") == random_data
+    with ArchiveReader(path, password=PASSWORD) as reader:
+        assert read_member(reader, "db/dump.sql") == b"".join(big_text)
+
+
+def test_prefetched_keys_still_refuse_a_wrong_password(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "database.zip"
+    with ArchiveWriter(path, password=PASSWORD) as writer:
+        writer.write_member("dump.sql", b"secret rows")
+        writer.commit()
+    _refuse_pyzipper_key_derivation(monkeypatch)
+
+    with ArchiveReader(path, password="not the password") as reader:
+        reader.prefetch(["dump.sql"])
+        with pytest.raises(WrongPassword, match=r"dump\.sql"):
+            reader.open_member("dump.sql")
+
+
+@pytest.mark.parametrize("where", ["ciphertext", "hmac", "salt"])
+@pytest.mark.parametrize("compress", [True, False], ids=["deflated", "stored"])
+def test_prefetched_keys_still_detect_a_tampered_member(
+    tmp_path: Path, compress: bool, where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "database.zip"
+    data = sql_chunk(3) if compress else os.urandom(MIB)
+    with ArchiveWriter(path, password=PASSWORD) as writer:
+        writer.write_member("dump.sql", data, compress=compress)
+        writer.commit()
+    start, length = member_data_offset(path, "dump.sql")
+    offset = {"ciphertext": start + length // 2, "hmac": start + length + 3, "salt": start - 2 - 16 + 5}[where]
+    content = bytearray(path.read_bytes())
+    content[offset] ^= 0x40
+    path.write_bytes(content)
+    _refuse_pyzipper_key_derivation(monkeypatch)
+
+    with ArchiveReader(path, password=PASSWORD) as reader:
+        reader.prefetch(["dump.sql"])
+        with pytest.raises((CorruptArchive, WrongPassword), match=r"dump\.sql"):
+            read_in_chunks(reader, "dump.sql")
+        if where != "salt":
+            with pytest.raises(CorruptArchive, match=r"dump\.sql"):
+                read_in_chunks(reader, "dump.sql")
+
+
+def test_a_damaged_deflate_stream_in_an_unencrypted_member_is_reported_as_corrupt(tmp_path: Path) -> None:
+    path = tmp_path / "plain.zip"
+    with ArchiveWriter(path, password=None) as writer:
+        writer.write_member("dump.sql", sql_chunk(4))
+        writer.commit()
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo("dump.sql")
+    with open(path, "rb") as file:
+        file.seek(info.header_offset + 26)
+        name_length, extra_length = struct.unpack("<HH", file.read(4))
+    start = info.header_offset + 30 + name_length + extra_length
+    content = bytearray(path.read_bytes())
+    for offset in range(start, start + info.compress_size, 97):
+        content[offset] ^= 0xFF
+    path.write_bytes(content)
+
+    with ArchiveReader(path, password=None) as reader, pytest.raises(CorruptArchive, match=r"dump\.sql"):
+        read_in_chunks(reader, "dump.sql")

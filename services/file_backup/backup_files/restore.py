@@ -565,6 +565,8 @@ def _replay(root: int, plan: _Plan, progress: _Progress) -> None:
             pass  # gone with a deleted directory above it
         progress.deleted += 1
     with ArchiveReader(plan.link.archive, password=plan.link.password) as reader:
+        # Keys are derived ahead in worker threads while earlier members are written.
+        reader.prefetch(item.member for item in plan.entries if item.kind != "dir")
         for item in plan.entries:
             parent_path, _, name = item.path.rpartition("/")
             with _directory(root, parent_path, create=True) as parent:
