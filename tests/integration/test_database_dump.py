@@ -32,18 +32,9 @@ from backup_database.api import DumpOptions, DumpProgress, DumpResult
 from backup_database.dump import dump_database
 from backup_database.load import load_database
 from tests.integration import source_db
-from tests.integration.source_db import (
-    BIG_TABLE,
-    CHECKED_VIEW,
-    FIXTURE_DEFINER,
-    FIXTURE_DEFINER_USER,
-    bank_inconsistencies,
-    build_bank,
-    ledger_count,
-    snapshot,
-    snapshot_differences,
-    transfer_storm,
-)
+from tests.integration.bank_db import bank_inconsistencies, build_bank, ledger_count, transfer_storm
+from tests.integration.source_db import BIG_TABLE, CHECKED_VIEW, FIXTURE_DEFINER, FIXTURE_DEFINER_USER
+from tests.integration.source_snapshot import behaviour, object_definers, objects, snapshot, snapshot_differences
 from tests.services import ServiceEndpoints
 
 pytestmark = pytest.mark.integration
@@ -270,8 +261,8 @@ async def test_the_feature_database_loads_into_a_new_database_with_the_same_data
 
     loaded = await snapshot(target)
     assert_same(feature_snapshot, loaded)
-    assert await source_db.behaviour(target) == await source_db.behaviour(feature_source)
-    definers = source_db.object_definers(loaded)
+    assert await behaviour(target) == await behaviour(feature_source)
+    definers = object_definers(loaded)
     assert definers[f"views {CHECKED_VIEW}"] == FIXTURE_DEFINER
     assert definers["routines PROCEDURE fixture_record"] == FIXTURE_DEFINER
     assert summary.database == target.database
@@ -316,7 +307,7 @@ async def test_without_keep_definers_no_member_names_the_definer_and_the_loading
 
     assert [name for name, sql in members.items() if FIXTURE_DEFINER_USER.encode() in sql] == []
     loading_account = await source_db.current_account(target)
-    assert set(source_db.object_definers(await snapshot(target)).values()) == {loading_account}
+    assert set(object_definers(await snapshot(target)).values()) == {loading_account}
     original = await snapshot(feature_source, ignore_definers=True)
     assert_same(original, await snapshot(target, ignore_definers=True))
 
@@ -409,8 +400,8 @@ async def test_the_loader_refuses_a_database_that_is_not_empty_unless_forced(
     assert_same(existing, await snapshot(target))
 
     await load_database(path, target, password=PASSWORD, force=True)
-    original = source_db.objects(await snapshot(source))
-    assert_same(original, source_db.objects(await snapshot(target)))
+    original = objects(await snapshot(source))
+    assert_same(original, objects(await snapshot(target)))
     assert await bank_inconsistencies(target, accounts=20, balance=BALANCE) == []
 
 
