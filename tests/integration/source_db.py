@@ -1,4 +1,4 @@
-"""Source databases for the dump and load tests, and what the tests compare them by.
+"""Source databases for the dump and load tests.
 
 ``build_feature_database`` creates a database holding every feature a dump has to carry over, each in
 the shape most likely to be lost on the way: values at the limits of their types, text that breaks
