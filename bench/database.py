@@ -398,7 +398,7 @@ def print_report(backups: list[Row], loads: list[Row], header: str, notes: list[
             continue
         name = f"{'stretch: ' if stretch else ''}{label}: ours / {reference}"
         bound = f"< {goal:.2f}" if stretch else f"<= {goal:.2f}"
-        ratio = _ratio(mine, theirs, metric)
+        ratio = ratio_of(mine, theirs, metric)
         if ratio is None:
             reason = mine.status if not mine.ok else theirs.status
             lines.append(f"{name:<50} {'-':>6}  {bound:<7}  n/a ({reason[:70]})")
@@ -413,7 +413,8 @@ def print_report(backups: list[Row], loads: list[Row], header: str, notes: list[
         print(f"note: {note}")
 
 
-def _ratio(mine: Row, theirs: Row, metric: str) -> float | None:
+def ratio_of(mine: Row, theirs: Row, metric: str) -> float | None:
+    """Ours over theirs, by wall time or by size; None when either run failed."""
     if not (mine.ok and theirs.ok):
         return None
     pair = (mine.wall_seconds, theirs.wall_seconds) if metric == "wall" else (mine.size_bytes, theirs.size_bytes)

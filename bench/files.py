@@ -47,6 +47,7 @@ from bench.database import (
     _short,
     _spread,
     _status_line,
+    ratio_of,
 )
 from bench.measure import MIB, gnu_time_available, measure, path_size, which
 from bench.run_ours import DEFAULT_PASSWORD, PASSWORD_VARIABLE
@@ -362,7 +363,7 @@ def print_report(sections: dict[str, list[Row]], header: str, notes: list[str]) 
         if mine is None or theirs is None:
             continue
         name = f"{label}: ours / {reference}"
-        ratio = _ratio(mine, theirs, metric)
+        ratio = ratio_of(mine, theirs, metric)
         if ratio is None:
             reason = mine.status if not mine.ok else theirs.status
             lines.append(f"{name:<50} {'-':>6}  <= {goal:.2f}  n/a ({_short(reason, 70)})")
@@ -383,15 +384,6 @@ def print_report(sections: dict[str, list[Row]], header: str, notes: list[str]) 
         print("\n".join(lines))
     for note in notes:
         print(f"note: {note}")
-
-
-def _ratio(mine: Row, theirs: Row, metric: str) -> float | None:
-    if not (mine.ok and theirs.ok):
-        return None
-    pair = (mine.wall_seconds, theirs.wall_seconds) if metric == "wall" else (mine.size_bytes, theirs.size_bytes)
-    if pair[0] is None or not pair[1]:
-        return None
-    return pair[0] / pair[1]
 
 
 # --- main -----------------------------------------------------------------------------------------
