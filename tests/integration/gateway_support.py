@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from backup_common import db
 from backup_common.broker import SERVICE_SUBSCRIPTIONS
 from backup_common.messaging import Topology
+from backup_common.runtime import Worker, WorkerContext, create_worker_app
 from backup_common.settings import MysqlTarget, Settings
 from backup_common.tokens import issue_token
 from backup_gateway.app import create_app
@@ -136,3 +138,36 @@ async def make_source(url: str) -> MysqlTarget:
     finally:
         await db.close_pool(pool)
     return target
+
+
+# The workers the integration tests run beside a gateway, by service name.
+def _worker_factories() -> dict[str, Callable[[WorkerContext], Worker]]:
+    from backup_database.service import DatabaseBackupWorker
+    from backup_files.service import FileBackupWorker
+
+    return {"database_backup": DatabaseBackupWorker, "file_backup": FileBackupWorker}
+
+
+@asynccontextmanager
+async def running_workers(gateway: Gateway, *services: str) -> AsyncIterator[None]:
+    """The named worker services, in-process, sharing the gateway's catalog, broker and storage."""
+    factories = _worker_factories()
+    servers = [TestServer(create_worker_app(gateway.settings, name, factories[name])) for name in services]
+    try:
+        for server in servers:
+            await server.start_server()
+        yield
+    finally:
+        for server in servers:
+            await server.close()
+
+
+async def wait_finished(gateway: Gateway, backup_id: str) -> dict[str, Any]:
+    """The backup as the API shows it once it is completed or failed."""
+    async with asyncio.timeout(60):
+        while True:
+            status, body = await gateway.call("GET", f"/api/admin/backup/{backup_id}")
+            assert status == 200, body
+            if body["backup"]["status"] in ("completed", "failed"):
+                return dict(body["backup"])
+            await asyncio.sleep(0.2)

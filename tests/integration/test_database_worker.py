@@ -14,15 +14,12 @@ from typing import Any
 
 import pytest
 import pyzipper
-from aiohttp.test_utils import TestServer
 
 from backup_common import db
 from backup_common.events import BackupPart, BackupRequested, BackupType
 from backup_common.outbox import add_to_outbox
-from backup_common.runtime import create_worker_app
 from backup_common.settings import Settings
-from backup_database.service import DatabaseBackupWorker
-from tests.integration.gateway_support import Gateway, make_source, running_gateway
+from tests.integration.gateway_support import Gateway, make_source, running_gateway, running_workers, wait_finished
 
 pytestmark = pytest.mark.integration
 
@@ -42,23 +39,11 @@ async def system(settings: Settings, tmp_path: Path) -> AsyncIterator[Gateway]:
         "lease_seconds": 5,
     }
     async with running_gateway(settings, **overrides) as gateway:
-        worker = TestServer(create_worker_app(gateway.settings, "database_backup", DatabaseBackupWorker))
-        await worker.start_server()
         try:
-            yield gateway
+            async with running_workers(gateway, "database_backup"):
+                yield gateway
         finally:
-            await worker.close()
             await db.drop_database(source)
-
-
-async def wait_finished(gateway: Gateway, backup_id: str) -> dict[str, Any]:
-    async with asyncio.timeout(60):
-        while True:
-            status, body = await gateway.call("GET", f"{API}/{backup_id}")
-            assert status == 200
-            if body["backup"]["status"] in ("completed", "failed"):
-                return dict(body["backup"])
-            await asyncio.sleep(0.2)
 
 
 async def test_a_database_backup_requested_through_the_api_completes_with_an_encrypted_archive(
@@ -114,13 +99,9 @@ async def test_an_unreachable_source_fails_the_backup_with_a_reason_and_leaves_n
         "storage_dir": tmp_path / "storage",
     }
     async with running_gateway(settings, **overrides) as gateway:
-        worker = TestServer(create_worker_app(gateway.settings, "database_backup", DatabaseBackupWorker))
-        await worker.start_server()
-        try:
+        async with running_workers(gateway, "database_backup"):
             created = await gateway.create("full")
             backup = await wait_finished(gateway, created["id"])
-        finally:
-            await worker.close()
         assert backup["status"] == "failed"
         assert "database part failed" in backup["error"]
         assert "cannot connect to the source database" in backup["error"]
@@ -198,13 +179,11 @@ async def test_a_full_disk_fails_the_backup_with_the_reason_and_leaves_nothing_b
         "storage_dir": full_disk,
     }
     try:
-        async with running_gateway(settings, **overrides) as gateway:
-            worker = TestServer(create_worker_app(gateway.settings, "database_backup", DatabaseBackupWorker))
-            await worker.start_server()
-            try:
-                backup = await wait_finished(gateway, (await gateway.create("database"))["id"])
-            finally:
-                await worker.close()
+        async with (
+            running_gateway(settings, **overrides) as gateway,
+            running_workers(gateway, "database_backup"),
+        ):
+            backup = await wait_finished(gateway, (await gateway.create("database"))["id"])
     finally:
         await db.drop_database(source)
     assert backup["status"] == "failed"

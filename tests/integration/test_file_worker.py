@@ -13,15 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestServer
 
 from backup_common import db
 from backup_common.cli import main as backupctl
-from backup_common.runtime import create_worker_app
 from backup_common.settings import Settings
-from backup_database.service import DatabaseBackupWorker
-from backup_files.service import FileBackupWorker
-from tests.integration.gateway_support import Gateway, make_source, running_gateway
+from tests.integration.gateway_support import Gateway, make_source, running_gateway, running_workers, wait_finished
 
 pytestmark = pytest.mark.integration
 
@@ -51,28 +47,16 @@ async def system(settings: Settings, tmp_path: Path) -> AsyncIterator[System]:
         "logs_dir": app / "logs",
     }
     async with running_gateway(settings, **overrides) as gateway:
-        workers = [
-            TestServer(create_worker_app(gateway.settings, "file_backup", FileBackupWorker)),
-            TestServer(create_worker_app(gateway.settings, "database_backup", DatabaseBackupWorker)),
-        ]
-        for worker in workers:
-            await worker.start_server()
         try:
-            yield System(gateway, app)
+            async with running_workers(gateway, "file_backup", "database_backup"):
+                yield System(gateway, app)
         finally:
-            for worker in workers:
-                await worker.close()
             await db.drop_database(source)
 
 
 async def backup(system: System, backup_type: str) -> dict[str, Any]:
     created = await system.gateway.create(backup_type)
-    async with asyncio.timeout(60):
-        while True:
-            _, body = await system.gateway.call("GET", f"{API}/{created['id']}")
-            if body["backup"]["status"] in ("completed", "failed"):
-                return dict(body["backup"])
-            await asyncio.sleep(0.2)
+    return await wait_finished(system.gateway, created["id"])
 
 
 def snapshot(root: Path) -> dict[str, tuple[Any, ...]]:
@@ -182,18 +166,11 @@ async def test_a_full_backup_fails_when_one_part_fails(settings: Settings, tmp_p
         "storage_dir": tmp_path / "storage",
         "uploads_dir": app / "uploads",
     }
-    async with running_gateway(settings, **overrides) as gateway:
-        workers = [
-            TestServer(create_worker_app(gateway.settings, "file_backup", FileBackupWorker)),
-            TestServer(create_worker_app(gateway.settings, "database_backup", DatabaseBackupWorker)),
-        ]
-        for worker in workers:
-            await worker.start_server()
-        try:
-            made = await backup(System(gateway, app), "full")
-        finally:
-            for worker in workers:
-                await worker.close()
+    async with (
+        running_gateway(settings, **overrides) as gateway,
+        running_workers(gateway, "file_backup", "database_backup"),
+    ):
+        made = await backup(System(gateway, app), "full")
     assert made["status"] == "failed"
     assert "database part failed" in made["error"]
     assert not (gateway.settings.storage_dir / made["storage_path"] / "manifest.json").exists()
