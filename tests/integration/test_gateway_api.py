@@ -485,3 +485,13 @@ async def test_a_backup_requested_while_rabbitmq_is_down_is_published_once_it_is
             await link.close()
         assert str(parse_event(messages[0].body).backup_id) == backup["id"]
         assert messages[0].message_id == unsent[0]["event_id"]
+
+
+async def test_metrics_and_the_audit_log_record_an_error_with_its_own_status(gateway: Gateway) -> None:
+    missing = str(uuid.uuid4())
+    status, _ = await gateway.call("GET", f"{API}/{missing}")
+    assert status == 404
+    metrics = await (await gateway.client.get("/metrics")).text()
+    assert 'backup_http_requests_total{method="GET",route="backup.read",status="404"} 1.0' in metrics
+    rows = await gateway.rows("SELECT outcome, status_code FROM audit_log WHERE target = %s", (missing,))
+    assert rows == [{"outcome": "failed", "status_code": 404}]

@@ -28,7 +28,7 @@ MAX_BODY_BYTES = 1 << 20
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[json_errors, metrics, admin_auth], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(middlewares=[metrics, admin_auth, json_errors], client_max_size=MAX_BODY_BYTES)
     app[SETTINGS] = settings
     app[VERIFIER] = TokenVerifier(settings)
     app[METRICS] = GatewayMetrics()

@@ -1,4 +1,5 @@
-"""Request pipeline: JSON errors, metrics, then default-deny admin auth with an audit record."""
+"""Request pipeline: metrics, then default-deny admin auth with an audit record, then JSON errors
+innermost, so the two outer layers see every outcome as a response with its final status."""
 
 from __future__ import annotations
 
@@ -92,20 +93,14 @@ def route_label(request: web.Request) -> str:
 
 @web.middleware
 async def metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
+    # Outside json_errors: every outcome, errors included, arrives here as a response.
     started = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    finally:
-        collected = request.app[METRICS]
-        label = route_label(request)
-        collected.requests.labels(label, request.method, str(status)).inc()
-        collected.latency.labels(label).observe(time.perf_counter() - started)
+    response = await handler(request)
+    collected = request.app[METRICS]
+    label = route_label(request)
+    collected.requests.labels(label, request.method, str(response.status)).inc()
+    collected.latency.labels(label).observe(time.perf_counter() - started)
+    return response
 
 
 def _bearer_token(request: web.Request) -> str | None:
@@ -139,22 +134,11 @@ async def admin_auth(request: web.Request, handler: Handler) -> web.StreamRespon
         await _audit(request, principal.subject, "denied", 403, {"reason": "admin role required"})
         return error_response(403, "forbidden", "this token does not carry the admin role")
     request[PRINCIPAL] = principal
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    except ValidationError:
-        status = 400
-        raise
-    except DomainError as exc:
-        status = _DOMAIN_STATUS.get(type(exc), 400)
-        raise
-    finally:
-        await _audit(request, principal.subject, "allowed" if status < 400 else "failed", status, None)
+    # Outside json_errors: a failed operation arrives as an error response, with its status.
+    response = await handler(request)
+    outcome = "allowed" if response.status < 400 else "failed"
+    await _audit(request, principal.subject, outcome, response.status, None)
+    return response
 
 
 def _action(request: web.Request) -> str:
