@@ -369,7 +369,21 @@ class ArchiveWriter:
             raise RuntimeError(f"the archive {self.final_path} was already {self._state}")
 
 
-class _MemberWriter(io.BufferedIOBase):
+class _WrappedMember(io.BufferedIOBase):
+    """A stream over one of pyzipper's member streams, closing it with itself."""
+
+    _inner: Any
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            self._inner.close()
+        finally:
+            super().close()
+
+
+class _MemberWriter(_WrappedMember):
     """pyzipper's member stream, with the member's name for error messages."""
 
     def __init__(self, inner: Any, name: str) -> None:
@@ -383,16 +397,8 @@ class _MemberWriter(io.BufferedIOBase):
         count: int = self._inner.write(data)
         return count
 
-    def close(self) -> None:
-        if self.closed:
-            return
-        try:
-            self._inner.close()
-        finally:
-            super().close()
 
-
-class _MemberReader(io.BufferedIOBase):
+class _MemberReader(_WrappedMember):
     """pyzipper's member stream, with damage reported as CorruptArchive.
 
     Encrypted members are authenticated (HMAC) only once read to the end: until then, data read may be
@@ -415,14 +421,6 @@ class _MemberReader(io.BufferedIOBase):
         with _damage_reported(self._where):
             data: bytes = self._inner.read1(size)
         return data
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        try:
-            self._inner.close()
-        finally:
-            super().close()
 
 
 def _derive_key_material(password: bytes, salt: bytes) -> bytes:
