@@ -1,12 +1,17 @@
-"""The files archiver: round trips, stored or deflated members, streaming, files that change or move."""
+"""The files archiver: round trips, packs and members of their own, stored or deflated content, streaming,
+files that change or move."""
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import os
 import random
+import shutil
 import stat
+import subprocess
+import tarfile
 import time
 import tracemalloc
 import zipfile
@@ -15,9 +20,10 @@ from pathlib import Path
 import pytest
 
 from backup_common.archive import ArchiveReader, ArchiveWriter
-from backup_files import archiver
+from backup_files import archiver, packs
 from backup_files.api import ArchiveResult, Entry, FileRecord, Skipped
 from backup_files.archiver import is_precompressed_name, probe_incompressible, write_files_archive
+from backup_files.packs import PACK_FILE_BYTES
 from backup_files.scan import compile_excludes, scan_trees
 
 PASSWORD = "ZmlsZXMtYXJjaGl2ZXItdGVzdC1wYXNzd29yZA"
@@ -57,6 +63,20 @@ def read_member(path: Path, name: str) -> bytes:
         return stream.read()
 
 
+def read_content(path: Path, record: FileRecord) -> bytes:
+    """A file's archived bytes, from its own member or from its pack."""
+    if record.pack is None:
+        return read_member(path, record.path)
+    assert record.offset is not None
+    return read_member(path, record.pack)[record.offset : record.offset + record.size]
+
+
+def pack_entries(path: Path, pack: str) -> dict[str, tarfile.TarInfo]:
+    """The entries of a pack, read as the tar it is."""
+    with tarfile.open(fileobj=io.BytesIO(read_member(path, pack))) as tar:
+        return {info.name: info for info in tar.getmembers()}
+
+
 def records_by_path(result: ArchiveResult) -> dict[str, FileRecord]:
     return {record.path: record for record in result.records}
 
@@ -92,28 +112,46 @@ def test_an_encrypted_archive_round_trips_bytes_hashes_modes_and_mtimes(tmp_path
     with ArchiveReader(final, password=PASSWORD) as reader:
         infos = {info.name: info for info in reader.infos()}
     assert all(info.encrypted for info in infos.values())
+    # Only the file above the pack limit has a member of its own; the rest share one deflated and
+    # one stored pack (noise.bin is incompressible).
+    assert sorted(infos) == ["logs/app.log", "packs/000001.tar", "packs/000002.tar"]
+    assert {record.path for record in result.records if record.pack is None} == {"logs/app.log"}
     for path, data in files.items():
         tree, rel = path.split("/", 1)
         on_disk = os.stat(roots[tree] / rel)
         record = records[path]
-        assert read_member(final, path) == data
+        assert read_content(final, record) == data
         assert (record.kind, record.size, record.sha256) == ("file", len(data), hashlib.sha256(data).hexdigest())
         assert (record.mode, record.mtime_ns) == (stat.S_IMODE(on_disk.st_mode), on_disk.st_mtime_ns)
-        assert infos[path].mode == record.mode
-        assert abs(infos[path].mtime - on_disk.st_mtime) <= 2  # DOS times have 2-second steps
+        if record.pack is None:
+            assert infos[path].mode == record.mode
+            assert abs(infos[path].mtime - on_disk.st_mtime) <= 2  # DOS times have 2-second steps
+        else:
+            entry = pack_entries(final, record.pack)[path]
+            assert (entry.isreg(), entry.size, entry.mode) == (True, len(data), record.mode)
+            assert entry.mtime == on_disk.st_mtime_ns // 1_000_000_000
         assert not record.changed_while_read
     assert records["configs/app.ini"].mode == 0o640
     assert records["configs/app.ini"].mtime_ns == 1_600_000_000_123_456_789
 
-    assert records["uploads/empty-dir"] == FileRecord(
-        "uploads/empty-dir", "dir", 0o750, os.stat(roots["uploads"] / "empty-dir").st_mtime_ns, 0, None
+    empty_dir = records["uploads/empty-dir"]
+    assert empty_dir == FileRecord(
+        "uploads/empty-dir",
+        "dir",
+        0o750,
+        os.stat(roots["uploads"] / "empty-dir").st_mtime_ns,
+        0,
+        None,
+        pack=empty_dir.pack,
     )
-    assert "uploads/empty-dir/" in infos
-    assert "uploads/photos/" in infos
-    assert read_member(final, "uploads/empty-dir/") == b""
+    assert empty_dir.pack is not None
+    directories = pack_entries(final, empty_dir.pack)
+    assert directories["uploads/empty-dir"].isdir()
+    assert directories["uploads/empty-dir"].mode == 0o750
+    assert directories["uploads/photos"].isdir()
 
 
-def test_a_symlink_member_carries_its_target_and_the_link_file_type(tmp_path: Path) -> None:
+def test_a_symlink_is_packed_as_a_link_to_its_target(tmp_path: Path) -> None:
     roots = make_roots(tmp_path)
     (roots["uploads"] / "real.txt").write_text("real")
     os.symlink("real.txt", roots["uploads"] / "link")
@@ -122,25 +160,47 @@ def test_a_symlink_member_carries_its_target_and_the_link_file_type(tmp_path: Pa
 
     record = records_by_path(result)["uploads/link"]
     assert (record.kind, record.target, record.size, record.sha256) == ("symlink", "real.txt", 8, None)
-    assert read_member(final, "uploads/link") == b"real.txt"
-    with zipfile.ZipFile(final) as plain:  # metadata is readable without the password
-        mode = plain.getinfo("uploads/link").external_attr >> 16
-    assert stat.S_ISLNK(mode)
-    assert stat.S_IMODE(mode) == record.mode
-    with ArchiveReader(final, password=PASSWORD) as reader:
-        assert not next(info for info in reader.infos() if info.name == "uploads/link").compressed
+    assert (record.pack, record.offset) == ("packs/000001.tar", None)
+    entry = pack_entries(final, "packs/000001.tar")["uploads/link"]
+    assert entry.issym()
+    assert entry.linkname == "real.txt"
 
 
-def test_a_directory_member_has_the_directory_file_type(tmp_path: Path) -> None:
+def test_packs_are_file_members_that_7zip_and_tar_extract_into_the_trees(tmp_path: Path) -> None:
+    seven_zip = shutil.which("7zz") or shutil.which("7z")
+    if seven_zip is None:
+        pytest.skip("7-Zip is not installed (Debian package 7zip provides 7zz): `apt-get install 7zip`")
     roots = make_roots(tmp_path)
-    (roots["uploads"] / "d").mkdir()
+    files = {
+        "uploads/docs/a.txt": text_bytes(3000, 1),
+        "uploads/docs/ünïcødé name.md": text_bytes(200, 2),
+        "uploads/photos/p.jpg": os.urandom(5000),
+        "configs/app.ini": b"[app]\n",
+        "logs/big.log": text_bytes(PACK_FILE_BYTES + 1, 3),
+    }
+    for path, data in files.items():
+        tree, rel = path.split("/", 1)
+        (roots[tree] / rel).parent.mkdir(parents=True, exist_ok=True)
+        (roots[tree] / rel).write_bytes(data)
+    (roots["uploads"] / "empty").mkdir()
+    os.symlink("docs/a.txt", roots["uploads"] / "latest")
 
     _, final = archive(tmp_path, roots)
-
     with zipfile.ZipFile(final) as plain:
-        info = plain.getinfo("uploads/d/")
-    assert stat.S_ISDIR(info.external_attr >> 16)
-    assert info.is_dir()
+        modes = {info.filename: info.external_attr >> 16 for info in plain.infolist()}
+    assert all(stat.S_ISREG(mode) for mode in modes.values())
+
+    out = tmp_path / "out"
+    extracted = subprocess.run(
+        [seven_zip, "x", f"-p{PASSWORD}", f"-o{out}", str(final)], capture_output=True, text=True, check=False
+    )
+    assert extracted.returncode == 0, extracted.stdout + extracted.stderr
+    for pack in sorted((out / "packs").iterdir()):
+        subprocess.run(["tar", "-xf", str(pack), "-C", str(out)], check=True)
+    for path, data in files.items():
+        assert (out / path).read_bytes() == data
+    assert (out / "uploads" / "empty").is_dir()
+    assert os.readlink(out / "uploads" / "latest") == "docs/a.txt"
 
 
 # --- stored or deflated ----------------------------------------------------------------------------
@@ -157,15 +217,49 @@ def test_jpegs_and_random_bytes_are_stored_and_text_is_deflated(tmp_path: Path) 
 
     with ArchiveReader(final, password=PASSWORD) as reader:
         compressed = {info.name: info.compressed for info in reader.infos()}
-    assert compressed == {
-        "uploads/blob.bin": False,
-        "uploads/notes.txt": True,
-        "uploads/photo.JPG": False,
-        "uploads/tiny.bin": True,
+    stored = {record.path: record.stored for record in result.records if record.kind == "file"}
+    assert stored == {
+        "uploads/blob.bin": True,
+        "uploads/notes.txt": False,
+        "uploads/photo.JPG": True,
+        "uploads/tiny.bin": False,
     }
-    assert {record.path: record.stored for record in result.records} == {
-        path: not flag for path, flag in compressed.items()
-    }
+    # Each kind of content goes to a pack of its kind.
+    for record in result.records:
+        if record.kind == "file":
+            assert record.pack is not None
+            assert compressed[record.pack] is not record.stored
+
+
+def test_a_file_above_the_pack_limit_has_a_member_of_its_own(tmp_path: Path) -> None:
+    roots = make_roots(tmp_path)
+    (roots["uploads"] / "notes.txt").write_bytes(text_bytes(PACK_FILE_BYTES + 1))
+    (roots["uploads"] / "small.txt").write_bytes(text_bytes(PACK_FILE_BYTES))
+
+    result, final = archive(tmp_path, roots)
+
+    records = records_by_path(result)
+    assert (records["uploads/notes.txt"].pack, records["uploads/notes.txt"].offset) == (None, None)
+    assert records["uploads/small.txt"].pack == "packs/000001.tar"
+    with ArchiveReader(final, password=PASSWORD) as reader:
+        compressed = {info.name: info.compressed for info in reader.infos()}
+    assert compressed == {"uploads/notes.txt": True, "packs/000001.tar": True}
+
+
+def test_a_full_pack_is_written_and_the_next_one_started(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(packs, "PACK_BYTES", 10_000)
+    roots = make_roots(tmp_path)
+    contents = {f"uploads/doc-{index}.txt": text_bytes(3000, index) for index in range(8)}
+    for path, data in contents.items():
+        (roots["uploads"] / path.split("/", 1)[1]).write_bytes(data)
+
+    result, final = archive(tmp_path, roots)
+
+    records = [record for record in result.records if record.kind == "file"]
+    used = sorted({record.pack for record in records if record.pack is not None})
+    assert len(used) >= 3
+    for record in records:
+        assert read_content(final, record) == contents[record.path]
 
 
 def test_a_large_random_file_is_stored_after_the_probe_of_its_first_chunk(tmp_path: Path) -> None:
@@ -279,7 +373,7 @@ def test_a_file_that_changes_while_it_is_read_is_read_again(tmp_path: Path, monk
     result, final = archive(tmp_path, roots, entries)
 
     record = result.records[0]
-    assert read_member(final, "logs/app.log") == b"start+more"
+    assert read_content(final, record) == b"start+more"
     assert (record.size, record.sha256) == (10, hashlib.sha256(b"start+more").hexdigest())
     assert not record.changed_while_read
     assert result.bytes_read == 5 + 10
@@ -299,7 +393,7 @@ def test_a_file_that_keeps_changing_is_recorded_as_changed_while_read(
     record = result.records[0]
     assert record.changed_while_read
     assert len(reads) == 3  # one read per attempt, each of the size the file had then
-    archived = read_member(final, "logs/app.log")
+    archived = read_content(final, record)
     assert archived == b"start+more+more"
     assert (record.size, record.sha256) == (len(archived), hashlib.sha256(archived).hexdigest())
 
@@ -351,7 +445,7 @@ def test_a_file_replaced_by_a_symlink_after_the_scan_is_skipped_and_not_followed
     assert result.records == []
     assert result.skipped == [Skipped("uploads/avatar.png", "changed into a link")]
     with ArchiveReader(final, password=PASSWORD) as reader:
-        assert "uploads/avatar.png" not in reader.names()
+        assert reader.names() == []
 
 
 def test_a_directory_replaced_by_a_symlink_after_the_scan_is_not_followed(tmp_path: Path) -> None:

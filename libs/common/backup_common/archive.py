@@ -278,7 +278,13 @@ class ArchiveWriter:
         return self._open(zinfo, force_zip64=True)
 
     def write_member(
-        self, name: str, data: bytes, *, compress: bool = True, mtime: float | None = None, mode: int | None = None
+        self,
+        name: str,
+        data: bytes | bytearray,
+        *,
+        compress: bool = True,
+        mtime: float | None = None,
+        mode: int | None = None,
     ) -> None:
         zinfo = self._new_member(name, compress=compress, mtime=mtime, mode=mode)
         zinfo.file_size = len(data)  # known: pyzipper picks ZIP64 fields only when needed

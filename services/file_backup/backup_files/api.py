@@ -1,8 +1,9 @@
 """What the files part records about each path, shared by the archiver, the restorer and the worker.
 
-A files part holds one archive member per path: `<tree>/<relative path>` for files and symbolic
-links, `<tree>/<relative path>/` for directories, where <tree> is `uploads`, `configs` or `logs`.
-Its manifest (`files.json`) lists the `state` of every tree at that backup (what a restore of it
+A files part's archive holds each file larger than packs.PACK_FILE_BYTES as a member of its own,
+`<tree>/<relative path>`, where <tree> is `uploads`, `configs` or `logs`; smaller files, directories
+and symbolic links travel in pack members (`packs/NNNNNN.tar`, see packs.py), and their records name
+the pack. Its manifest (`files.json`) lists the `state` of every tree at that backup (what a restore of it
 must reproduce), the `entries` this archive carries (all of them for a complete backup; new and
 changed ones for an incremental) and the `deleted` paths since the parent.
 """
@@ -41,6 +42,8 @@ class FileRecord:
     target: str | None = None
     stored: bool = False  # kept uncompressed (already-compressed format)
     changed_while_read: bool = False  # kept changing over every attempt; the bytes may be torn
+    pack: str | None = None  # the pack member holding it; None: a member of its own, named by the path
+    offset: int | None = None  # packed files only: where the content starts in the pack's bytes
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """Writes the entries found by the scanner into a files archive, and says what it holds.
 
-One member per entry: ``<path>/`` for a directory (mode ``S_IFDIR``), ``<path>`` holding the target
-for a symbolic link (mode ``S_IFLNK``, stored: the Info-ZIP convention unzip and 7-Zip understand),
-``<path>`` with the content for a file. Already-compressed content is stored, the rest deflated.
+A file larger than PACK_FILE_BYTES gets a member of its own, ``<path>``; smaller files, directories
+and symbolic links go into packs (see packs.py). Already-compressed content is stored, the rest
+deflated.
 
 Files are read through file descriptors opened without following links, at every path component,
 so a file or directory swapped for a link since the scan is never followed out of its tree.
@@ -26,6 +26,7 @@ from isal import isal_zlib
 from backup_common.archive import ArchiveWriter, check_member_name
 
 from .api import TREES, ArchiveResult, Entry, FileRecord, Skipped
+from .packs import PACK_FILE_BYTES, Packer
 
 CHUNK_BYTES = 1 << 20
 # Files up to this size are read whole into memory before their member is written, so one that
@@ -163,7 +164,7 @@ def write_files_archive(
     progress: Callable[[int, int], None] | None = None,
     attempts: int = 3,
 ) -> ArchiveResult:
-    """Writes one member per entry, in order, and returns the records of what was archived.
+    """Archives the entries, in order, and returns the records of what was archived.
 
     ``roots`` maps each tree name to its directory. An entry that cannot be archived (vanished,
     unreadable, changed into a link or a special file since the scan) goes to ``skipped``.
@@ -180,6 +181,7 @@ def write_files_archive(
     result = ArchiveResult()
     tracker = _Progress(progress)
     directories = _Directories(roots)
+    packer = Packer(writer)
     try:
         for entry in entries:
             try:
@@ -190,39 +192,39 @@ def write_files_archive(
                 continue
             try:
                 if entry.kind == "dir":
-                    record = _archive_directory(writer, entry)
+                    record = _archive_directory(packer, entry)
                 elif entry.kind == "symlink":
-                    record = _archive_link(writer, entry)
+                    record = _archive_link(packer, entry)
                 else:
-                    record = _archive_file(writer, entry, directories, attempts, result, tracker)
+                    record = _archive_file(writer, packer, entry, directories, attempts, result, tracker)
             except _Unavailable as exc:
                 result.skipped.append(Skipped(entry.path, str(exc)))
             else:
                 result.records.append(record)
             tracker.advance(entry_done=True)
+        packer.close()
     finally:
         directories.close()
     tracker.finish()
     return result
 
 
-def _archive_directory(writer: ArchiveWriter, entry: Entry) -> FileRecord:
-    writer.write_member(
-        entry.path + "/", b"", compress=False, mtime=entry.mtime_ns / 1e9, mode=stat.S_IFDIR | entry.mode
-    )
-    return FileRecord(entry.path, "dir", entry.mode, entry.mtime_ns, 0, None)
+def _archive_directory(packer: Packer, entry: Entry) -> FileRecord:
+    pack = packer.add_directory(entry.path, mode=entry.mode, mtime_ns=entry.mtime_ns)
+    return FileRecord(entry.path, "dir", entry.mode, entry.mtime_ns, 0, None, pack=pack)
 
 
-def _archive_link(writer: ArchiveWriter, entry: Entry) -> FileRecord:
+def _archive_link(packer: Packer, entry: Entry) -> FileRecord:
     if entry.target is None:
         raise _Unavailable("symbolic link without a target")
-    target = entry.target.encode("utf-8")
-    writer.write_member(entry.path, target, compress=False, mtime=entry.mtime_ns / 1e9, mode=stat.S_IFLNK | entry.mode)
-    return FileRecord(entry.path, "symlink", entry.mode, entry.mtime_ns, len(target), None, target=entry.target)
+    pack = packer.add_link(entry.path, entry.target, mode=entry.mode, mtime_ns=entry.mtime_ns)
+    size = len(os.fsencode(entry.target))
+    return FileRecord(entry.path, "symlink", entry.mode, entry.mtime_ns, size, None, target=entry.target, pack=pack)
 
 
 def _archive_file(
     writer: ArchiveWriter,
+    packer: Packer,
     entry: Entry,
     directories: _Directories,
     attempts: int,
@@ -240,7 +242,7 @@ def _archive_file(
     try:
         before = _regular_stat(fd)
         if before.st_size <= IN_MEMORY_BYTES:
-            return _archive_small(writer, entry.path, fd, before, attempts, result, tracker)
+            return _archive_small(writer, packer, entry.path, fd, before, attempts, result, tracker)
         return _archive_large(writer, entry.path, fd, before, result, tracker)
     finally:
         os.close(fd)
@@ -248,6 +250,7 @@ def _archive_file(
 
 def _archive_small(
     writer: ArchiveWriter,
+    packer: Packer,
     path: str,
     fd: int,
     before: os.stat_result,
@@ -267,9 +270,16 @@ def _archive_small(
             break
         before = after
     stored = is_precompressed_name(path) or probe_incompressible(data[:PROBE_BYTES])
-    writer.write_member(path, data, compress=not stored, mtime=before.st_mtime_ns / 1e9, mode=_file_mode(before))
+    mode = stat.S_IMODE(before.st_mode)
+    pack: str | None = None
+    offset: int | None = None
+    if len(data) <= PACK_FILE_BYTES:
+        pack, offset = packer.add_file(path, data, stored=stored, mode=mode, mtime_ns=before.st_mtime_ns)
+    else:
+        writer.write_member(path, data, compress=not stored, mtime=before.st_mtime_ns / 1e9, mode=stat.S_IFREG | mode)
     tracker.advance(len(data))
-    return _file_record(path, before, len(data), hashlib.sha256(data).hexdigest(), stored, not stable)
+    sha256 = hashlib.sha256(data).hexdigest()
+    return _file_record(path, before, len(data), sha256, stored, not stable, pack=pack, offset=offset)
 
 
 def _archive_large(
@@ -340,7 +350,17 @@ def _file_mode(st: os.stat_result) -> int:
     return stat.S_IFREG | stat.S_IMODE(st.st_mode)
 
 
-def _file_record(path: str, before: os.stat_result, size: int, sha256: str, stored: bool, changed: bool) -> FileRecord:
+def _file_record(
+    path: str,
+    before: os.stat_result,
+    size: int,
+    sha256: str,
+    stored: bool,
+    changed: bool,
+    *,
+    pack: str | None = None,
+    offset: int | None = None,
+) -> FileRecord:
     # The mtime is the one from before the last reading: should the file have changed during it,
     # the next incremental backup sees a newer mtime and archives the file again.
     return FileRecord(
@@ -352,6 +372,8 @@ def _file_record(path: str, before: os.stat_result, size: int, sha256: str, stor
         sha256,
         stored=stored,
         changed_while_read=changed,
+        pack=pack,
+        offset=offset,
     )
 
 

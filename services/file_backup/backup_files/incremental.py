@@ -9,6 +9,8 @@ from backup_files.api import Entry, FileRecord
 
 # What tells a path apart from its previous backup without reading it (as rsync and restic do).
 _COMPARED = ("kind", "size", "mtime_ns", "mode", "target")
+# Where a record's content sits in its own backup's archive: not part of the tree's state.
+_PLACEMENT = ("pack", "offset")
 
 
 def plan_incremental(parent_state: list[dict[str, Any]], entries: list[Entry]) -> tuple[list[Entry], list[str]]:
@@ -36,7 +38,7 @@ def next_state(
     A changed path that could not be archived (vanished, unreadable; listed as skipped) keeps the
     version its parent had, which is what replaying the chain restores.
     """
-    archived = {record.path: asdict(record) for record in records}
+    archived = {record.path: _without_placement(asdict(record)) for record in records}
     previous = {item["path"]: item for item in parent_state}
     state = []
     for entry in entries:
@@ -45,3 +47,7 @@ def next_state(
         elif entry.path in previous:
             state.append(previous[entry.path])
     return state
+
+
+def _without_placement(item: dict[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in item.items() if name not in _PLACEMENT}

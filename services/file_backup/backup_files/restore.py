@@ -1,11 +1,9 @@
 """Rebuilds the trees of a files backup into a directory, replaying an incremental's chain from its base.
 
-Two phases. First every link of the chain is checked without writing anything: member and manifest
-names, the limits on entries, size and compression ratio, member types (no device, FIFO or socket),
-symbolic link targets, and a dry run of the whole replay on an in-memory tree, which must reproduce
-each backup's recorded ``state`` and never put anything below a link or a file. Only then is the
-chain replayed into the target, each file streamed to a temporary name, checked against its SHA-256
-and renamed into place; modes and times are set last, directories deepest first.
+Two phases. First the whole chain is checked without writing anything (chain_check.py). Only then
+is it replayed into the target, backup by backup: deletions, directories, links, then files, each
+streamed to a temporary name from its own member or from its pack, checked against its SHA-256 and
+renamed into place; modes and times are set last, directories deepest first.
 
 Every path is reached through directory file descriptors opened with ``O_NOFOLLOW`` from the target
 down, so nothing is ever created, replaced or removed through a symbolic link, whatever the archive or
@@ -21,111 +19,69 @@ import errno
 import hashlib
 import logging
 import os
-import re
 import secrets
 import shutil
 import stat
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeGuard
+from types import TracebackType
 
-import pyzipper
+from backup_common.archive import ArchiveReader
 
-from backup_common.archive import ArchiveReader, MemberInfo
-from backup_common.errors import DomainError
+from .api import TREES, RestoreLimits, RestoreSummary
+from .chain_check import (
+    KINDS,
+    ChainLink,
+    IntegrityError,
+    Item,
+    Plan,
+    RestoreError,
+    TargetNotEmpty,
+    UnsafeArchive,
+    check_chain,
+    check_link_member,
+)
+from .packs import PackReader
 
-from .api import TREES, Kind, RestoreLimits, RestoreSummary
+__all__ = [
+    "ChainLink",
+    "IntegrityError",
+    "RestoreError",
+    "TargetNotEmpty",
+    "UnsafeArchive",
+    "restore_chain",
+]
 
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1 << 20
-SMALL_MEMBER_BYTES = 1024  # below this, the compression ratio is not looked at
-MAX_LINK_TARGET_BYTES = 4095  # PATH_MAX less the terminating NUL
+RESTORE_THREADS = min(4, os.cpu_count() or 1)  # reading, inflating, hashing and writing release the GIL
 TEMP_PREFIX = ".restore-"
 TEMP_SUFFIX = ".partial"
 
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-_KINDS: tuple[Kind, ...] = ("file", "dir", "symlink")
-_SPECIAL_TYPES = {
-    stat.S_IFCHR: "a character device",
-    stat.S_IFBLK: "a block device",
-    stat.S_IFIFO: "a FIFO",
-    stat.S_IFSOCK: "a socket",
-}
-# The file type bits a member of each kind may carry; 0 stands for tools that record none.
-_MEMBER_TYPES: dict[Kind, frozenset[int]] = {
-    "file": frozenset({0, stat.S_IFREG}),
-    "dir": frozenset({0, stat.S_IFDIR, stat.S_IFREG}),
-    "symlink": frozenset({stat.S_IFLNK}),
-}
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-class RestoreError(DomainError):
-    """A restore was refused or failed."""
-
-    code = "restore_failed"
-
-
-class UnsafeArchive(RestoreError):
-    """A member or manifest path would escape the target, or the chain exceeds a restore limit."""
-
-    code = "unsafe_archive"
-
-
-class IntegrityError(RestoreError):
-    """Restored content does not match its manifest, or the chain does not reproduce its recorded state."""
-
-    code = "integrity_error"
-
-
-class TargetNotEmpty(RestoreError):
-    code = "target_not_empty"
-
-
-@dataclass(frozen=True)
-class ChainLink:
-    """One backup of a chain; a chain lists its full base first, then each incremental in order."""
-
-    backup_id: str
-    archive: Path
-    password: str | None
-    manifest: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class _Item:
-    path: str
-    kind: Kind
-    mode: int
-    mtime_ns: int
-    sha256: str | None = None
-    target: str | None = None
-
-    @property
-    def member(self) -> str:
-        return self.path + "/" if self.kind == "dir" else self.path
-
-
-@dataclass
-class _Plan:
-    """One link, checked."""
-
-    link: ChainLink
-    deleted: list[str]
-    entries: list[_Item]  # parents before children
-    sizes: dict[str, int]  # member name -> uncompressed size its archive declares
-    state: list[_Item]
 
 
 @dataclass
 class _Progress:
+    """What the replay has done so far; file writers in several threads add to it."""
+
     limits: RestoreLimits
     bytes_written: int = 0
     deleted: int = 0
     applied: list[str] = field(default_factory=list)
+    # path -> (mode, mtime_ns) a file was written with: only those that differ are set again at the end
+    attributes: dict[str, tuple[int, int]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def wrote(self, item: Item, count: int) -> None:
+        with self.lock:
+            self.bytes_written += count
+            self.attributes[item.path] = (item.mode, item.mtime_ns)
 
 
 def restore_chain(
@@ -141,7 +97,7 @@ def restore_chain(
     if not chain:
         raise RestoreError("nothing to restore: the chain is empty")
     target_was_empty = _check_target(target, force=force)
-    plans = _check_chain(chain, limits)
+    plans = check_chain(chain, limits)
     created = _open_target(target)
     progress = _Progress(limits)
     try:
@@ -150,10 +106,10 @@ def restore_chain(
             progress.applied.append(plan.link.backup_id)
         final = plans[-1].state
         _verify(created, target, final, exact=target_was_empty)
-        _set_attributes(created, final)
+        _set_attributes(created, final, progress.attributes)
     finally:
         os.close(created)
-    counts = {kind: sum(1 for item in final if item.kind == kind) for kind in _KINDS}
+    counts = {kind: sum(1 for item in final if item.kind == kind) for kind in KINDS}
     summary = RestoreSummary(
         target=str(target),
         files=counts["file"],
@@ -211,316 +167,18 @@ def _open_target(target: Path) -> int:
         raise
 
 
-# --- checking the chain, before anything is written ----------------------------------------------
-
-
-def _check_chain(chain: list[ChainLink], limits: RestoreLimits) -> list[_Plan]:
-    plans: list[_Plan] = []
-    tree = _Tree()
-    totals = {"bytes": 0, "entries": 0}
-    for link in chain:
-        plan = _check_link(link, limits, totals)
-        where = f"backup {link.backup_id}"
-        for path in plan.deleted:
-            tree.delete(path, where)
-        for item in plan.entries:
-            tree.add(item, where)
-        tree.compare(plan.state, where)
-        plans.append(plan)
-    return plans
-
-
-def _check_link(link: ChainLink, limits: RestoreLimits, totals: dict[str, int]) -> _Plan:
-    where = f"backup {link.backup_id}"
-    manifest = link.manifest
-    if not isinstance(manifest, dict):
-        raise UnsafeArchive(f"{where}: the manifest is not an object")
-    entries = [_parse_item(raw, f"{where} manifest entry", entry=True) for raw in _list(manifest, "entries", where)]
-    state = [_parse_item(raw, f"{where} manifest state", entry=False) for raw in _list(manifest, "state", where)]
-    deleted = [_check_path(path, f"{where} manifest deleted path") for path in _list(manifest, "deleted", where)]
-    for items, what in ((entries, "entries"), (state, "state")):
-        paths = [item.path for item in items]
-        if len(set(paths)) != len(paths):
-            raise UnsafeArchive(f"{where}: the manifest {what} list a path twice")
-    if len(state) > limits.max_entries:
-        raise UnsafeArchive(
-            f"{where}: the backup holds {len(state)} paths, more than the limit of {limits.max_entries} entries"
-        )
-
-    with ArchiveReader(link.archive, password=link.password) as reader:
-        infos = reader.infos()
-        totals["entries"] += len(infos)
-        if totals["entries"] > limits.max_entries:
-            raise UnsafeArchive(
-                f"{where}: the chain holds more than the limit of {limits.max_entries} entries"
-                f" ({totals['entries']} members so far)"
-            )
-        types = _member_types(link.archive, infos, where)
-        by_name: dict[str, MemberInfo] = {}
-        for info in infos:
-            if info.name in by_name:
-                raise UnsafeArchive(f"{where}: member {info.name!r} appears twice in the archive")
-            by_name[info.name] = info
-            _check_member(info, types[info.name], where, limits)
-            totals["bytes"] += info.size
-            if totals["bytes"] > limits.max_total_bytes:
-                raise UnsafeArchive(
-                    f"{where}: member {info.name!r} takes the chain to {totals['bytes']} bytes, over the limit of"
-                    f" {limits.max_total_bytes} bytes"
-                )
-        expected = {item.member: item for item in entries}
-        for name in by_name:
-            if name not in expected:
-                raise UnsafeArchive(f"{where}: member {name!r} is not listed in the manifest entries")
-        for name, item in expected.items():
-            member = by_name.get(name)
-            if member is None:
-                raise UnsafeArchive(f"{where}: manifest entry {item.path!r} ({item.kind}) has no member {name!r}")
-            _check_member_kind(member, types[name], item, where)
-            if item.kind == "symlink":
-                _check_link_member(reader, item, where)
-    ordered = sorted(entries, key=lambda item: item.path.split("/"))
-    return _Plan(link, deleted, ordered, {name: info.size for name, info in by_name.items()}, state)
-
-
-def _list(manifest: dict[str, Any], key: str, where: str) -> list[Any]:
-    value = manifest.get(key, [] if key == "deleted" else None)
-    if not isinstance(value, list):
-        raise UnsafeArchive(f"{where}: the manifest has no {key!r} list")
-    return value
-
-
-def _check_path(path: object, where: str) -> str:
-    """``path`` when it is a safe relative path inside one of the trees; raises UnsafeArchive otherwise."""
-    if not isinstance(path, str):
-        raise UnsafeArchive(f"{where} {path!r} is not a string")
-    rule: str | None = None
-    parts = path.split("/")
-    if not path:
-        rule = "it is empty"
-    elif "\x00" in path:
-        rule = "it contains a NUL character"
-    elif "\\" in path:
-        rule = "it contains a backslash (paths use '/' only)"
-    elif path.startswith("/"):
-        rule = "it is absolute (paths must be relative to the target)"
-    elif len(path) >= 2 and path[1] == ":" and path[0].isalpha():
-        rule = "it starts with a drive letter"
-    elif ".." in parts:
-        rule = "it has a '..' component (it would leave the target)"
-    elif any(part in ("", ".") for part in parts):
-        rule = "it has an empty or '.' component"
-    elif parts[0] not in TREES:
-        rule = f"it is not inside one of the trees {', '.join(TREES)}"
-    if rule is not None:
-        raise UnsafeArchive(f"{where} {path!r} is refused: {rule}")
-    return path
-
-
-def _parse_item(raw: object, where: str, *, entry: bool) -> _Item:
-    if not isinstance(raw, dict):
-        raise UnsafeArchive(f"{where} {raw!r} is not an object")
-    path = _check_path(raw.get("path"), where)
-    where = f"{where} {path!r}"
-    kind = raw.get("kind")
-    if kind not in _KINDS:
-        raise UnsafeArchive(f"{where} is refused: kind {kind!r} is none of {', '.join(_KINDS)}")
-    if kind != "dir" and "/" not in path:
-        raise UnsafeArchive(f"{where} is refused: a tree root can only be a directory")
-    mode = raw.get("mode")
-    mtime_ns = raw.get("mtime_ns")
-    if not _is_int(mode) or not _is_int(mtime_ns):
-        raise UnsafeArchive(f"{where} is refused: its mode and mtime_ns must be integers")
-    if mode < 0:
-        raise UnsafeArchive(f"{where} is refused: mode {mode} is negative")
-    special = _SPECIAL_TYPES.get(stat.S_IFMT(mode))
-    if special is not None:
-        raise UnsafeArchive(f"{where} is refused: its mode says it is {special} (only files, directories and links)")
-    if not 0 <= mode <= 0o7777:
-        raise UnsafeArchive(f"{where} is refused: mode {mode:#o} is not made of permission bits alone")
-    sha256 = raw.get("sha256")
-    if kind == "file" and entry and not (isinstance(sha256, str) and _SHA256.fullmatch(sha256)):
-        raise UnsafeArchive(f"{where} is refused: a file needs the SHA-256 of its content (64 lowercase hex digits)")
-    link_target = raw.get("target")
-    if kind == "symlink":
-        _check_link_target(path, link_target, where)
-    return _Item(
-        path,
-        kind,
-        mode,
-        mtime_ns,
-        sha256 if isinstance(sha256, str) else None,
-        link_target if kind == "symlink" else None,
-    )
-
-
-def _is_int(value: object) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_link_target(path: str, link_target: object, where: str) -> None:
-    """Refuses a link that could lead out of the target.
-
-    A relative target is resolved from the link's own directory, which the restore guarantees is a
-    real directory at the path's depth. Its ``..`` components must all come first: after a name, which
-    may be another link, a ``..`` would climb from wherever that link leads, which no lexical check can
-    bound. With that rule, and every link checked alike, no path through restored links leaves the target.
-    """
-    if not isinstance(link_target, str) or not link_target:
-        raise UnsafeArchive(f"{where} is refused: a symbolic link needs a non-empty target")
-    if "\x00" in link_target or len(os.fsencode(link_target)) > MAX_LINK_TARGET_BYTES:
-        raise UnsafeArchive(f"{where} is refused: its link target is not a valid path")
-    if link_target.startswith("/"):
-        raise UnsafeArchive(f"{where} is refused: it links to the absolute path {link_target!r}, outside the target")
-    parts = [part for part in link_target.split("/") if part not in ("", ".")]
-    ups = 0
-    while ups < len(parts) and parts[ups] == "..":
-        ups += 1
-    if ".." in parts[ups:]:
-        raise UnsafeArchive(
-            f"{where} is refused: its link target {link_target!r} has a '..' after a name"
-            " (it could climb out of the target through another link)"
-        )
-    depth = path.count("/")  # of the link's directory below the target
-    if ups > depth:
-        raise UnsafeArchive(f"{where} is refused: its link target {link_target!r} leads out of the target")
-
-
-def _member_types(archive: Path, infos: list[MemberInfo], where: str) -> dict[str, int]:
-    """The file type bits of each member (MemberInfo keeps the permission bits only)."""
-    with pyzipper.AESZipFile(archive, "r") as raw:
-        listing = raw.infolist()
-    if [info.filename for info in listing] != [info.name for info in infos]:
-        raise UnsafeArchive(f"{where}: the archive changed while it was being read")
-    return {info.filename: stat.S_IFMT(info.external_attr >> 16) for info in listing}
-
-
-def _check_member(info: MemberInfo, file_type: int, where: str, limits: RestoreLimits) -> None:
-    name = info.name
-    is_dir = name.endswith("/")
-    _check_path(name[:-1] if is_dir else name, f"{where}: member")
-    special = _SPECIAL_TYPES.get(file_type)
-    if special is not None:
-        raise UnsafeArchive(f"{where}: member {name!r} is refused: it is {special}")
-    if info.size >= SMALL_MEMBER_BYTES:
-        ratio = info.size / info.compressed_size if info.compressed_size > 0 else float("inf")
-        if ratio > limits.max_compression_ratio:
-            raise UnsafeArchive(
-                f"{where}: member {name!r} is refused: it expands {info.size} bytes from {info.compressed_size}"
-                f" (ratio {ratio:.0f}), over the compression ratio limit of {limits.max_compression_ratio}"
-            )
-
-
-def _check_member_kind(info: MemberInfo, file_type: int, item: _Item, where: str) -> None:
-    if file_type not in _MEMBER_TYPES[item.kind]:
-        raise UnsafeArchive(
-            f"{where}: member {info.name!r} is refused: its mode ({file_type:#o}) is not that of a {item.kind}"
-            " as the manifest says"
-        )
-    if item.kind == "dir" and info.size != 0:
-        raise UnsafeArchive(f"{where}: member {info.name!r} is refused: a directory member carries {info.size} bytes")
-    if item.kind == "symlink" and info.size > MAX_LINK_TARGET_BYTES:
-        raise UnsafeArchive(f"{where}: member {info.name!r} is refused: a link target of {info.size} bytes")
-
-
-def _read_link_member(reader: ArchiveReader, item: _Item, where: str) -> bytes:
-    with reader.open_member(item.member) as stream:
-        data = stream.read(MAX_LINK_TARGET_BYTES + 1)
-        # Read to the end: an encrypted member is authenticated only there.
-        rest = stream.read()
-    if len(data) > MAX_LINK_TARGET_BYTES or rest:
-        raise UnsafeArchive(f"{where}: member {item.member!r} is refused: its link target is too long")
-    return data
-
-
-def _check_link_member(reader: ArchiveReader, item: _Item, where: str) -> None:
-    assert item.target is not None
-    if _read_link_member(reader, item, where) != os.fsencode(item.target):
-        raise UnsafeArchive(
-            f"{where}: member {item.member!r} is refused: its link target differs from the manifest's {item.target!r}"
-        )
-
-
-class _Tree:
-    """The restored tree as the replay will leave it, path by path, to check the chain beforehand."""
-
-    def __init__(self) -> None:
-        self.kinds: dict[str, Kind] = {}
-        self.children: dict[str, set[str]] = {}
-
-    def delete(self, path: str, where: str) -> None:
-        self._check_parents(path, where, "delete")
-        if path in self.kinds:
-            self._remove(path)
-
-    def add(self, item: _Item, where: str) -> None:
-        parents = self._check_parents(item.path, where, "write")
-        for parent in parents:
-            if parent not in self.kinds:
-                self._put(parent, "dir")
-        if self.kinds.get(item.path) == "dir" and item.kind != "dir":
-            self._remove(item.path)
-        self._put(item.path, item.kind)
-
-    def compare(self, state: list[_Item], where: str) -> None:
-        expected = {item.path: item.kind for item in state}
-        actual = {path: kind for path, kind in self.kinds.items() if "/" in path or path in expected}
-        if actual != expected:
-            missing = sorted(set(expected) - set(actual))
-            extra = sorted(set(actual) - set(expected))
-            changed = sorted(path for path in set(actual) & set(expected) if actual[path] != expected[path])
-            raise IntegrityError(
-                f"{where}: replaying the chain does not reproduce the backup's recorded state"
-                f" (missing {missing[:5]}, unexpected {extra[:5]}, of another kind {changed[:5]});"
-                " is the chain complete and in order?"
-            )
-
-    def _check_parents(self, path: str, where: str, action: str) -> list[str]:
-        parts = path.split("/")
-        parents = ["/".join(parts[:i]) for i in range(1, len(parts))]
-        for parent in parents:
-            kind = self.kinds.get(parent)
-            if kind == "symlink":
-                raise UnsafeArchive(
-                    f"{where}: {path!r} is refused: it would {action} through the symbolic link {parent!r}"
-                )
-            if kind == "file":
-                raise UnsafeArchive(f"{where}: {path!r} is refused: its parent {parent!r} is a file")
-        return parents
-
-    def _put(self, path: str, kind: Kind) -> None:
-        if path not in self.kinds:
-            parent = path.rpartition("/")[0]
-            self.children.setdefault(parent, set()).add(path)
-        self.kinds[path] = kind
-
-    def _remove(self, path: str) -> None:
-        pending = [path]
-        while pending:
-            current = pending.pop()
-            del self.kinds[current]
-            pending.extend(self.children.pop(current, ()))
-        self.children[path.rpartition("/")[0]].discard(path)
-
-
 # --- writing ---------------------------------------------------------------------------------------
 
 
-@contextmanager
-def _directory(root: int, path: str, *, create: bool) -> Iterator[int]:
-    """A descriptor of the directory ``path`` (relative, "" for the target), reached without following
-    any link; missing directories are created when ``create``, else FileNotFoundError."""
+def _open_directory(root: int, path: str, *, create: bool) -> int:
+    """A new descriptor of the directory ``path`` (relative, "" for the target), reached without
+    following any link; missing directories are created when ``create``, else FileNotFoundError."""
     fd = os.dup(root)
     try:
         if path:
             for depth, name in enumerate(path.split("/"), start=1):
                 try:
-                    child = os.open(name, _DIR_FLAGS, dir_fd=fd)
-                except FileNotFoundError:
-                    if not create:
-                        raise
-                    os.mkdir(name, 0o700, dir_fd=fd)
-                    child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                    child = _open_child(fd, name, create=create)
                 except OSError as exc:
                     if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                         below = "/".join(path.split("/")[:depth])
@@ -531,9 +189,67 @@ def _directory(root: int, path: str, *, create: bool) -> Iterator[int]:
                     raise
                 os.close(fd)
                 fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_child(parent: int, name: str, *, create: bool) -> int:
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=parent)
+    except FileNotFoundError:
+        if not create:
+            raise
+    with suppress(FileExistsError):  # another restore thread made it meanwhile
+        os.mkdir(name, 0o700, dir_fd=parent)
+    return os.open(name, _DIR_FLAGS, dir_fd=parent)
+
+
+@contextmanager
+def _directory(root: int, path: str, *, create: bool) -> Iterator[int]:
+    fd = _open_directory(root, path, create=create)
+    try:
         yield fd
     finally:
         os.close(fd)
+
+
+class _Parents:
+    """The directory of each path in turn, as :func:`_directory` reaches it, keeping the last one open:
+    paths come sorted, so the entries of one directory follow each other.
+
+    Only for a run of files or links, which never replace a directory another of them lies in.
+    """
+
+    def __init__(self, root: int, *, create: bool) -> None:
+        self._root = root
+        self._create = create
+        self._path: str | None = None
+        self._fd = -1
+
+    def __enter__(self) -> _Parents:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self._close()
+
+    def of(self, path: str) -> tuple[int, str]:
+        """(descriptor of the path's directory, the path's name)."""
+        parent, _, name = path.rpartition("/")
+        if parent != self._path:
+            self._close()
+            self._fd = _open_directory(self._root, parent, create=self._create)
+            self._path = parent
+        return self._fd, name
+
+    def _close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd = -1
+        self._path = None
 
 
 def _lstat(name: str, parent: int) -> os.stat_result | None:
@@ -554,7 +270,13 @@ def _remove(parent: int, name: str) -> bool:
     return True
 
 
-def _replay(root: int, plan: _Plan, progress: _Progress) -> None:
+def _replay(root: int, plan: Plan, progress: _Progress) -> None:
+    """Deletions, then directories (parents first), links, and files.
+
+    Files never lie below a link or a file of the same backup (the chain check saw to it), so they
+    are written in any order: each pack and each file of its own is a unit of work, and units are
+    shared among a few threads, each reading the archive through its own reader.
+    """
     where = f"backup {plan.link.backup_id}"
     for path in plan.deleted:
         parent_path, _, name = path.rpartition("/")
@@ -564,23 +286,81 @@ def _replay(root: int, plan: _Plan, progress: _Progress) -> None:
         except FileNotFoundError:
             pass  # gone with a deleted directory above it
         progress.deleted += 1
-    with ArchiveReader(plan.link.archive, password=plan.link.password) as reader:
-        # Keys are derived ahead in worker threads while earlier members are written.
-        reader.prefetch(item.member for item in plan.entries if item.kind != "dir")
+    with _Parents(root, create=True) as parents:
         for item in plan.entries:
-            parent_path, _, name = item.path.rpartition("/")
-            with _directory(root, parent_path, create=True) as parent:
-                if item.kind == "dir":
-                    st = _lstat(name, parent)
-                    if st is not None and not stat.S_ISDIR(st.st_mode):
-                        os.unlink(name, dir_fd=parent)
-                        st = None
-                    if st is None:
-                        os.mkdir(name, 0o700, dir_fd=parent)
-                elif item.kind == "symlink":
-                    _write_link(reader, parent, name, item, where)
-                else:
-                    _write_file(reader, parent, name, item, plan.sizes[item.member], progress, where)
+            if item.kind == "dir":
+                _make_directory(*parents.of(item.path))
+    units: dict[str, list[Item]] = {}
+    for item in plan.entries:
+        if item.kind == "file":
+            units.setdefault(item.member, []).append(item)
+    # Largest first, so that the threads finish together.
+    queue = sorted(units, key=lambda member: -plan.sizes[member])
+    links = [item for item in plan.entries if item.kind == "symlink"]
+    workers = max(1, min(RESTORE_THREADS, len(queue)))
+    if links:
+        with _reader(plan) as reader, _Parents(root, create=True) as parents:
+            for item in links:
+                _write_link(reader, *parents.of(item.path), item, where)
+    if not queue:
+        return
+    pending = iter(queue)
+    take = threading.Lock()
+    failed = threading.Event()
+
+    def work() -> None:
+        with _reader(plan) as reader, _Parents(root, create=True) as parents:
+            while not failed.is_set():
+                with take:
+                    member = next(pending, None)
+                if member is None:
+                    return
+                try:
+                    _write_member(reader, member, units[member], plan.sizes[member], parents, progress, where)
+                except BaseException:
+                    failed.set()
+                    raise
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="restore") as pool:
+        futures = [pool.submit(work) for _ in range(workers)]
+    for future in futures:
+        future.result()
+
+
+def _reader(plan: Plan) -> ArchiveReader:
+    return ArchiveReader(plan.link.archive, password=plan.link.password)
+
+
+def _make_directory(parent: int, name: str) -> None:
+    st = _lstat(name, parent)
+    if st is not None and not stat.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=parent)
+        st = None
+    if st is None:
+        os.mkdir(name, 0o700, dir_fd=parent)
+
+
+def _write_member(
+    reader: ArchiveReader,
+    member: str,
+    items: list[Item],
+    declared: int,
+    parents: _Parents,
+    progress: _Progress,
+    where: str,
+) -> None:
+    """Writes the files of one member: a file's own, or a pack's in the order they lie in it."""
+    with reader.open_member(member) as stream:
+        if items[0].pack is None:
+            chunks = iter(lambda: stream.read(CHUNK_BYTES), b"")
+            _write_file(*parents.of(items[0].path), items[0], chunks, declared, progress, where)
+            return
+        contents = PackReader(stream, f"{where} pack {member!r}")
+        for item in sorted(items, key=lambda item: item.offset or 0):
+            assert item.offset is not None
+            chunks = contents.content(item.offset, item.size)
+            _write_file(*parents.of(item.path), item, chunks, item.size, progress, where)
+        contents.finish()
 
 
 def _temp_name() -> str:
@@ -596,10 +376,11 @@ def _put_in_place(parent: int, temp: str, name: str) -> None:
     os.replace(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
 
 
-def _write_link(reader: ArchiveReader, parent: int, name: str, item: _Item, where: str) -> None:
+def _write_link(reader: ArchiveReader, parent: int, name: str, item: Item, where: str) -> None:
     assert item.target is not None
-    # Read again rather than trusting the check: the archive is read a second time.
-    _check_link_member(reader, item, where)
+    if item.pack is None:
+        # Read again rather than trusting the check: the archive is read a second time.
+        check_link_member(reader, item, where)
     temp = _temp_name()
     os.symlink(item.target, temp, dir_fd=parent)
     try:
@@ -611,35 +392,45 @@ def _write_link(reader: ArchiveReader, parent: int, name: str, item: _Item, wher
 
 
 def _write_file(
-    reader: ArchiveReader, parent: int, name: str, item: _Item, declared: int, progress: _Progress, where: str
+    parent: int,
+    name: str,
+    item: Item,
+    chunks: Iterable[bytes],
+    declared: int,
+    progress: _Progress,
+    where: str,
 ) -> None:
+    """Writes the content ``chunks`` (at most ``declared`` bytes, as its archive says) under a
+    temporary name, and renames it into place once its SHA-256 matches the manifest's."""
     limits = progress.limits
     temp = _temp_name()
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent)
     try:
         digest = hashlib.sha256()
         written = 0
-        with open(fd, "wb", buffering=0, closefd=False) as out, reader.open_member(item.member) as stream:
-            while chunk := stream.read(CHUNK_BYTES):
-                written += len(chunk)
-                if written > declared:
-                    raise UnsafeArchive(
-                        f"{where}: member {item.member!r} holds more than the {declared} bytes its archive declares"
-                    )
-                if progress.bytes_written + written > limits.max_total_bytes:
-                    raise UnsafeArchive(
-                        f"{where}: member {item.member!r} takes the restore over the limit of"
-                        f" {limits.max_total_bytes} bytes"
-                    )
-                digest.update(chunk)
-                view = memoryview(chunk)
-                while view:
-                    view = view[out.write(view) or 0 :]
+        for chunk in chunks:
+            written += len(chunk)
+            if written > declared:
+                raise UnsafeArchive(
+                    f"{where}: member {item.member!r} holds more than the {declared} bytes its archive declares"
+                )
+            if progress.bytes_written + written > limits.max_total_bytes:
+                raise UnsafeArchive(
+                    f"{where}: member {item.member!r} takes the restore over the limit of"
+                    f" {limits.max_total_bytes} bytes"
+                )
+            digest.update(chunk)
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view) :]
         if digest.hexdigest() != item.sha256:
             raise IntegrityError(
                 f"{where}: {item.path!r} does not match its manifest: SHA-256 {digest.hexdigest()},"
                 f" expected {item.sha256}"
             )
+        # Set now, on the open file: nothing done later in its directory changes them.
+        os.fchmod(fd, item.mode)
+        os.utime(fd, ns=(item.mtime_ns, item.mtime_ns))
         os.close(fd)
         fd = -1
         _put_in_place(parent, temp, name)
@@ -649,35 +440,38 @@ def _write_file(
         with suppress(OSError):
             os.unlink(temp, dir_fd=parent)
         raise
-    progress.bytes_written += written
+    progress.wrote(item, written)
 
 
 # --- finishing -------------------------------------------------------------------------------------
 
 
-def _verify(root: int, target: Path, state: list[_Item], *, exact: bool) -> None:
+def _verify(root: int, target: Path, state: list[Item], *, exact: bool) -> None:
     """The target holds the paths of ``state``, each of its kind; nothing else when it started empty.
 
     Tree roots are not part of a state: they are left out of the comparison unless the state has them.
     """
     expected = {item.path: item.kind for item in state}
     actual: dict[str, str] = {}
-    pending = [""]
-    while pending:
-        path = pending.pop()
-        with _directory(root, path, create=False) as fd, os.scandir(fd) as listing:
-            for entry in listing:
-                child = f"{path}/{entry.name}" if path else entry.name
-                if entry.is_symlink():
-                    actual[child] = "symlink"
-                elif entry.is_dir(follow_symlinks=False):
-                    actual[child] = "dir"
-                    if exact or child.split("/")[0] in TREES:
-                        pending.append(child)
-                elif entry.is_file(follow_symlinks=False):
-                    actual[child] = "file"
-                else:
-                    actual[child] = "other"
+
+    def walk(fd: int, path: str) -> None:
+        with os.scandir(fd) as listing:
+            entries = list(listing)
+        for entry in entries:
+            child = f"{path}/{entry.name}" if path else entry.name
+            if entry.is_symlink():
+                actual[child] = "symlink"
+            elif entry.is_dir(follow_symlinks=False):
+                actual[child] = "dir"
+                if exact or child.split("/")[0] in TREES:
+                    with _directory(fd, entry.name, create=False) as child_fd:
+                        walk(child_fd, child)
+            elif entry.is_file(follow_symlinks=False):
+                actual[child] = "file"
+            else:
+                actual[child] = "other"
+
+    walk(root, "")
     if not exact:
         actual = {path: kind for path, kind in actual.items() if path in expected}
     actual = {path: kind for path, kind in actual.items() if "/" in path or path in expected}
@@ -688,14 +482,17 @@ def _verify(root: int, target: Path, state: list[_Item], *, exact: bool) -> None
         )
 
 
-def _set_attributes(root: int, state: list[_Item]) -> None:
-    """Modes and times, directories last and deepest first, so that nothing bumps a time already set."""
-    for item in state:
-        if item.kind == "dir":
-            continue
-        parent_path, _, name = item.path.rpartition("/")
-        times = (item.mtime_ns, item.mtime_ns)
-        with _directory(root, parent_path, create=False) as parent:
+def _set_attributes(root: int, state: list[Item], written: dict[str, tuple[int, int]]) -> None:
+    """Modes and times not set yet: links, files written with others (by an earlier backup of the
+    chain, say) and directories, each after everything below it, so that nothing bumps a time
+    already set."""
+    others = sorted((item for item in state if item.kind != "dir"), key=lambda item: item.path.split("/"))
+    with _Parents(root, create=False) as parents:
+        for item in others:
+            times = (item.mtime_ns, item.mtime_ns)
+            if item.kind == "file" and written.get(item.path) == (item.mode, item.mtime_ns):
+                continue
+            parent, name = parents.of(item.path)
             if item.kind == "symlink":
                 # A link's own mode means nothing on Linux and cannot be set.
                 os.utime(name, ns=times, dir_fd=parent, follow_symlinks=False)
@@ -706,8 +503,20 @@ def _set_attributes(root: int, state: list[_Item]) -> None:
                 os.utime(fd, ns=times)
             finally:
                 os.close(fd)
-    directories = sorted((item for item in state if item.kind == "dir"), key=lambda item: -item.path.count("/"))
-    for item in directories:
-        with _directory(root, item.path, create=False) as fd:
+    directories = {item.path: item for item in state if item.kind == "dir"}
+    below: dict[str, set[str]] = {}
+    for path in directories:
+        parts = path.split("/")
+        for depth in range(1, len(parts) + 1):
+            below.setdefault("/".join(parts[: depth - 1]), set()).add(parts[depth - 1])
+
+    def visit(fd: int, path: str) -> None:
+        for name in sorted(below.get(path, ())):
+            with _directory(fd, name, create=False) as child_fd:
+                visit(child_fd, f"{path}/{name}" if path else name)
+        item = directories.get(path)
+        if item is not None:
             os.fchmod(fd, item.mode)
             os.utime(fd, ns=(item.mtime_ns, item.mtime_ns))
+
+    visit(root, "")
