@@ -58,6 +58,7 @@ def _backup(root: Path, out: Path, password: str, parent: Path | None) -> dict[s
     write_files_archive = _engine("backup_files.archiver", "write_files_archive")
     plan_incremental = _engine("backup_files.incremental", "plan_incremental")
     next_state = _engine("backup_files.incremental", "next_state")
+    append_bases = _engine("backup_files.incremental", "append_bases")
     archive_writer = _engine("backup_common.archive", "ArchiveWriter")
     parent_state: list[dict[str, Any]] = [] if parent is None else json.loads(parent.read_text())["state"]
 
@@ -68,7 +69,7 @@ def _backup(root: Path, out: Path, password: str, parent: Path | None) -> dict[s
     planned, deleted = (entries, []) if parent is None else _call(plan_incremental, parent_state, entries)
     out.parent.mkdir(parents=True, exist_ok=True)
     with archive_writer(out, password=password, compression_level=COMPRESSION_LEVEL) as writer:
-        result = _call(write_files_archive, writer, planned, roots)
+        result = _call(write_files_archive, writer, planned, roots, bases=_call(append_bases, parent_state))
         info = writer.commit()
     records = [dataclasses.asdict(record) for record in result.records]
     values = {"parent_state": parent_state, "planned": planned, "records": result.records, "entries": entries}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import secrets
 import stat
@@ -103,6 +104,8 @@ async def test_each_backup_of_a_chain_restores_its_tree_exactly(
     write(app / "configs" / "app.ini", b"[db]\nhost = localhost\n", 0o600)
     write(app / "configs" / "run.sh", b"#!/bin/sh\necho hi\n", 0o755)
     write(app / "logs" / "app.log", b"GET /index 200\n" * 20_000)
+    access_log = app / "logs" / "access.log"
+    write(access_log, b"GET /a 200\n" * 150_000)  # 1.6 MB: grows in each incremental
     (app / "uploads" / "empty").mkdir()
     os.symlink("photos/cat.jpg", app / "uploads" / "latest.jpg")
     states = [snapshot(app)]
@@ -115,6 +118,8 @@ async def test_each_backup_of_a_chain_restores_its_tree_exactly(
     (app / "configs" / "run.sh").chmod(0o700)  # mode changed
     os.symlink("../configs/app.ini", app / "uploads" / "settings")  # new link
     (app / "logs" / "archive" / "2026").mkdir(parents=True)  # new empty directories
+    with access_log.open("ab") as out:  # grown
+        out.write(b"GET /b 404\n" * 1000)
     states.append(snapshot(app))
     chain.append(await backup(system, "incremental"))
 
@@ -122,12 +127,19 @@ async def test_each_backup_of_a_chain_restores_its_tree_exactly(
     (app / "uploads" / "latest.jpg").unlink()
     os.symlink("photos/kitten.jpg", app / "uploads" / "latest.jpg")
     (app / "uploads" / "empty").rmdir()
+    with access_log.open("ab") as out:
+        out.write(b"GET /c 500\n" * 1000)
     states.append(snapshot(app))
     chain.append(await backup(system, "incremental"))
 
     assert [b["status"] for b in chain] == ["completed"] * 3, [b["error"] for b in chain]
     assert chain[1]["parent_id"] == chain[0]["id"]
     assert chain[2]["parent_id"] == chain[1]["id"]
+    storage = system.gateway.settings.storage_dir
+    for made in chain[1:]:
+        (manifest,) = storage.glob(f"*/{made['id']}/files.json")
+        entries = {entry["path"]: entry for entry in json.loads(manifest.read_text())["entries"]}
+        assert entries["logs/access.log"]["base_size"] is not None  # only the appended lines are archived
     for index, (made, state) in enumerate(zip(chain, states, strict=True)):
         into = tmp_path / f"restored-{index}"
         await restore(system, made["id"], into, monkeypatch)

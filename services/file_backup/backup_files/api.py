@@ -3,9 +3,13 @@
 A files part's archive holds each file larger than packs.PACK_FILE_BYTES as a member of its own,
 `<tree>/<relative path>`, where <tree> is `uploads`, `configs` or `logs`; smaller files, directories
 and symbolic links travel in pack members (`packs/NNNNNN.tar`, see packs.py), and their records name
-the pack. Its manifest (`files.json`) lists the `state` of every tree at that backup (what a restore of it
-must reproduce), the `entries` this archive carries (all of them for a complete backup; new and
-changed ones for an incremental) and the `deleted` paths since the parent.
+the pack. A file an incremental found grown from its parent's version (a log, typically) carries only
+the bytes appended to it, as `appended/<tree>/<relative path>`, packed or not; its record gives the
+size of the version it extends.
+
+Its manifest (`files.json`) lists the `state` of every tree at that backup (what a restore of it must
+reproduce), the `entries` this archive carries (all of them for a complete backup; new and changed
+ones for an incremental) and the `deleted` paths since the parent.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Literal
 
 Kind = Literal["file", "dir", "symlink"]
 TREES = ("uploads", "configs", "logs")
+APPENDED_PREFIX = "appended/"
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,16 @@ class FileRecord:
     changed_while_read: bool = False  # kept changing over every attempt; the bytes may be torn
     pack: str | None = None  # the pack member holding it; None: a member of its own, named by the path
     offset: int | None = None  # packed files only: where the content starts in the pack's bytes
+    # Grown files only: the first base_size bytes are the parent backup's version, the rest is archived.
+    base_size: int | None = None
+
+
+@dataclass(frozen=True)
+class Base:
+    """A file's version in the parent backup, which the file may have grown from."""
+
+    size: int
+    sha256: str
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 A file larger than PACK_FILE_BYTES gets a member of its own, ``<path>``; smaller files, directories
 and symbolic links go into packs (see packs.py). Already-compressed content is stored, the rest
-deflated.
+deflated. Given the parent backup's versions (``bases``), a file that starts with its parent's
+version is archived from there on only (``appended/<path>``).
 
 Files are read through file descriptors opened without following links, at every path component,
 so a file or directory swapped for a link since the scan is never followed out of its tree.
@@ -17,7 +18,7 @@ import hashlib
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from isal import isal_zlib
 
 from backup_common.archive import ArchiveWriter, check_member_name
 
-from .api import TREES, ArchiveResult, Entry, FileRecord, Skipped
+from .api import APPENDED_PREFIX, TREES, ArchiveResult, Base, Entry, FileRecord, Skipped
 from .packs import PACK_FILE_BYTES, Packer
 
 CHUNK_BYTES = 1 << 20
@@ -163,6 +164,7 @@ def write_files_archive(
     *,
     progress: Callable[[int, int], None] | None = None,
     attempts: int = 3,
+    bases: Mapping[str, Base] | None = None,
 ) -> ArchiveResult:
     """Archives the entries, in order, and returns the records of what was archived.
 
@@ -170,7 +172,9 @@ def write_files_archive(
     unreadable, changed into a link or a special file since the scan) goes to ``skipped``.
     ``progress(bytes_done, entries_done)`` is called at most every 0.5 s, and once at the end;
     ``bytes_done`` counts bytes archived, ``ArchiveResult.bytes_read`` every byte read, re-reads
-    included. Errors of the archive itself (a full disk, say) propagate: the archive is then unusable.
+    included. ``bases`` maps paths to their parent's version (incremental.append_bases): a file that
+    grew from it is archived from the end of that version on. Errors of the archive itself (a full
+    disk, say) propagate: the archive is then unusable.
     """
     if attempts < 1:
         raise ValueError("attempts must be at least 1")
@@ -196,7 +200,8 @@ def write_files_archive(
                 elif entry.kind == "symlink":
                     record = _archive_link(packer, entry)
                 else:
-                    record = _archive_file(writer, packer, entry, directories, attempts, result, tracker)
+                    base = bases.get(entry.path) if bases else None
+                    record = _archive_file(writer, packer, entry, base, directories, attempts, result, tracker)
             except _Unavailable as exc:
                 result.skipped.append(Skipped(entry.path, str(exc)))
             else:
@@ -226,6 +231,7 @@ def _archive_file(
     writer: ArchiveWriter,
     packer: Packer,
     entry: Entry,
+    base: Base | None,
     directories: _Directories,
     attempts: int,
     result: ArchiveResult,
@@ -241,9 +247,11 @@ def _archive_file(
         raise _unavailable(exc) from None
     try:
         before = _regular_stat(fd)
+        if base is not None and before.st_size < base.size:
+            base = None  # shrunk: it cannot have grown from that version
         if before.st_size <= IN_MEMORY_BYTES:
-            return _archive_small(writer, packer, entry.path, fd, before, attempts, result, tracker)
-        return _archive_large(writer, entry.path, fd, before, result, tracker)
+            return _archive_small(writer, packer, entry.path, fd, before, base, attempts, result, tracker)
+        return _archive_large(writer, packer, entry.path, fd, before, base, result, tracker)
     finally:
         os.close(fd)
 
@@ -254,6 +262,7 @@ def _archive_small(
     path: str,
     fd: int,
     before: os.stat_result,
+    base: Base | None,
     attempts: int,
     result: ArchiveResult,
     tracker: _Progress,
@@ -269,21 +278,33 @@ def _archive_small(
         if stable or attempt == attempts:
             break
         before = after
-    stored = is_precompressed_name(path) or probe_incompressible(data[:PROBE_BYTES])
-    mode = stat.S_IMODE(before.st_mode)
-    pack: str | None = None
-    offset: int | None = None
-    if len(data) <= PACK_FILE_BYTES:
-        pack, offset = packer.add_file(path, data, stored=stored, mode=mode, mtime_ns=before.st_mtime_ns)
-    else:
-        writer.write_member(path, data, compress=not stored, mtime=before.st_mtime_ns / 1e9, mode=stat.S_IFREG | mode)
-    tracker.advance(len(data))
-    sha256 = hashlib.sha256(data).hexdigest()
-    return _file_record(path, before, len(data), sha256, stored, not stable, pack=pack, offset=offset)
+    digest = hashlib.sha256()
+    base_size: int | None = None
+    if base is not None and len(data) >= base.size:
+        digest.update(memoryview(data)[: base.size])
+        if digest.hexdigest() == base.sha256:
+            base_size = base.size
+        else:
+            digest = hashlib.sha256()
+    content = data[base_size:] if base_size else data
+    digest.update(content)
+    stored = is_precompressed_name(path) or probe_incompressible(content[:PROBE_BYTES])
+    pack, offset = _put(writer, packer, path, content, stored, before, appended=base_size is not None)
+    tracker.advance(len(content))
+    return _file_record(
+        path, before, len(data), digest.hexdigest(), stored, not stable, pack=pack, offset=offset, base_size=base_size
+    )
 
 
 def _archive_large(
-    writer: ArchiveWriter, path: str, fd: int, before: os.stat_result, result: ArchiveResult, tracker: _Progress
+    writer: ArchiveWriter,
+    packer: Packer,
+    path: str,
+    fd: int,
+    before: os.stat_result,
+    base: Base | None,
+    result: ArchiveResult,
+    tracker: _Progress,
 ) -> FileRecord:
     # Trade-off: an ArchiveWriter cannot take a member back, and holding a file of any size in memory
     # (or spooling it to disk) to make a re-read possible is not affordable. So a large file is
@@ -291,26 +312,94 @@ def _archive_large(
     # or it ended early, the record says changed_while_read=True: the archived bytes (whatever was
     # read, at most the size it had when opened) may be torn, and the manifest says so.
     digest = hashlib.sha256()
-    first = _read_chunk(fd, min(CHUNK_BYTES, before.st_size), result)
-    stored = is_precompressed_name(path) or probe_incompressible(first)
+    base_size: int | None = None
+    if base is not None:
+        if _starts_with(fd, base, digest, result):
+            base_size = base.size
+        else:
+            digest = hashlib.sha256()
+            os.lseek(fd, 0, os.SEEK_SET)
+    start = base_size or 0
+    left = before.st_size - start
+    pack: str | None = None
+    offset: int | None = None
+    if base_size is not None and left <= PACK_FILE_BYTES:
+        tail = _read_up_to(fd, left, result)
+        digest.update(tail)
+        stored = is_precompressed_name(path) or probe_incompressible(tail[:PROBE_BYTES])
+        pack, offset = _put(writer, packer, path, tail, stored, before, appended=True)
+        count = len(tail)
+        tracker.advance(count)
+    else:
+        name = APPENDED_PREFIX + path if base_size is not None else path
+        stored, count = _stream(writer, name, fd, before, left, digest, result, tracker)
+    after = _regular_stat(fd)
+    changed = not _same(before, after) or count != left
+    return _file_record(
+        path, before, start + count, digest.hexdigest(), stored, changed, pack=pack, offset=offset, base_size=base_size
+    )
+
+
+def _starts_with(fd: int, base: Base, digest: hashlib._Hash, result: ArchiveResult) -> bool:
+    """Whether the file's first bytes are the base version; reads them into ``digest``."""
     count = 0
-    with writer.open_member(path, compress=not stored, mtime=before.st_mtime_ns / 1e9, mode=_file_mode(before)) as out:
+    while count < base.size:
+        chunk = _read_chunk(fd, min(CHUNK_BYTES, base.size - count), result)
+        if not chunk:
+            return False
+        digest.update(chunk)
+        count += len(chunk)
+    return digest.hexdigest() == base.sha256
+
+
+def _stream(
+    writer: ArchiveWriter,
+    name: str,
+    fd: int,
+    before: os.stat_result,
+    size: int,
+    digest: hashlib._Hash,
+    result: ArchiveResult,
+    tracker: _Progress,
+) -> tuple[bool, int]:
+    """Streams the next ``size`` bytes of the file into a member; returns (stored, bytes archived)."""
+    first = _read_chunk(fd, min(CHUNK_BYTES, size), result)
+    stored = is_precompressed_name(name) or probe_incompressible(first)
+    count = 0
+    with writer.open_member(name, compress=not stored, mtime=before.st_mtime_ns / 1e9, mode=_file_mode(before)) as out:
         chunk = first
         while chunk:
             out.write(chunk)
             digest.update(chunk)
             count += len(chunk)
             tracker.advance(len(chunk))
-            if count >= before.st_size:
+            if count >= size:
                 break  # a file that keeps growing (a busy log) is not chased
             try:
-                chunk = _read_chunk(fd, min(CHUNK_BYTES, before.st_size - count), result)
+                chunk = _read_chunk(fd, min(CHUNK_BYTES, size - count), result)
             except _Unavailable as exc:
                 # The member cannot be taken back; having no record, it is not part of the backup.
                 raise _Unavailable(f"{exc} (after {count} bytes; the partial member has no record)") from None
-    after = _regular_stat(fd)
-    changed = not _same(before, after) or count != before.st_size
-    return _file_record(path, before, count, digest.hexdigest(), stored, changed)
+    return stored, count
+
+
+def _put(
+    writer: ArchiveWriter,
+    packer: Packer,
+    path: str,
+    content: bytes,
+    stored: bool,
+    before: os.stat_result,
+    *,
+    appended: bool,
+) -> tuple[str | None, int | None]:
+    """Packs ``content``, or writes it into a member of its own when too large; (pack, offset) or (None, None)."""
+    name = APPENDED_PREFIX + path if appended else path
+    mode = stat.S_IMODE(before.st_mode)
+    if len(content) <= PACK_FILE_BYTES:
+        return packer.add_file(name, content, stored=stored, mode=mode, mtime_ns=before.st_mtime_ns)
+    writer.write_member(name, content, compress=not stored, mtime=before.st_mtime_ns / 1e9, mode=stat.S_IFREG | mode)
+    return None, None
 
 
 def _read_chunk(fd: int, size: int, result: ArchiveResult) -> bytes:
@@ -360,6 +449,7 @@ def _file_record(
     *,
     pack: str | None = None,
     offset: int | None = None,
+    base_size: int | None = None,
 ) -> FileRecord:
     # The mtime is the one from before the last reading: should the file have changed during it,
     # the next incremental backup sees a newer mtime and archives the file again.
@@ -374,6 +464,7 @@ def _file_record(
         changed_while_read=changed,
         pack=pack,
         offset=offset,
+        base_size=base_size,
     )
 
 

@@ -20,7 +20,7 @@ import pyzipper
 from backup_common.archive import ArchiveReader, MemberInfo
 from backup_common.errors import DomainError
 
-from .api import TREES, Kind, RestoreLimits
+from .api import APPENDED_PREFIX, TREES, Kind, RestoreLimits
 from .packs import PACK_NAME
 
 SMALL_MEMBER_BYTES = 1024  # below this, the compression ratio is not looked at
@@ -87,13 +87,21 @@ class Item:
     target: str | None = None
     pack: str | None = None  # entries only: the pack member holding it
     offset: int | None = None  # packed files only
+    base_size: int | None = None  # grown files only: the size of the version the archive extends
 
     @property
     def member(self) -> str:
         """The member holding it: its pack, or one of its own."""
         if self.pack is not None:
             return self.pack
+        if self.base_size is not None:
+            return APPENDED_PREFIX + self.path
         return self.path + "/" if self.kind == "dir" else self.path
+
+    @property
+    def archived_size(self) -> int:
+        """How many of its bytes the archive holds."""
+        return self.size - (self.base_size or 0)
 
 
 @dataclass
@@ -248,6 +256,7 @@ def _parse_item(raw: object, where: str, *, entry: bool) -> Item:
     if not _is_int(size) or size < 0:
         raise UnsafeArchive(f"{where} is refused: its size must be a non-negative integer")
     pack, offset = _parse_placement(raw, kind, where) if entry else (None, None)
+    base_size = _parse_base_size(raw, kind, size, where) if entry else None
     return Item(
         path,
         kind,
@@ -258,7 +267,19 @@ def _parse_item(raw: object, where: str, *, entry: bool) -> Item:
         link_target if kind == "symlink" else None,
         pack,
         offset,
+        base_size,
     )
+
+
+def _parse_base_size(raw: dict[str, Any], kind: Kind, size: int, where: str) -> int | None:
+    base_size = raw.get("base_size")
+    if base_size is None:
+        return None
+    if kind != "file" or not _is_int(base_size) or not 0 < base_size <= size:
+        raise UnsafeArchive(
+            f"{where} is refused: base_size {base_size!r} is not the size of an earlier version of this file"
+        )
+    return base_size
 
 
 def _parse_placement(raw: dict[str, Any], kind: Kind, where: str) -> tuple[str | None, int | None]:
@@ -324,7 +345,8 @@ def _check_member(info: MemberInfo, file_type: int, where: str, limits: RestoreL
     name = info.name
     is_dir = name.endswith("/")
     if not PACK_NAME.fullmatch(name):
-        _check_path(name[:-1] if is_dir else name, f"{where}: member")
+        path = name[:-1] if is_dir else name.removeprefix(APPENDED_PREFIX)
+        _check_path(path, f"{where}: member")
     special = _SPECIAL_TYPES.get(file_type)
     if special is not None:
         raise UnsafeArchive(f"{where}: member {name!r} is refused: it is {special}")
@@ -354,7 +376,7 @@ def _check_spans(entries: list[Item], sizes: dict[str, int], where: str) -> None
             assert item.offset is not None
             if item.offset < end:
                 raise UnsafeArchive(f"{where}: {item.path!r} is refused: its content overlaps another in {pack!r}")
-            end = item.offset + item.size
+            end = item.offset + item.archived_size
             if end > sizes[pack]:
                 raise UnsafeArchive(
                     f"{where}: {item.path!r} is refused: its content ends at {end}, past the {sizes[pack]} bytes"
@@ -398,6 +420,7 @@ class _Tree:
     def __init__(self) -> None:
         self.kinds: dict[str, Kind] = {}
         self.children: dict[str, set[str]] = {}
+        self.sizes: dict[str, int] = {}  # of files
 
     def delete(self, path: str, where: str) -> None:
         self._check_parents(path, where, "delete")
@@ -406,6 +429,17 @@ class _Tree:
 
     def add(self, item: Item, where: str) -> None:
         parents = self._check_parents(item.path, where, "write")
+        if item.base_size is not None and (
+            self.kinds.get(item.path) != "file" or self.sizes.get(item.path) != item.base_size
+        ):
+            raise IntegrityError(
+                f"{where}: {item.path!r} extends a version of {item.base_size} bytes that the backups before it"
+                " in the chain do not hold; is the chain complete and in order?"
+            )
+        if item.kind == "file":
+            self.sizes[item.path] = item.size
+        else:
+            self.sizes.pop(item.path, None)
         for parent in parents:
             if parent not in self.kinds:
                 self._put(parent, "dir")
@@ -450,5 +484,6 @@ class _Tree:
         while pending:
             current = pending.pop()
             del self.kinds[current]
+            self.sizes.pop(current, None)
             pending.extend(self.children.pop(current, ()))
         self.children[path.rpartition("/")[0]].discard(path)

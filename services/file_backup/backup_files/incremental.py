@@ -5,12 +5,15 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from backup_files.api import Entry, FileRecord
+from backup_files.api import Base, Entry, FileRecord
 
 # What tells a path apart from its previous backup without reading it (as rsync and restic do).
 _COMPARED = ("kind", "size", "mtime_ns", "mode", "target")
 # Where a record's content sits in its own backup's archive: not part of the tree's state.
-_PLACEMENT = ("pack", "offset")
+_PLACEMENT = ("pack", "offset", "base_size")
+# A file smaller than this is archived whole when it grows: its delta would save next to nothing,
+# and restoring it would mean copying the previous version.
+APPEND_MIN_BYTES = 1 << 20
 
 
 def plan_incremental(parent_state: list[dict[str, Any]], entries: list[Entry]) -> tuple[list[Entry], list[str]]:
@@ -51,3 +54,17 @@ def next_state(
 
 def _without_placement(item: dict[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in item.items() if name not in _PLACEMENT}
+
+
+def append_bases(parent_state: list[dict[str, Any]]) -> dict[str, Base]:
+    """The parent's versions a grown file may extend: files of APPEND_MIN_BYTES or more whose bytes
+    were read consistently."""
+    return {
+        item["path"]: Base(item["size"], item["sha256"])
+        for item in parent_state
+        if item.get("kind") == "file"
+        and isinstance(item.get("sha256"), str)
+        and isinstance(item.get("size"), int)
+        and item["size"] >= APPEND_MIN_BYTES
+        and not item.get("changed_while_read")
+    }

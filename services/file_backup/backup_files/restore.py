@@ -358,9 +358,43 @@ def _write_member(
         contents = PackReader(stream, f"{where} pack {member!r}")
         for item in sorted(items, key=lambda item: item.offset or 0):
             assert item.offset is not None
-            chunks = contents.content(item.offset, item.size)
-            _write_file(*parents.of(item.path), item, chunks, item.size, progress, where)
+            chunks = contents.content(item.offset, item.archived_size)
+            _write_file(*parents.of(item.path), item, chunks, item.archived_size, progress, where)
         contents.finish()
+
+
+def _copy_base(parent: int, name: str, item: Item, out: int, digest: hashlib._Hash, where: str) -> int:
+    """Copies the version a grown file extends, restored by an earlier backup of the chain, into ``out``."""
+    assert item.base_size is not None
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=parent)
+    except OSError as exc:
+        raise IntegrityError(
+            f"{where}: {item.path!r} extends a version that is not in the target ({exc.strerror})"
+        ) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size != item.base_size:
+            raise IntegrityError(
+                f"{where}: {item.path!r} extends a version of {item.base_size} bytes; the target holds"
+                f" {st.st_size} bytes there"
+            )
+        copied = 0
+        while chunk := os.read(fd, CHUNK_BYTES):
+            copied += len(chunk)
+            if copied > item.base_size:
+                raise IntegrityError(f"{where}: {item.path!r} grew while its earlier version was being copied")
+            digest.update(chunk)
+            _write_all(out, chunk)
+    finally:
+        os.close(fd)
+    return copied
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _temp_name() -> str:
@@ -401,13 +435,19 @@ def _write_file(
     where: str,
 ) -> None:
     """Writes the content ``chunks`` (at most ``declared`` bytes, as its archive says) under a
-    temporary name, and renames it into place once its SHA-256 matches the manifest's."""
+    temporary name, and renames it into place once its SHA-256 matches the manifest's.
+
+    A grown file's chunks follow the version already restored under its name, which is copied first.
+    """
     limits = progress.limits
     temp = _temp_name()
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent)
     try:
         digest = hashlib.sha256()
         written = 0
+        if item.base_size is not None:
+            written = _copy_base(parent, name, item, fd, digest, where)
+            declared += written
         for chunk in chunks:
             written += len(chunk)
             if written > declared:
@@ -420,9 +460,7 @@ def _write_file(
                     f" {limits.max_total_bytes} bytes"
                 )
             digest.update(chunk)
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(fd, view) :]
+            _write_all(fd, chunk)
         if digest.hexdigest() != item.sha256:
             raise IntegrityError(
                 f"{where}: {item.path!r} does not match its manifest: SHA-256 {digest.hexdigest()},"

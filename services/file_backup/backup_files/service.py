@@ -18,7 +18,7 @@ from backup_common.parts import BackupRecord, PartResult
 from backup_common.storage import archive_name, part_manifest_name, read_json, tool_info, write_json_durably
 from backup_files.api import ArchiveResult, Entry
 from backup_files.archiver import write_files_archive
-from backup_files.incremental import next_state, plan_incremental
+from backup_files.incremental import append_bases, next_state, plan_incremental
 from backup_files.scan import compile_excludes, scan_trees
 
 PROGRESS_SECONDS = 1.0
@@ -66,7 +66,9 @@ class FileBackupWorker(PartWorker):
         level = int(document["compression"]["level"])
         reporter = asyncio.create_task(report())
         try:
-            result, info = await asyncio.to_thread(_write_archive, archive, password, level, planned, roots, progress)
+            result, info = await asyncio.to_thread(
+                _write_archive, archive, password, level, planned, roots, parent_state, progress
+            )
         finally:
             reporter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -136,9 +138,11 @@ def _write_archive(
     level: int,
     entries: list[Entry],
     roots: dict[str, Path],
+    parent_state: list[dict[str, Any]],
     progress: Callable[[int, int], None],
 ) -> tuple[ArchiveResult, ArchiveInfo]:
+    bases = append_bases(parent_state)
     with ArchiveWriter(archive, password=password, compression_level=level) as writer:
-        result = write_files_archive(writer, entries, roots, progress=progress)
+        result = write_files_archive(writer, entries, roots, progress=progress, bases=bases)
         info = writer.commit()
     return result, info
