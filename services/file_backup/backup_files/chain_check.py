@@ -172,8 +172,9 @@ def _check_link(link: ChainLink, limits: RestoreLimits, totals: dict[str, int]) 
                     f" {limits.max_total_bytes} bytes"
                 )
         expected = {item.member: item for item in entries}
+        abandoned = _abandoned_members(manifest)
         for name in by_name:
-            if name not in expected:
+            if name not in expected and name not in abandoned:
                 raise UnsafeArchive(f"{where}: member {name!r} is not listed in the manifest entries")
         for name, item in expected.items():
             member = by_name.get(name)
@@ -189,6 +190,15 @@ def _check_link(link: ChainLink, limits: RestoreLimits, totals: dict[str, int]) 
     _check_spans(entries, sizes, where)
     ordered = sorted(entries, key=lambda item: item.path.split("/"))
     return Plan(link, deleted, ordered, sizes, state)
+
+
+def _abandoned_members(manifest: dict[str, Any]) -> set[str]:
+    """Members left behind by files the backup skipped: a file that failed while it was streamed
+    leaves the bytes it had read in a member (a ZIP archive cannot take one back), but no entry.
+    They are never restored."""
+    skipped = manifest.get("skipped")
+    paths = [item.get("path") for item in skipped if isinstance(item, dict)] if isinstance(skipped, list) else []
+    return {name for path in paths if isinstance(path, str) for name in (path, APPENDED_PREFIX + path)}
 
 
 def _list(manifest: dict[str, Any], key: str, where: str) -> list[Any]:

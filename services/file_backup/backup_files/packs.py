@@ -30,7 +30,7 @@ from backup_common.archive import ArchiveWriter, CorruptArchive
 
 PACK_FILE_BYTES = 1 << 20  # files up to this size are packed
 PACK_BYTES = 16 << 20  # a pack is written into the archive once it holds this much
-PACK_NAME = re.compile(r"packs/[0-9]{6}\.tar")
+PACK_NAME = re.compile(r"packs/[0-9]{6,}\.tar")
 PACK_MEMBER_MODE = stat.S_IFREG | 0o600
 
 _BLOCK = 512

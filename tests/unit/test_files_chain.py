@@ -1,7 +1,9 @@
-"""Grown files: an incremental carries only what was appended to a file, and a restore rebuilds it."""
+"""Chains of files parts made by the real scanner and archiver, restored: grown files, of which an
+incremental carries only what was appended, and files that fail while they are read."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import random
@@ -14,7 +16,7 @@ import pytest
 
 from backup_common.archive import ArchiveReader, ArchiveWriter
 from backup_files import archiver
-from backup_files.api import Base, FileRecord
+from backup_files.api import Base, FileRecord, Skipped
 from backup_files.archiver import write_files_archive
 from backup_files.incremental import APPEND_MIN_BYTES, append_bases, next_state, plan_incremental
 from backup_files.restore import ChainLink, IntegrityError, restore_chain
@@ -43,6 +45,7 @@ class Source:
             root.mkdir(parents=True)
         self.chain: list[ChainLink] = []
         self.state: list[dict[str, Any]] = []
+        self.skipped: list[Skipped] = []
 
     def write(self, path: str, data: bytes, *, append: bool = False) -> None:
         tree, rel = path.split("/", 1)
@@ -59,7 +62,13 @@ class Source:
             result = write_files_archive(writer, planned, self.roots, bases=append_bases(self.state))
             writer.commit()
         self.state = next_state(self.state, result.records, entries)
-        manifest = {"entries": [asdict(r) for r in result.records], "deleted": deleted, "state": self.state}
+        manifest = {
+            "entries": [asdict(r) for r in result.records],
+            "deleted": deleted,
+            "state": self.state,
+            "skipped": [asdict(s) for s in result.skipped],
+        }
+        self.skipped = result.skipped
         self.chain.append(ChainLink(f"b{len(self.chain)}", archive, PASSWORD, manifest))
         return {record.path: record for record in result.records}
 
@@ -211,3 +220,32 @@ def test_a_base_that_does_not_match_the_restored_version_is_an_integrity_error(t
     # The version restored from the base is left as it was, and no temporary file remains.
     assert [path.name for path in (target / "logs").iterdir()] == ["access.log"]
     assert (target / "logs" / "access.log").read_bytes() == log_lines(2 * MIB, 20)
+
+
+def test_a_file_that_fails_while_streamed_is_skipped_and_the_backup_still_restores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(archiver, "IN_MEMORY_BYTES", 64 * 1024)
+    monkeypatch.setattr(archiver, "CHUNK_BYTES", 64 * 1024)
+    source = Source(tmp_path)
+    source.write("uploads/failing.bin", log_lines(300_000, 40))
+    source.write("uploads/fine.txt", b"fine\n")
+    real_read = os.read
+    reads: dict[int, int] = {}
+
+    def failing_read(fd: int, size: int) -> bytes:
+        if os.fstat(fd).st_size == 300_000:
+            reads[fd] = reads.get(fd, 0) + 1
+            if reads[fd] == 2:
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_read(fd, size)
+
+    monkeypatch.setattr(os, "read", failing_read)
+    source.back_up()
+    monkeypatch.setattr(os, "read", real_read)
+
+    assert [item.path for item in source.skipped] == ["uploads/failing.bin"]
+    assert "partial member has no record" in source.skipped[0].reason
+    with ArchiveReader(source.chain[0].archive, password=PASSWORD) as reader:
+        assert "uploads/failing.bin" in reader.names()  # what was read before the error
+    assert source.restored() == {"uploads/fine.txt": b"fine\n"}
