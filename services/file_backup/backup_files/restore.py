@@ -78,10 +78,13 @@ class _Progress:
     attributes: dict[str, tuple[int, int]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def wrote(self, item: Item, count: int) -> None:
+    def wrote(self, item: Item, count: int, *, settled: bool) -> None:
         with self.lock:
             self.bytes_written += count
-            self.attributes[item.path] = (item.mode, item.mtime_ns)
+            if settled:
+                self.attributes[item.path] = (item.mode, item.mtime_ns)
+            else:
+                self.attributes.pop(item.path, None)
 
 
 def restore_chain(
@@ -466,9 +469,12 @@ def _write_file(
                 f"{where}: {item.path!r} does not match its manifest: SHA-256 {digest.hexdigest()},"
                 f" expected {item.sha256}"
             )
-        # Set now, on the open file: nothing done later in its directory changes them.
-        os.fchmod(fd, item.mode)
-        os.utime(fd, ns=(item.mtime_ns, item.mtime_ns))
+        # Set now, on the open file: nothing done later in its directory changes them. A mode its
+        # owner cannot read waits for the end: a later backup of the chain may append to the file.
+        settled = bool(item.mode & stat.S_IRUSR)
+        if settled:
+            os.fchmod(fd, item.mode)
+            os.utime(fd, ns=(item.mtime_ns, item.mtime_ns))
         os.close(fd)
         fd = -1
         _put_in_place(parent, temp, name)
@@ -478,7 +484,7 @@ def _write_file(
         with suppress(OSError):
             os.unlink(temp, dir_fd=parent)
         raise
-    progress.wrote(item, written)
+    progress.wrote(item, written, settled=settled)
 
 
 # --- finishing -------------------------------------------------------------------------------------
@@ -491,25 +497,24 @@ def _verify(root: int, target: Path, state: list[Item], *, exact: bool) -> None:
     """
     expected = {item.path: item.kind for item in state}
     actual: dict[str, str] = {}
-
-    def walk(fd: int, path: str) -> None:
-        with os.scandir(fd) as listing:
-            entries = list(listing)
-        for entry in entries:
-            child = f"{path}/{entry.name}" if path else entry.name
-            if entry.is_symlink():
-                actual[child] = "symlink"
-            elif entry.is_dir(follow_symlinks=False):
-                actual[child] = "dir"
-                if exact or child.split("/")[0] in TREES:
-                    with _directory(fd, entry.name, create=False) as child_fd:
-                        walk(child_fd, child)
-            elif entry.is_file(follow_symlinks=False):
-                actual[child] = "file"
-            else:
-                actual[child] = "other"
-
-    walk(root, "")
+    # Iterative, each directory reached from the target: trees may be deeper than the recursion
+    # limit, or than the descriptors a process may hold open.
+    pending = [""]
+    while pending:
+        path = pending.pop()
+        with _directory(root, path, create=False) as fd, os.scandir(fd) as listing:
+            for entry in listing:
+                child = f"{path}/{entry.name}" if path else entry.name
+                if entry.is_symlink():
+                    actual[child] = "symlink"
+                elif entry.is_dir(follow_symlinks=False):
+                    actual[child] = "dir"
+                    if exact or child.split("/")[0] in TREES:
+                        pending.append(child)
+                elif entry.is_file(follow_symlinks=False):
+                    actual[child] = "file"
+                else:
+                    actual[child] = "other"
     if not exact:
         actual = {path: kind for path, kind in actual.items() if path in expected}
     actual = {path: kind for path, kind in actual.items() if "/" in path or path in expected}
@@ -521,9 +526,9 @@ def _verify(root: int, target: Path, state: list[Item], *, exact: bool) -> None:
 
 
 def _set_attributes(root: int, state: list[Item], written: dict[str, tuple[int, int]]) -> None:
-    """Modes and times not set yet: links, files written with others (by an earlier backup of the
-    chain, say) and directories, each after everything below it, so that nothing bumps a time
-    already set."""
+    """Modes and times not set yet: links, files not written with the state's (by an earlier backup of
+    the chain, say, or unreadable to their owner) and directories last, deepest first, so that nothing
+    bumps a time already set."""
     others = sorted((item for item in state if item.kind != "dir"), key=lambda item: item.path.split("/"))
     with _Parents(root, create=False) as parents:
         for item in others:
@@ -541,20 +546,8 @@ def _set_attributes(root: int, state: list[Item], written: dict[str, tuple[int, 
                 os.utime(fd, ns=times)
             finally:
                 os.close(fd)
-    directories = {item.path: item for item in state if item.kind == "dir"}
-    below: dict[str, set[str]] = {}
-    for path in directories:
-        parts = path.split("/")
-        for depth in range(1, len(parts) + 1):
-            below.setdefault("/".join(parts[: depth - 1]), set()).add(parts[depth - 1])
-
-    def visit(fd: int, path: str) -> None:
-        for name in sorted(below.get(path, ())):
-            with _directory(fd, name, create=False) as child_fd:
-                visit(child_fd, f"{path}/{name}" if path else name)
-        item = directories.get(path)
-        if item is not None:
+    directories = sorted((item for item in state if item.kind == "dir"), key=lambda item: -item.path.count("/"))
+    for item in directories:
+        with _directory(root, item.path, create=False) as fd:
             os.fchmod(fd, item.mode)
             os.utime(fd, ns=(item.mtime_ns, item.mtime_ns))
-
-    visit(root, "")
