@@ -14,7 +14,6 @@ from __future__ import annotations
 import errno
 import functools
 import hashlib
-import hmac
 import io
 import logging
 import os
@@ -23,9 +22,7 @@ import struct
 import tempfile
 import time
 import zlib
-from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,11 +30,17 @@ from types import TracebackType
 from typing import IO, Any, cast
 
 import pyzipper
-from Cryptodome.Cipher import AES
-from Cryptodome.Util import Counter
 from isal import isal_zlib
-from pyzipper.zipfile import _ZipWriteFile
-from pyzipper.zipfile_aes import AESZipDecrypter, AESZipEncrypter, AESZipExtFile
+
+from .zip_adapters import (
+    AES256_STRENGTH,
+    AES_SALT_BYTES,
+    IsalAESZipFile,
+    IsalZipFile,
+    KeyDeriver,
+    ReaderExtFile,
+    ReadKeys,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +49,6 @@ MIN_COMPRESSION_LEVEL = 0
 MAX_COMPRESSION_LEVEL = 3  # isal's range
 DEFAULT_MEMBER_MODE = stat.S_IFREG | 0o600
 PARTIAL_SUFFIX = ".partial"
-_AES_SALT_BYTES = 16  # AES-256 in WinZip's AE-x format
-_AES256_STRENGTH = 3  # WinZip's code for AES-256 in the member's extra field
-_KEY_MATERIAL_BYTES = 66  # AES key (32), HMAC key (32), password verifier (2)
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature ... name length, extra field length
 _LOCAL_HEADER_SIGNATURE = b"PK\x03\x04"
 
@@ -127,85 +127,6 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-# isal's raw deflate at levels 0-3 runs at 300-400 MB/s where zlib's default level 6 manages 23 MB/s
-# (and isal even compresses SQL dumps slightly better), so compression stops being the bottleneck of a
-# backup. pyzipper offers no option for it: its ZipFile builds each member's writer from
-# `zipwritefile_cls` in `_open_to_write`, and that writer takes its compressor from zlib in __init__,
-# which is replaced here before any data is written. The output is ordinary deflate, read by any tool.
-class _IsalZipWriteFile(_ZipWriteFile):  # type: ignore[misc]
-    def __init__(self, zf: Any, zinfo: Any, zip64: bool, encrypter: Any = None) -> None:
-        super().__init__(zf, zinfo, zip64, encrypter)
-        if zinfo.compress_type == pyzipper.ZIP_DEFLATED:
-            level = zinfo._compresslevel
-            self._compressor = isal_zlib.compressobj(1 if level is None else level, isal_zlib.DEFLATED, -zlib.MAX_WBITS)
-
-
-class _IsalZipFile(pyzipper.ZipFile):  # type: ignore[misc]
-    zipwritefile_cls = _IsalZipWriteFile
-
-
-class _PrecomputedKeyEncrypter(AESZipEncrypter):  # type: ignore[misc]
-    """pyzipper's AES-256 member encrypter, given key material derived beforehand.
-
-    Its own __init__ is deliberately not called: it would derive the key again, on this thread.
-    """
-
-    def __init__(self, salt: bytes, keymaterial: bytes) -> None:
-        self.force_wz_aes_version = None
-        self.conditionally_include_crc = None
-        self.min_bytes_to_include_crc = None
-        self.salt_length = _AES_SALT_BYTES
-        self.aes_strength = 3  # AES-256
-        self.salt = salt
-        self.encpwdverify = keymaterial[64:66]
-        self.encrypter = AES.new(keymaterial[:32], AES.MODE_CTR, counter=Counter.new(nbits=128, little_endian=True))
-        self.hmac = hmac.new(keymaterial[32:64], digestmod="sha1")  # OpenSSL: faster than pycryptodome
-
-
-class _KeyDeriver:
-    """Derives the WinZip AES key material of upcoming members in worker threads.
-
-    Each member needs PBKDF2 (1000 rounds of HMAC-SHA1, about 2 ms here): for thousands of small
-    files that dominated the whole backup. hashlib releases the GIL, so keys are derived while the
-    archive is being written. Every member still gets its own random salt, hence its own key: AES-CTR
-    must never reuse a keystream.
-    """
-
-    def __init__(self, password: bytes, *, ahead: int = 8) -> None:
-        self._password = password
-        self._ahead = ahead
-        self._pool: ThreadPoolExecutor | None = None
-        self._pending: deque[Future[tuple[bytes, bytes]]] = deque()
-
-    def _derive(self) -> tuple[bytes, bytes]:
-        salt = os.urandom(_AES_SALT_BYTES)
-        return salt, hashlib.pbkdf2_hmac("sha1", self._password, salt, 1000, 66)
-
-    def next(self) -> tuple[bytes, bytes]:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="zip-kdf")
-        while len(self._pending) <= self._ahead:
-            self._pending.append(self._pool.submit(self._derive))
-        return self._pending.popleft().result()
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
-        self._pending.clear()
-
-
-class _IsalAESZipFile(pyzipper.AESZipFile):  # type: ignore[misc]
-    zipwritefile_cls = _IsalZipWriteFile
-    key_deriver: _KeyDeriver | None = None
-
-    def get_encrypter(self) -> Any:
-        # pyzipper asks once per member; AES-256 is the only strength ArchiveWriter writes.
-        if self.encryption == pyzipper.WZ_AES and self.key_deriver is not None:
-            return _PrecomputedKeyEncrypter(*self.key_deriver.next())
-        return super().get_encrypter()
-
-
 class ArchiveWriter:
     """Writes one archive; nothing appears under ``final_path`` until :meth:`commit` succeeds.
 
@@ -241,9 +162,9 @@ class ArchiveWriter:
             raise
         try:
             if password is None:
-                self._zip: Any = _IsalZipFile(self._file, "w", compression=pyzipper.ZIP_DEFLATED, allowZip64=True)
+                self._zip: Any = IsalZipFile(self._file, "w", compression=pyzipper.ZIP_DEFLATED, allowZip64=True)
             else:
-                self._zip = _IsalAESZipFile(
+                self._zip = IsalAESZipFile(
                     self._file,
                     "w",
                     compression=pyzipper.ZIP_DEFLATED,
@@ -252,7 +173,7 @@ class ArchiveWriter:
                     encryption_kwargs={"nbits": 256},
                 )
                 self._zip.setpassword(password.encode("ascii"))
-                self._zip.key_deriver = _KeyDeriver(password.encode("ascii"))
+                self._zip.key_deriver = KeyDeriver(password.encode("ascii"))
         except BaseException:
             self._file.close()
             self.temp_path.unlink(missing_ok=True)
@@ -429,86 +350,6 @@ class _MemberReader(_WrappedMember):
         return data
 
 
-def _derive_key_material(password: bytes, salt: bytes) -> bytes:
-    return hashlib.pbkdf2_hmac("sha1", password, salt, 1000, _KEY_MATERIAL_BYTES)
-
-
-class _ReadKeys:
-    """Derives the WinZip AES-256 key material of members about to be read, in worker threads.
-
-    pyzipper derives it (PBKDF2, about 2 ms) for every encrypted member it opens, on the reading
-    thread: for thousands of small files that dominated a restore. The material is a function of the
-    password and the member's salt only, so it is looked up by the salt actually read when the member
-    is opened: a salt guessed wrong beforehand only costs a derivation, never a wrong key. The
-    password verifier and the HMAC are checked exactly as pyzipper does.
-    """
-
-    def __init__(self, password: bytes) -> None:
-        self.password = password
-        self._pool: ThreadPoolExecutor | None = None
-        self._pending: dict[bytes, Future[bytes]] = {}
-
-    def prefetch(self, salts: Iterable[bytes]) -> None:
-        for salt in salts:
-            if salt in self._pending:
-                continue
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="zip-kdf")
-            self._pending[salt] = self._pool.submit(_derive_key_material, self.password, salt)
-
-    def get(self, salt: bytes) -> bytes:
-        future = self._pending.get(salt)
-        if future is None or future.cancelled():
-            return _derive_key_material(self.password, salt)
-        return future.result()
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
-        self._pending.clear()
-
-
-class _PrecomputedKeyDecrypter(AESZipDecrypter):  # type: ignore[misc]
-    """pyzipper's AES-256 member decrypter, given key material derived beforehand.
-
-    Its own __init__ is deliberately not called: it would derive the key again, on this thread.
-    """
-
-    def __init__(self, zinfo: Any, keymaterial: bytes, encryption_header: bytes) -> None:
-        self.filename = zinfo.filename
-        if keymaterial[64:66] != encryption_header[_AES_SALT_BYTES:]:
-            raise RuntimeError(f"Bad password for file {zinfo.filename!r}")
-        self.decypter = AES.new(keymaterial[:32], AES.MODE_CTR, counter=Counter.new(nbits=128, little_endian=True))
-        self.hmac = hmac.new(keymaterial[32:64], digestmod="sha1")
-
-
-class _ReaderExtFile(AESZipExtFile):  # type: ignore[misc]
-    """pyzipper's member stream, inflating with isal (about three times zlib's speed) and decrypting
-    with key material derived ahead by :class:`_ReadKeys`."""
-
-    def __init__(self, *args: Any, read_keys: _ReadKeys | None, **kwargs: Any) -> None:
-        self._read_keys = read_keys  # before pyzipper's __init__, which builds the decrypter
-        super().__init__(*args, **kwargs)
-
-    def get_decompressor(self, compress_type: int) -> Any:
-        if compress_type == pyzipper.ZIP_DEFLATED:
-            return isal_zlib.decompressobj(-zlib.MAX_WBITS)
-        return super().get_decompressor(compress_type)
-
-    def get_decrypter(self) -> Any:
-        if (
-            self._read_keys is not None
-            and self._decrypter_cls is AESZipDecrypter
-            and self._zinfo.wz_aes_strength == _AES256_STRENGTH
-            and self._pwd == self._read_keys.password
-            and len(self.encryption_header) == _AES_SALT_BYTES + 2
-        ):
-            keymaterial = self._read_keys.get(bytes(self.encryption_header[:_AES_SALT_BYTES]))
-            return _PrecomputedKeyDecrypter(self._zinfo, keymaterial, self.encryption_header)
-        return super().get_decrypter()
-
-
 class ArchiveReader:
     """Reads an archive written by :class:`ArchiveWriter` (or any ZIP, encrypted with WinZip AES or not)."""
 
@@ -516,12 +357,12 @@ class ArchiveReader:
         self.path = path
         with _damage_reported(str(path)):
             self._zip: Any = pyzipper.AESZipFile(path, "r")
-        self._read_keys: _ReadKeys | None = None
+        self._read_keys: ReadKeys | None = None
         if password is not None:
             self._zip.setpassword(password.encode("utf-8"))
-            self._read_keys = _ReadKeys(password.encode("utf-8"))
+            self._read_keys = ReadKeys(password.encode("utf-8"))
         # Per instance: pyzipper builds each member's stream from `zipextfile_cls`.
-        self._zip.zipextfile_cls = functools.partial(_ReaderExtFile, read_keys=self._read_keys)
+        self._zip.zipextfile_cls = functools.partial(ReaderExtFile, read_keys=self._read_keys)
 
     def prefetch(self, names: Iterable[str]) -> None:
         """Starts deriving, in worker threads, the keys of the encrypted members about to be opened
@@ -536,7 +377,7 @@ class ArchiveReader:
                     zinfo = self._zip.getinfo(name)
                 except KeyError:
                     continue
-                if not zinfo.flag_bits & 0x1 or getattr(zinfo, "wz_aes_strength", None) != _AES256_STRENGTH:
+                if not zinfo.flag_bits & 0x1 or getattr(zinfo, "wz_aes_strength", None) != AES256_STRENGTH:
                     continue
                 header = os.pread(raw.fileno(), _LOCAL_HEADER.size, zinfo.header_offset)
                 if len(header) != _LOCAL_HEADER.size:
@@ -545,8 +386,8 @@ class ArchiveReader:
                 if signature != _LOCAL_HEADER_SIGNATURE:
                     continue
                 salt_offset = zinfo.header_offset + _LOCAL_HEADER.size + name_length + extra_length
-                salt = os.pread(raw.fileno(), _AES_SALT_BYTES, salt_offset)
-                if len(salt) == _AES_SALT_BYTES:
+                salt = os.pread(raw.fileno(), AES_SALT_BYTES, salt_offset)
+                if len(salt) == AES_SALT_BYTES:
                     salts.append(salt)
         self._read_keys.prefetch(salts)
 
@@ -599,7 +440,7 @@ class ArchiveReader:
         return cast(IO[bytes], _MemberReader(inner, where))
 
 
-# isal's inflate (see _ReaderExtFile) raises its own error, not zlib's.
+# isal's inflate (see ReaderExtFile) raises its own error, not zlib's.
 _DAMAGE_ERRORS: tuple[type[BaseException], ...] = (
     pyzipper.BadZipFile,
     zlib.error,
