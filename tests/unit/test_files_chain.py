@@ -249,3 +249,13 @@ def test_a_file_that_fails_while_streamed_is_skipped_and_the_backup_still_restor
     with ArchiveReader(source.chain[0].archive, password=PASSWORD) as reader:
         assert "uploads/failing.bin" in reader.names()  # what was read before the error
     assert source.restored() == {"uploads/fine.txt": b"fine\n"}
+
+
+def test_files_of_zeros_deflated_as_far_as_deflate_goes_restore_with_the_default_limits(tmp_path: Path) -> None:
+    # isal at level 1 deflates zeros about 1015:1, close to deflate's ceiling of about 1032:1.
+    source = Source(tmp_path)
+    source.write("uploads/disk.img", bytes(4 * MIB))  # a member of its own
+    source.write("uploads/sparse.db", bytes(MIB))  # in a pack, with the tar headers around it
+    source.back_up()
+
+    assert source.restored() == source.files()
