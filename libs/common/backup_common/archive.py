@@ -12,17 +12,15 @@ a worker thread, never on the event loop.
 from __future__ import annotations
 
 import errno
-import functools
 import hashlib
 import io
 import logging
 import os
 import stat
-import struct
 import tempfile
 import time
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,15 +30,7 @@ from typing import IO, Any, cast
 import pyzipper
 from isal import isal_zlib
 
-from .zip_adapters import (
-    AES256_STRENGTH,
-    AES_SALT_BYTES,
-    IsalAESZipFile,
-    IsalZipFile,
-    KeyDeriver,
-    ReaderExtFile,
-    ReadKeys,
-)
+from .zip_adapters import IsalAESZipFile, IsalZipFile, KeyDeriver, ReaderZipFile
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +39,6 @@ MIN_COMPRESSION_LEVEL = 0
 MAX_COMPRESSION_LEVEL = 3  # isal's range
 DEFAULT_MEMBER_MODE = stat.S_IFREG | 0o600
 PARTIAL_SUFFIX = ".partial"
-_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature ... name length, extra field length
-_LOCAL_HEADER_SIGNATURE = b"PK\x03\x04"
 
 # ZIP stores DOS times, which cannot express anything outside these years.
 _DOS_MIN_YEAR = 1980
@@ -356,40 +344,9 @@ class ArchiveReader:
     def __init__(self, path: Path, *, password: str | None) -> None:
         self.path = path
         with _damage_reported(str(path)):
-            self._zip: Any = pyzipper.AESZipFile(path, "r")
-        self._read_keys: ReadKeys | None = None
+            self._zip: Any = ReaderZipFile(path, "r")
         if password is not None:
             self._zip.setpassword(password.encode("utf-8"))
-            self._read_keys = ReadKeys(password.encode("utf-8"))
-        # Per instance: pyzipper builds each member's stream from `zipextfile_cls`.
-        self._zip.zipextfile_cls = functools.partial(ReaderExtFile, read_keys=self._read_keys)
-
-    def prefetch(self, names: Iterable[str]) -> None:
-        """Starts deriving, in worker threads, the keys of the encrypted members about to be opened
-        (in that order). Only a hint: a member not named, or whose salt cannot be read here, gets its
-        key derived when opened."""
-        if self._read_keys is None:
-            return
-        salts: list[bytes] = []
-        with open(self.path, "rb", buffering=0) as raw:
-            for name in names:
-                try:
-                    zinfo = self._zip.getinfo(name)
-                except KeyError:
-                    continue
-                if not zinfo.flag_bits & 0x1 or getattr(zinfo, "wz_aes_strength", None) != AES256_STRENGTH:
-                    continue
-                header = os.pread(raw.fileno(), _LOCAL_HEADER.size, zinfo.header_offset)
-                if len(header) != _LOCAL_HEADER.size:
-                    continue
-                signature, name_length, extra_length = _LOCAL_HEADER.unpack(header)
-                if signature != _LOCAL_HEADER_SIGNATURE:
-                    continue
-                salt_offset = zinfo.header_offset + _LOCAL_HEADER.size + name_length + extra_length
-                salt = os.pread(raw.fileno(), AES_SALT_BYTES, salt_offset)
-                if len(salt) == AES_SALT_BYTES:
-                    salts.append(salt)
-        self._read_keys.prefetch(salts)
 
     def __enter__(self) -> ArchiveReader:
         return self
@@ -400,11 +357,7 @@ class ArchiveReader:
         self.close()
 
     def close(self) -> None:
-        try:
-            self._zip.close()
-        finally:
-            if self._read_keys is not None:
-                self._read_keys.close()
+        self._zip.close()
 
     def names(self) -> list[str]:
         return [str(info.filename) for info in self._zip.infolist()]

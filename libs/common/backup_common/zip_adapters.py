@@ -1,4 +1,5 @@
-"""pyzipper, made faster: isal deflate and inflate, and WinZip AES keys derived ahead in threads.
+"""pyzipper, made faster: isal deflate and inflate, WinZip AES keys derived ahead in threads while
+writing, and OpenSSL's HMAC while reading.
 
 Used by archive.py only. Each class replaces one piece pyzipper builds per member, without changing
 what is written: archives stay ordinary ZIP64 with WinZip AES-256, read by any tool.
@@ -11,7 +12,6 @@ import hmac
 import os
 import zlib
 from collections import deque
-from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -25,10 +25,6 @@ from pyzipper.zipfile_aes import AESZipDecrypter, AESZipEncrypter, AESZipExtFile
 AES_SALT_BYTES = 16  # AES-256 in WinZip's AE-x format
 AES256_STRENGTH = 3  # WinZip's code for AES-256 in the member's extra field
 _KEY_MATERIAL_BYTES = 66  # AES key (32), HMAC key (32), password verifier (2)
-
-
-def _pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="zip-kdf")
 
 
 def _derive_key_material(password: bytes, salt: bytes) -> bytes:
@@ -91,7 +87,7 @@ class KeyDeriver:
 
     def next(self) -> tuple[bytes, bytes]:
         if self._pool is None:
-            self._pool = _pool()
+            self._pool = ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="zip-kdf")
         while len(self._pending) <= self._ahead:
             self._pending.append(self._pool.submit(self._derive))
         return self._pending.popleft().result()
@@ -114,63 +110,26 @@ class IsalAESZipFile(pyzipper.AESZipFile):  # type: ignore[misc]
         return super().get_encrypter()
 
 
-class ReadKeys:
-    """Derives the WinZip AES-256 key material of members about to be read, in worker threads.
+class _OpenSSLKeyDecrypter(AESZipDecrypter):  # type: ignore[misc]
+    """pyzipper's AES-256 member decrypter, with the key derived and the HMAC computed by OpenSSL
+    (hashlib), which authenticates about twice as fast as pycryptodome's (SHA-1 in hardware). The
+    password verifier and the HMAC are checked exactly as pyzipper checks them.
 
-    pyzipper derives it (PBKDF2, about 2 ms) for every encrypted member it opens, on the reading
-    thread: for thousands of small files that dominated a restore. The material is a function of the
-    password and the member's salt only, so it is looked up by the salt actually read when the member
-    is opened: a salt guessed wrong beforehand only costs a derivation, never a wrong key. The
-    password verifier and the HMAC are checked exactly as pyzipper does.
+    Its own __init__ is deliberately not called: it would derive the key again.
     """
 
-    def __init__(self, password: bytes) -> None:
-        self.password = password
-        self._pool: ThreadPoolExecutor | None = None
-        self._pending: dict[bytes, Future[bytes]] = {}
-
-    def prefetch(self, salts: Iterable[bytes]) -> None:
-        for salt in salts:
-            if salt in self._pending:
-                continue
-            if self._pool is None:
-                self._pool = _pool()
-            self._pending[salt] = self._pool.submit(_derive_key_material, self.password, salt)
-
-    def get(self, salt: bytes) -> bytes:
-        future = self._pending.get(salt)
-        if future is None or future.cancelled():
-            return _derive_key_material(self.password, salt)
-        return future.result()
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
-        self._pending.clear()
-
-
-class _PrecomputedKeyDecrypter(AESZipDecrypter):  # type: ignore[misc]
-    """pyzipper's AES-256 member decrypter, given key material derived beforehand.
-
-    Its own __init__ is deliberately not called: it would derive the key again, on this thread.
-    """
-
-    def __init__(self, zinfo: Any, keymaterial: bytes, encryption_header: bytes) -> None:
+    def __init__(self, zinfo: Any, password: bytes, encryption_header: bytes) -> None:
         self.filename = zinfo.filename
+        keymaterial = _derive_key_material(password, bytes(encryption_header[:AES_SALT_BYTES]))
         if keymaterial[64:66] != encryption_header[AES_SALT_BYTES:]:
             raise RuntimeError(f"Bad password for file {zinfo.filename!r}")
         self.decypter = AES.new(keymaterial[:32], AES.MODE_CTR, counter=Counter.new(nbits=128, little_endian=True))
         self.hmac = hmac.new(keymaterial[32:64], digestmod="sha1")
 
 
-class ReaderExtFile(AESZipExtFile):  # type: ignore[misc]
+class _ReaderExtFile(AESZipExtFile):  # type: ignore[misc]
     """pyzipper's member stream, inflating with isal (about three times zlib's speed) and decrypting
-    with key material derived ahead by :class:`ReadKeys`."""
-
-    def __init__(self, *args: Any, read_keys: ReadKeys | None, **kwargs: Any) -> None:
-        self._read_keys = read_keys  # before pyzipper's __init__, which builds the decrypter
-        super().__init__(*args, **kwargs)
+    through :class:`_OpenSSLKeyDecrypter`."""
 
     def get_decompressor(self, compress_type: int) -> Any:
         if compress_type == pyzipper.ZIP_DEFLATED:
@@ -179,12 +138,14 @@ class ReaderExtFile(AESZipExtFile):  # type: ignore[misc]
 
     def get_decrypter(self) -> Any:
         if (
-            self._read_keys is not None
+            self._pwd
             and self._decrypter_cls is AESZipDecrypter
             and self._zinfo.wz_aes_strength == AES256_STRENGTH
-            and self._pwd == self._read_keys.password
             and len(self.encryption_header) == AES_SALT_BYTES + 2
         ):
-            keymaterial = self._read_keys.get(bytes(self.encryption_header[:AES_SALT_BYTES]))
-            return _PrecomputedKeyDecrypter(self._zinfo, keymaterial, self.encryption_header)
+            return _OpenSSLKeyDecrypter(self._zinfo, self._pwd, self.encryption_header)
         return super().get_decrypter()
+
+
+class ReaderZipFile(pyzipper.AESZipFile):  # type: ignore[misc]
+    zipextfile_cls = _ReaderExtFile
