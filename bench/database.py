@@ -67,8 +67,59 @@ class Row:
         return self.status == "ok"
 
 
+class Harness:
+    """What both benchmarks share: their notes, the same cold start before every run, measured runs."""
+
+    drop_caches: bool
+    notes: list[str]
+
+    def settle(self) -> None:
+        """The same starting state for every run: earlier writes on disk, the page cache cold."""
+        os.sync()
+        if self.drop_caches:
+            try:
+                Path("/proc/sys/vm/drop_caches").write_text("3\n")
+            except OSError as exc:
+                self._note(f"OS page cache not dropped ({exc.strerror}); runs start with whatever is cached")
+                self.drop_caches = False
+
+    def _note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+            print(f"  note: {text}")
+
+    def measured(
+        self,
+        tool: str,
+        log: Path,
+        pipeline: Sequence[Sequence[str]],
+        *,
+        stdin: Path | None = None,
+        stdout: Path | None = None,
+        env: dict[str, str] | None = None,
+        shown: Callable[[Sequence[str]], str] = shlex.join,
+    ) -> Row:
+        """Runs ``pipeline`` after :meth:`settle`, its stderr into ``log``; ``shown`` prints each command."""
+        command = " | ".join(shown(argv) for argv in pipeline)
+        missing = [argv[0] for argv in pipeline if which(argv[0]) is None]
+        if missing:
+            return Row(tool, command, f"not available: {missing[0]} not on PATH (run bench/setup.sh)")
+        self.settle()
+        print(f"- {tool}: {command}", flush=True)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.unlink(missing_ok=True)
+        result = measure(pipeline, stdin=stdin, stdout=stdout, env=env, cwd=ROOT, stderr_log=log)
+        row = Row(tool, command, wall_seconds=result.wall_seconds, peak_rss_bytes=result.peak_rss_bytes)
+        row.rss_detail = result.rss_breakdown()
+        if not result.ok:
+            reason = _not_available(result)
+            row.status = f"not available: {reason}" if reason else f"failed: {result.describe_failure()} (see {log})"
+        print(f"  {_status_line(row)}", flush=True)
+        return row
+
+
 @dataclass
-class Bench:
+class Bench(Harness):
     server: Server
     database: str
     threads: int
@@ -100,13 +151,7 @@ class Bench:
     def settle(self) -> None:
         """The same starting state for every run: InnoDB's dirty pages written back, caches cold."""
         self._flush_innodb()
-        os.sync()
-        if self.drop_caches:
-            try:
-                Path("/proc/sys/vm/drop_caches").write_text("3\n")
-            except OSError as exc:
-                self._note(f"OS page cache not dropped ({exc.strerror}); runs start with whatever is cached")
-                self.drop_caches = False
+        super().settle()
 
     def _flush_innodb(self) -> None:
         """Writes back the pages earlier runs dirtied, so that no run pays for another's writes.
@@ -134,11 +179,6 @@ class Bench:
         finally:
             self.server.execute(f"SET GLOBAL innodb_max_dirty_pages_pct = {float(original)}")
 
-    def _note(self, text: str) -> None:
-        if text not in self.notes:
-            self.notes.append(text)
-            print(f"  note: {text}")
-
     # --- measuring ------------------------------------------------------------------------------
 
     def run(
@@ -150,23 +190,7 @@ class Bench:
         stdout: Path | None = None,
         env: dict[str, str] | None = None,
     ) -> Row:
-        command = " | ".join(shlex.join(_redact(argv)) for argv in pipeline)
-        missing = [argv[0] for argv in pipeline if which(argv[0]) is None]
-        if missing:
-            return Row(tool, command, f"not available: {missing[0]} not on PATH (run bench/setup.sh)")
-        self.settle()
-        print(f"- {tool}: {command}", flush=True)
-        log = self.log(tool)
-        log.parent.mkdir(parents=True, exist_ok=True)
-        log.unlink(missing_ok=True)
-        result = measure(pipeline, stdin=stdin, stdout=stdout, env=env, cwd=ROOT, stderr_log=log)
-        row = Row(tool, command, wall_seconds=result.wall_seconds, peak_rss_bytes=result.peak_rss_bytes)
-        row.rss_detail = result.rss_breakdown()
-        if not result.ok:
-            reason = _not_available(result)
-            row.status = f"not available: {reason}" if reason else f"failed: {result.describe_failure()} (see {log})"
-        print(f"  {_status_line(row)}", flush=True)
-        return row
+        return self.measured(tool, self.log(tool), pipeline, stdin=stdin, stdout=stdout, env=env, shown=_shown)
 
     # --- backups --------------------------------------------------------------------------------
 
@@ -281,6 +305,10 @@ class Bench:
 
     def _ours_env(self) -> dict[str, str]:
         return {**os.environ, PASSWORD_VARIABLE: os.environ.get(PASSWORD_VARIABLE, "bench-archive-password")}
+
+
+def _shown(argv: Sequence[str]) -> str:
+    return shlex.join(_redact(argv))
 
 
 def _redact(argv: Sequence[str]) -> list[str]:

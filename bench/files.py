@@ -24,7 +24,6 @@ import argparse
 import hashlib
 import json
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -37,19 +36,18 @@ from bench import treegen
 
 # The row type, its formatting and the "engine missing" detection are the database benchmark's own.
 from bench.database import (
+    Harness,
     Row,
     _mib,
-    _not_available,
     _notes,
     _read_json,
     _repeat,
     _rss,
     _short,
     _spread,
-    _status_line,
     ratio_of,
 )
-from bench.measure import MIB, gnu_time_available, measure, path_size, which
+from bench.measure import MIB, gnu_time_available, path_size, which
 from bench.run_ours import DEFAULT_PASSWORD, PASSWORD_VARIABLE
 from bench.run_ours_files import manifest_path
 
@@ -104,7 +102,7 @@ def compare(expected: Digest, actual: Digest) -> str:
 
 
 @dataclass
-class FilesBench:
+class FilesBench(Harness):
     tree: Path
     seed: int
     size_mib: int
@@ -137,21 +135,6 @@ class FilesBench:
 
     # --- state between runs ---------------------------------------------------------------------
 
-    def settle(self) -> None:
-        """The same starting state for every run: earlier writes on disk, the page cache cold."""
-        os.sync()
-        if self.drop_caches:
-            try:
-                Path("/proc/sys/vm/drop_caches").write_text("3\n")
-            except OSError as exc:
-                self._note(f"OS page cache not dropped ({exc.strerror}); runs start with whatever is cached")
-                self.drop_caches = False
-
-    def _note(self, text: str) -> None:
-        if text not in self.notes:
-            self.notes.append(text)
-            print(f"  note: {text}")
-
     def run(
         self,
         tool: str,
@@ -161,23 +144,7 @@ class FilesBench:
         stdout: Path | None = None,
         env: dict[str, str] | None = None,
     ) -> Row:
-        command = " | ".join(shlex.join(argv) for argv in pipeline)
-        missing = [argv[0] for argv in pipeline if which(argv[0]) is None]
-        if missing:
-            return Row(tool, command, f"not available: {missing[0]} not on PATH (run bench/setup.sh)")
-        self.settle()
-        print(f"- {tool}: {command}", flush=True)
-        log = self.log(log_name)
-        log.parent.mkdir(parents=True, exist_ok=True)
-        log.unlink(missing_ok=True)
-        result = measure(pipeline, stdout=stdout, env=env, cwd=ROOT, stderr_log=log)
-        row = Row(tool, command, wall_seconds=result.wall_seconds, peak_rss_bytes=result.peak_rss_bytes)
-        row.rss_detail = result.rss_breakdown()
-        if not result.ok:
-            reason = _not_available(result)
-            row.status = f"not available: {reason}" if reason else f"failed: {result.describe_failure()} (see {log})"
-        print(f"  {_status_line(row)}", flush=True)
-        return row
+        return self.measured(tool, self.log(log_name), pipeline, stdout=stdout, env=env)
 
     def _ours(self, command: str, *args: str) -> list[str]:
         return [sys.executable, "-m", "bench.run_ours_files", command, *args]
