@@ -10,8 +10,6 @@ from pathlib import Path
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from backup_common.cli import main, parse_duration
 from backup_common.events import event_schemas
@@ -148,23 +146,10 @@ def test_token_with_invalid_settings_stops_naming_the_variable(
     assert "too-short" not in err
 
 
-def rsa_pems() -> tuple[str, str]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-    public = (
-        key.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
-    )
-    return private, public
-
-
 def test_token_signs_rs256_tokens_with_the_given_private_key_file(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], isolated: Path
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], isolated: Path, rsa_keys: tuple[str, str]
 ) -> None:
-    private, public = rsa_pems()
+    private, public = rsa_keys
     key_file = isolated / "signing.pem"
     key_file.write_text(private)
     monkeypatch.setenv("BACKUP_JWT_ALGORITHM", "RS256")
@@ -178,10 +163,10 @@ def test_token_signs_rs256_tokens_with_the_given_private_key_file(
 
 
 def test_token_for_rs256_without_a_private_key_file_fails_saying_so(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], rsa_keys: tuple[str, str]
 ) -> None:
     monkeypatch.setenv("BACKUP_JWT_ALGORITHM", "RS256")
-    monkeypatch.setenv("BACKUP_JWT_PUBLIC_KEY", rsa_pems()[1])
+    monkeypatch.setenv("BACKUP_JWT_PUBLIC_KEY", rsa_keys[1])
 
     code = main(["token"])
 

@@ -21,21 +21,6 @@ SECRET = "k" * 40
 OTHER_SECRET = "o" * 40
 
 
-@pytest.fixture(scope="module")
-def rsa_keys() -> tuple[str, str]:
-    """(private PEM, public PEM) of a fresh 2048-bit RSA key."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-    public = (
-        key.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
-    )
-    return private, public
-
-
 def hs_settings(**overrides: Any) -> Settings:
     return Settings(jwt_secret=SECRET, **overrides)
 
