@@ -27,6 +27,7 @@ from isal import isal_zlib
 from backup_common.archive import ArchiveWriter, check_member_name
 
 from .api import APPENDED_PREFIX, TREES, ArchiveResult, Base, Entry, FileRecord, Skipped
+from .dirfd import NotADirectoryOnPath, open_below
 from .packs import PACK_FILE_BYTES, Packer
 
 CHUNK_BYTES = 1 << 20
@@ -57,7 +58,6 @@ PRECOMPRESSED_EXTENSIONS = frozenset(
 )  # fmt: skip
 
 _OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
-_OPEN_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def is_precompressed_name(path: str) -> bool:
@@ -132,23 +132,17 @@ class _Directories:
         tree, *below = parents
         try:
             # The tree root may be a link (a mounted volume): the scanner followed it too.
-            fd = os.open(self._roots[tree], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            root = os.open(self._roots[tree], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
             raise _unavailable(exc) from None
         try:
-            for component in below:
-                try:
-                    child = os.open(component, _OPEN_DIRECTORY, dir_fd=fd)
-                except OSError as exc:
-                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                        raise _Unavailable(f"a parent directory changed into a link or file: {component}") from None
-                    raise _unavailable(exc) from None
-                os.close(fd)
-                fd = child
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
+            return open_below(root, below)
+        except NotADirectoryOnPath as exc:
+            raise _Unavailable(f"a parent directory changed into a link or file: {exc.component}") from None
+        except OSError as exc:
+            raise _unavailable(exc) from None
+        finally:
+            os.close(root)
 
     def close(self) -> None:
         if self._fd is not None:

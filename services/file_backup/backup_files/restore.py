@@ -45,6 +45,7 @@ from .chain_check import (
     check_chain,
     check_link_member,
 )
+from .dirfd import DIRECTORY_FLAGS, NotADirectoryOnPath, open_below
 from .packs import PackReader
 
 __all__ = [
@@ -62,8 +63,6 @@ CHUNK_BYTES = 1 << 20
 RESTORE_THREADS = min(4, os.cpu_count() or 1)  # reading, inflating, hashing and writing release the GIL
 TEMP_PREFIX = ".restore-"
 TEMP_SUFFIX = ".partial"
-
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass
@@ -163,7 +162,7 @@ def _open_target(target: Path) -> int:
     with suppress(FileExistsError):
         os.mkdir(target, 0o700)
     try:
-        return os.open(target, _DIR_FLAGS)
+        return os.open(target, DIRECTORY_FLAGS)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
             raise RestoreError(f"the target {target} is not a directory (or became a symbolic link)") from None
@@ -176,37 +175,12 @@ def _open_target(target: Path) -> int:
 def _open_directory(root: int, path: str, *, create: bool) -> int:
     """A new descriptor of the directory ``path`` (relative, "" for the target), reached without
     following any link; missing directories are created when ``create``, else FileNotFoundError."""
-    fd = os.dup(root)
     try:
-        if path:
-            for depth, name in enumerate(path.split("/"), start=1):
-                try:
-                    child = _open_child(fd, name, create=create)
-                except OSError as exc:
-                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                        below = "/".join(path.split("/")[:depth])
-                        raise UnsafeArchive(
-                            f"{below!r} in the target is a symbolic link or not a directory:"
-                            " refusing to write or delete through it"
-                        ) from None
-                    raise
-                os.close(fd)
-                fd = child
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _open_child(parent: int, name: str, *, create: bool) -> int:
-    try:
-        return os.open(name, _DIR_FLAGS, dir_fd=parent)
-    except FileNotFoundError:
-        if not create:
-            raise
-    with suppress(FileExistsError):  # another restore thread made it meanwhile
-        os.mkdir(name, 0o700, dir_fd=parent)
-    return os.open(name, _DIR_FLAGS, dir_fd=parent)
+        return open_below(root, path.split("/") if path else [], create=create)
+    except NotADirectoryOnPath as exc:
+        raise UnsafeArchive(
+            f"{exc.path!r} in the target is a symbolic link or not a directory: refusing to write or delete through it"
+        ) from None
 
 
 @contextmanager
