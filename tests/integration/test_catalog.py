@@ -141,3 +141,37 @@ async def test_services_reading_the_settings_at_once_all_get_the_seeded_defaults
             assert all(document["document"] == documents[0]["document"] for document in documents)
     finally:
         await db.close_pool(pool)
+
+
+class BrokerThatWaits:
+    """A publisher that does not confirm until released, as a broker that has stopped answering."""
+
+    def __init__(self) -> None:
+        self.waiting = asyncio.Event()
+        self.release = asyncio.Event()
+        self.events: list[Event] = []
+
+    async def publish(self, event: Event) -> None:
+        self.waiting.set()
+        await self.release.wait()
+        self.events.append(event)
+
+
+async def test_new_events_are_queued_while_the_relay_waits_for_the_broker(catalog_pool: db.Pool) -> None:
+    # The relay holds its rows' locks until the broker answers (up to its publish timeout). Under
+    # REPEATABLE READ its range scan would also lock the gap new rows go into, and every request
+    # writing an event would wait for the broker too, or fail on the lock wait timeout.
+    first = await write_events(catalog_pool, 1)
+    broker = BrokerThatWaits()
+    relaying = asyncio.create_task(OutboxRelay(catalog_pool).relay_once(broker))
+    try:
+        await broker.waiting.wait()
+        second = await write_events(catalog_pool, 1)
+        assert {row["event_id"] for row in await unsent(catalog_pool, first + second)} == {*first, *second}
+    finally:
+        broker.release.set()
+        await relaying
+    assert first[0] in {str(e.event_id) for e in broker.events}
+    while (await OutboxRelay(catalog_pool).relay_once(RecordingPublisher())).sent:
+        pass
+    assert await unsent(catalog_pool, first + second) == []

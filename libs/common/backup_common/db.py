@@ -56,9 +56,15 @@ async def close_pool(pool: Pool) -> None:
 
 
 @asynccontextmanager
-async def transaction(pool: Pool) -> AsyncIterator[Connection]:
-    """A connection inside one transaction: committed on success, rolled back on any error."""
+async def transaction(pool: Pool, *, read_committed: bool = False) -> AsyncIterator[Connection]:
+    """A connection inside one transaction: committed on success, rolled back on any error.
+
+    ``read_committed`` runs it at READ COMMITTED rather than the server's REPEATABLE READ, under
+    which a locking range scan also locks the gaps between rows, and so every insert into them.
+    """
     async with pool.acquire() as conn:
+        if read_committed:
+            await execute(conn, "SET TRANSACTION ISOLATION LEVEL READ COMMITTED")  # this transaction only
         await conn.begin()
         try:
             yield conn

@@ -60,7 +60,9 @@ class OutboxRelay:
         self._wakeup.set()
 
     async def relay_once(self, publisher: Publisher) -> RelayResult:
-        async with db.transaction(self._pool) as conn:
+        # The rows stay locked until the broker confirms them. At READ COMMITTED only those rows are:
+        # new events are written meanwhile instead of waiting for the broker.
+        async with db.transaction(self._pool, read_committed=True) as conn:
             rows = await db.fetch_all(
                 conn,
                 "SELECT id, payload FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED",
