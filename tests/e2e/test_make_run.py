@@ -52,10 +52,14 @@ def free_port() -> int:
 
 
 class RunningSystem:
-    def __init__(self, process: subprocess.Popen[str], base_url: str, settings: Settings) -> None:
+    def __init__(self, process: subprocess.Popen[str], output: list[str], base_url: str, settings: Settings) -> None:
         self.process = process
+        self.output = output  # what `make run` printed so far
         self.base_url = base_url
         self.settings = settings
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "".join(self.output[-lines:])
 
     async def request(self, method: str, path: str, body: Any = None, token: str | None = None) -> tuple[int, Any]:
         """An HTTP request from outside the process, as curl would send it."""
@@ -163,9 +167,9 @@ async def make_run(settings: Settings, servers: ServiceEndpoints, jwt_secret: st
         BACKUP_SOURCE_MYSQL_URL=servers.mysql_url(source.database),
     )
     assert not await catalog_exists(run_settings.catalog)
-    process, _ = await asyncio.to_thread(start, ["make", "--no-print-directory", "run"], env, REPO, port)
+    process, output = await asyncio.to_thread(start, ["make", "--no-print-directory", "run"], env, REPO, port)
     try:
-        yield RunningSystem(process, f"http://127.0.0.1:{port}", run_settings)
+        yield RunningSystem(process, output, f"http://127.0.0.1:{port}", run_settings)
     finally:
         code = await asyncio.to_thread(stop, process)
         await db.drop_database(run_settings.catalog)
@@ -205,7 +209,7 @@ async def test_make_run_serves_the_api_with_auth_and_sends_one_event_per_backup(
     created = []
     for backup_type in ("full", "database", "files", "incremental"):
         status, body = await system.request("POST", f"{API}/create", {"type": backup_type}, token=admin)
-        assert status == 202, body
+        assert status == 202, f"{body}\n{system.log_tail()}"
         assert body["backup"]["status"] == "pending"
         created.append(body["backup"]["id"])
     status, body = await system.request("POST", f"{API}/create", {"type": "weekly"}, token=admin)
@@ -275,7 +279,7 @@ async def test_make_run_without_secrets_creates_local_ones_and_prints_a_working_
         secret = (tmp_path / "var" / "secrets" / "jwt-secret").read_text().strip()
         assert (tmp_path / "var" / "secrets" / "master.key").stat().st_mode & 0o077 == 0
         assert secret not in text
-        system = RunningSystem(process, f"http://127.0.0.1:{port}", run_settings)
+        system = RunningSystem(process, output, f"http://127.0.0.1:{port}", run_settings)
         status, body = await system.request("GET", f"{API}/stats", token=token)
         assert status == 200, body
     finally:
