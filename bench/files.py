@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from backup_common.engine.files.model import TREES
 from bench import treegen
 
 # The row type, its formatting and the "engine missing" detection are the database benchmark's own.
@@ -74,7 +75,7 @@ Digest = dict[str, tuple[int, str]]
 def digest_tree(root: Path) -> Digest:
     """path → (size, SHA-256) of every file under root's uploads/, configs/ and logs/."""
     digest: Digest = {}
-    for tree in treegen.TREES:
+    for tree in TREES:
         for directory, _, names in os.walk(root / tree):
             for name in names:
                 path = Path(directory, name)
@@ -158,10 +159,10 @@ class FilesBench(Harness):
     def _restic_backup(self) -> list[str]:
         # --host fixed, so the second run finds the first as its parent whatever the machine is called.
         argv = ["restic", "-r", str(RESTIC_REPO), "backup", "--host", "bench"]
-        return argv + [str(self.tree / tree) for tree in treegen.TREES]
+        return argv + [str(self.tree / tree) for tree in TREES]
 
     def _subtrees(self) -> list[str]:
-        return ["-C", str(self.tree), *treegen.TREES]
+        return ["-C", str(self.tree), *TREES]
 
     # --- backups --------------------------------------------------------------------------------
 
@@ -382,21 +383,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     tree_dir = treegen.TREE_DIR
     if args.skip_generate:
-        if not all((tree_dir / tree).is_dir() for tree in treegen.TREES):
+        if not all((tree_dir / tree).is_dir() for tree in TREES):
             raise SystemExit(f"--skip-generate: no tree under {tree_dir}")
         treegen.revert(tree_dir, seed=args.seed, size_mib=args.size_mib)
     else:
         treegen.ensure_tree(tree_dir, seed=args.seed, size_mib=args.size_mib)
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     bench = FilesBench(tree_dir, args.seed, args.size_mib, not args.no_drop_caches)
-    files = sum(1 for tree in treegen.TREES for path in (tree_dir / tree).rglob("*") if path.is_file())
+    files = sum(1 for tree in TREES for path in (tree_dir / tree).rglob("*") if path.is_file())
     versions = ", ".join(_version(command) for command in (["tar", "--version"], ["pigz", "--version"]))
     versions += ", " + _version(["restic", "version"]).split(" compiled")[0]
     order = "runs in the order listed" + (f", backups and restores round-robin x{args.runs}" if args.runs > 1 else "")
     cold = ", each after the page cache was dropped" if bench.drop_caches else ""
     header = (
         f"tree {tree_dir.relative_to(ROOT)}: {files} files, "
-        f"{sum(path_size(tree_dir / tree) for tree in treegen.TREES) / MIB:.1f} MiB; {os.cpu_count()} CPUs; "
+        f"{sum(path_size(tree_dir / tree) for tree in TREES) / MIB:.1f} MiB; {os.cpu_count()} CPUs; "
         f"{versions}; {order}{cold}"
     )
     print(header, flush=True)

@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from backup_common.settings import MysqlTarget
+from backup_common.adapters.settings import MysqlTarget
 
 NOT_AVAILABLE = 3
 PASSWORD_VARIABLE = "BENCH_ARCHIVE_PASSWORD"  # noqa: S105 -- the name of the variable, not a password
@@ -39,12 +39,12 @@ class NotAvailable(Exception):
 def _engine(module: str, name: str) -> Callable[..., Any]:
     """Looked up at run time: the engine is written in parallel and may not exist when this runs."""
     try:
-        loaded = importlib.import_module(f"backup_database.{module}")
+        loaded = importlib.import_module(f"backup_common.engine.database.{module}")
     except ImportError as exc:
-        raise NotAvailable(f"backup_database.{module} cannot be imported ({exc})") from exc
+        raise NotAvailable(f"backup_common.engine.database.{module} cannot be imported ({exc})") from exc
     function = getattr(loaded, name, None)
     if not callable(function):
-        raise NotAvailable(f"backup_database.{module}.{name} does not exist yet")
+        raise NotAvailable(f"backup_common.engine.database.{module}.{name} does not exist yet")
     return function  # type: ignore[no-any-return]  # whatever the module holds; called, not inspected
 
 
@@ -71,7 +71,7 @@ def _describe(result: Any) -> Any:
 
 def dump(url: str, out: Path, password: str, parallelism: int) -> dict[str, Any]:
     dump_database = _engine("dump", "dump_database")
-    from backup_database.api import DumpOptions
+    from backup_common.engine.database.model import DumpOptions
 
     out.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()

@@ -31,7 +31,7 @@ from typing import Any
 
 from bench.run_ours import DEFAULT_PASSWORD, NOT_AVAILABLE, PASSWORD_VARIABLE, NotAvailable, _call, _describe
 
-TREES = ("uploads", "configs", "logs")  # as backup_files.api.TREES, which may not import yet
+TREES = ("uploads", "configs", "logs")  # as backup_common.engine.files.model.TREES, which may not import yet
 COMPRESSION_LEVEL = 3
 
 
@@ -53,13 +53,13 @@ def manifest_path(archive: Path) -> Path:
 
 def _backup(root: Path, out: Path, password: str, parent: Path | None) -> dict[str, Any]:
     """As the files worker does it (services/file_backup/backup_files/service.py), minus the messaging."""
-    scan_trees = _engine("backup_files.scan", "scan_trees")
-    compile_excludes = _engine("backup_files.scan", "compile_excludes")
-    write_files_archive = _engine("backup_files.archiver", "write_files_archive")
-    plan_incremental = _engine("backup_files.incremental", "plan_incremental")
-    next_state = _engine("backup_files.incremental", "next_state")
-    append_bases = _engine("backup_files.incremental", "append_bases")
-    archive_writer = _engine("backup_common.archive", "ArchiveWriter")
+    scan_trees = _engine("backup_common.engine.files.scan", "scan_trees")
+    compile_excludes = _engine("backup_common.engine.files.scan", "compile_excludes")
+    write_files_archive = _engine("backup_common.engine.files.archiver", "write_files_archive")
+    plan_incremental = _engine("backup_common.engine.files.incremental", "plan_incremental")
+    next_state = _engine("backup_common.engine.files.incremental", "next_state")
+    append_bases = _engine("backup_common.engine.files.incremental", "append_bases")
+    archive_writer = _engine("backup_common.engine.archive", "ArchiveWriter")
     parent_state: list[dict[str, Any]] = [] if parent is None else json.loads(parent.read_text())["state"]
 
     started = time.monotonic()
@@ -116,9 +116,9 @@ def incremental(root: Path, parent: Path, out: Path, password: str) -> dict[str,
 
 
 def restore(archives: Sequence[Path], target: Path, password: str) -> dict[str, Any]:
-    restore_chain = _engine("backup_files.restore", "restore_chain")
-    chain_link = _engine("backup_files.restore", "ChainLink")
-    restore_limits = _engine("backup_files.api", "RestoreLimits")
+    restore_chain = _engine("backup_common.engine.files.restore", "restore_chain")
+    chain_link = _engine("backup_common.engine.files.restore", "ChainLink")
+    restore_limits = _engine("backup_common.engine.files.model", "RestoreLimits")
     started = time.monotonic()
     chain = [
         chain_link(archive.stem, archive, password, json.loads(manifest_path(archive).read_text()))

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from backup_common.engine.files.model import TREES
 from bench import datagen
 
 GENERATOR_VERSION = 1
@@ -40,7 +41,6 @@ MIB = 1 << 20
 KIB = 1 << 10
 ROOT = Path(__file__).resolve().parent.parent
 TREE_DIR = ROOT / "var" / "bench" / "tree"
-TREES = ("uploads", "configs", "logs")  # as backup_files.api.TREES; not imported: the engine may be absent
 MARKER = ".treegen.json"  # at the tree root, outside the three backed-up subtrees
 JOURNAL = ".mutation.json"
 DOCUMENTS = 3600

@@ -10,8 +10,8 @@ from typing import Any
 import aio_pika
 import pytest
 
-from backup_common import db
-from backup_common.settings import Settings
+from backup_common.adapters.mysql import db
+from backup_common.adapters.settings import Settings
 from tests.services import ServiceEndpoints, test_servers
 
 

@@ -14,12 +14,12 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from backup_common import db
-from backup_common.broker import SERVICE_SUBSCRIPTIONS
-from backup_common.messaging import Topology
-from backup_common.runtime import Worker, WorkerContext, create_worker_app
-from backup_common.settings import MysqlTarget, Settings
-from backup_common.tokens import issue_token
+from backup_common.adapters.amqp.link import SERVICE_SUBSCRIPTIONS
+from backup_common.adapters.amqp.messaging import Topology
+from backup_common.adapters.mysql import db
+from backup_common.adapters.runtime.worker import Worker, WorkerContext, create_worker_app
+from backup_common.adapters.settings import MysqlTarget, Settings
+from backup_common.adapters.tokens import issue_token
 from backup_gateway.app import create_app
 from tests.conftest import DECLARED_QUEUES
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import asyncmy
 
-from backup_common import db
-from backup_common.settings import MysqlTarget
+from backup_common.adapters.mysql import db
+from backup_common.adapters.settings import MysqlTarget
 from tests.integration.source_types import (
     LATIN1_TEXT,
     TRICKY_TEXT,

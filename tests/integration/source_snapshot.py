@@ -9,8 +9,8 @@ from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
-from backup_common import db
-from backup_common.settings import MysqlTarget
+from backup_common.adapters.mysql import db
+from backup_common.adapters.settings import MysqlTarget
 from tests.integration.source_db import CHECKED_VIEW, ODD_VIEW, SCHEMA_PLACEHOLDER, connect, rows, text_of
 
 _AUTO_INCREMENT = re.compile(r" AUTO_INCREMENT=(\d+)")

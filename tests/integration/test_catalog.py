@@ -9,12 +9,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from backup_common import db
-from backup_common.catalog import Catalog
-from backup_common.events import BackupDeleted, Event
-from backup_common.outbox import OutboxRelay, add_to_outbox
-from backup_common.ports import PublishError
-from backup_common.settings import MysqlTarget, Settings
+from backup_common.adapters.mysql import db
+from backup_common.adapters.mysql.catalog import Catalog
+from backup_common.adapters.mysql.outbox import OutboxRelay, add_to_outbox
+from backup_common.adapters.settings import MysqlTarget, Settings
+from backup_common.domain.events import BackupDeleted, Event
+from backup_common.domain.ports import PublishError
 
 pytestmark = pytest.mark.integration
 

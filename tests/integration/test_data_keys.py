@@ -8,8 +8,8 @@ import uuid
 
 import pytest
 
-from backup_common import db
-from backup_common.crypto import DataKeys, KeyUnwrapError, MasterKey
+from backup_common.adapters.mysql import db
+from backup_common.engine.crypto import DataKeys, KeyUnwrapError, MasterKey
 
 pytestmark = pytest.mark.integration
 

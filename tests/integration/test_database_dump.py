@@ -26,11 +26,11 @@ from urllib.parse import quote
 import pytest
 import pyzipper
 
-from backup_common import db
-from backup_common.settings import MysqlTarget
-from backup_database.api import DumpOptions, DumpProgress, DumpResult
-from backup_database.dump import dump_database
-from backup_database.load import load_database
+from backup_common.adapters.mysql import db
+from backup_common.adapters.settings import MysqlTarget
+from backup_common.engine.database.dump import dump_database
+from backup_common.engine.database.load import load_database
+from backup_common.engine.database.model import DumpOptions, DumpProgress, DumpResult
 from tests.integration import source_db
 from tests.integration.bank_db import bank_inconsistencies, build_bank, ledger_count, transfer_storm
 from tests.integration.source_db import BIG_TABLE, CHECKED_VIEW, FIXTURE_DEFINER, FIXTURE_DEFINER_USER

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 import pyzipper
 
-from backup_common import db
-from backup_common.events import BackupPart, BackupRequested, BackupType
-from backup_common.outbox import add_to_outbox
-from backup_common.settings import Settings
+from backup_common.adapters.mysql import db
+from backup_common.adapters.mysql.outbox import add_to_outbox
+from backup_common.adapters.settings import Settings
+from backup_common.domain.events import BackupPart, BackupRequested, BackupType
 from tests.integration.gateway_support import Gateway, make_source, running_gateway, running_workers, wait_finished
 
 pytestmark = pytest.mark.integration

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from backup_common import db
+from backup_common.adapters.mysql import db
+from backup_common.adapters.settings import Settings
 from backup_common.cli import main as backupctl
-from backup_common.settings import Settings
 from tests.integration.gateway_support import Gateway, make_source, running_gateway, running_workers, wait_finished
 
 pytestmark = pytest.mark.integration

@@ -15,8 +15,8 @@ import jwt
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
-from backup_common.events import BackupRequested, DeleteRequested, RestoreRequested, parse_event
-from backup_common.settings import Settings
+from backup_common.adapters.settings import Settings
+from backup_common.domain.events import BackupRequested, DeleteRequested, RestoreRequested, parse_event
 from backup_gateway.routes import ROUTES, openapi_path
 from tests.integration.gateway_support import Gateway, running_gateway
 
@@ -470,9 +470,9 @@ async def test_a_backup_requested_while_rabbitmq_is_down_is_published_once_it_is
         unsent = await down.rows("SELECT event_id FROM outbox WHERE sent_at IS NULL")
         assert len(unsent) == 1
         # Same catalog, broker reachable again: the relay of a gateway that can reach it delivers the event.
-        from backup_common.broker import BrokerLink
-        from backup_common.messaging import Topology
-        from backup_common.outbox import OutboxRelay
+        from backup_common.adapters.amqp.link import BrokerLink
+        from backup_common.adapters.amqp.messaging import Topology
+        from backup_common.adapters.mysql.outbox import OutboxRelay
 
         link = BrokerLink(settings.amqp_url.get_secret_value(), Topology(settings))
         link.start()

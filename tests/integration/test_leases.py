@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from backup_common import db
-from backup_common.leases import Lease, LeaseLost, LeaseStore
-from backup_common.settings import Settings
+from backup_common.adapters.mysql import db
+from backup_common.adapters.mysql.leases import Lease, LeaseLost, LeaseStore
+from backup_common.adapters.settings import Settings
 
 pytestmark = pytest.mark.integration
 

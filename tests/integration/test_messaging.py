@@ -12,11 +12,11 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
-from backup_common import db
-from backup_common.events import BackupPart, BackupRequested, BackupType, Event
-from backup_common.messaging import AmqpPublisher, Consumer, PublishError, Topology
-from backup_common.processed import MysqlProcessedMessages
-from backup_common.settings import Settings
+from backup_common.adapters.amqp.messaging import AmqpPublisher, Consumer, PublishError, Topology
+from backup_common.adapters.mysql import db
+from backup_common.adapters.mysql.processed import MysqlProcessedMessages
+from backup_common.adapters.settings import Settings
+from backup_common.domain.events import BackupPart, BackupRequested, BackupType, Event
 from tests.conftest import DECLARED_QUEUES
 
 pytestmark = pytest.mark.integration

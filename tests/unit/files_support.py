@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 import pyzipper
 
-from backup_common.archive import ArchiveWriter
-from backup_files.api import TREES, FileRecord, RestoreLimits
-from backup_files.packs import PACK_FILE_BYTES, Packer
-from backup_files.restore import ChainLink, UnsafeArchive, restore_chain
+from backup_common.engine.archive import ArchiveWriter
+from backup_common.engine.files.model import TREES, FileRecord, RestoreLimits
+from backup_common.engine.files.packs import PACK_FILE_BYTES, Packer
+from backup_common.engine.files.restore import ChainLink, UnsafeArchive, restore_chain
 
 PASSWORD = "pw"
 T0 = 1_700_000_000_123_456_789

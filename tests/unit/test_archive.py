@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from isal import isal_zlib
 
-from backup_common.archive import (
+from backup_common.engine.archive import (
     ArchiveReader,
     ArchiveWriter,
     CorruptArchive,

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from backup_common.archive import ArchiveReader, ArchiveWriter
-from backup_files import archiver, packs
-from backup_files.api import ArchiveResult, Entry, FileRecord, Skipped
-from backup_files.archiver import is_precompressed_name, probe_incompressible, write_files_archive
-from backup_files.packs import PACK_FILE_BYTES
-from backup_files.scan import compile_excludes, scan_trees
+from backup_common.engine.archive import ArchiveReader, ArchiveWriter
+from backup_common.engine.files import archiver, packs
+from backup_common.engine.files.archiver import is_precompressed_name, probe_incompressible, write_files_archive
+from backup_common.engine.files.model import ArchiveResult, Entry, FileRecord, Skipped
+from backup_common.engine.files.packs import PACK_FILE_BYTES
+from backup_common.engine.files.scan import compile_excludes, scan_trees
 
 PASSWORD = "ZmlsZXMtYXJjaGl2ZXItdGVzdC1wYXNzd29yZA"
 MIB = 1 << 20

@@ -11,10 +11,10 @@ from pathlib import Path
 import jwt
 import pytest
 
+from backup_common.adapters.settings import Settings
+from backup_common.adapters.tokens import TokenVerifier
 from backup_common.cli import main, parse_duration
-from backup_common.events import event_schemas
-from backup_common.settings import Settings
-from backup_common.tokens import TokenVerifier
+from backup_common.domain.events import event_schemas
 
 SECRET = "c" * 48
 # Variables `backupctl token` may set in os.environ itself (from local secret files).

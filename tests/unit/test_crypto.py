@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from backup_common.crypto import (
+from backup_common.adapters.settings import Settings, SettingsError
+from backup_common.engine.crypto import (
     WRAPPED_KEY_BYTES,
     KeyUnwrapError,
     MasterKey,
@@ -15,7 +16,6 @@ from backup_common.crypto import (
     new_data_key,
     rewrap,
 )
-from backup_common.settings import Settings, SettingsError
 
 BACKUP_ID = "0b7e1f0e-3c1a-4d57-9a53-0f8e9f0c2a11"
 OTHER_BACKUP_ID = "5d1c2b3a-8e7f-4a6b-9c0d-1e2f3a4b5c6d"

@@ -9,14 +9,14 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from backup_common.documents import (
+from backup_common.domain.documents import (
     DOCUMENTS,
     RetentionPolicy,
     ScheduleDocument,
     SettingsDocument,
     default_document,
 )
-from backup_common.events import BackupType
+from backup_common.domain.events import BackupType
 from backup_common.paths import CONFIG_DIR
 
 

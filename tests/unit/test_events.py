@@ -12,7 +12,7 @@ import jsonschema  # type: ignore[import-untyped]
 import pytest
 from pydantic import ValidationError
 
-from backup_common.events import (
+from backup_common.domain.events import (
     EVENT_TYPES,
     SCHEMA_VERSION,
     BackupPart,

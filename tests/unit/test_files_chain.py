@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from backup_common.archive import ArchiveReader, ArchiveWriter
-from backup_files import archiver
-from backup_files.api import Base, FileRecord, Skipped
-from backup_files.archiver import write_files_archive
-from backup_files.incremental import APPEND_MIN_BYTES, append_bases, next_state, plan_incremental
-from backup_files.restore import ChainLink, IntegrityError, restore_chain
-from backup_files.scan import compile_excludes, scan_trees
+from backup_common.engine.archive import ArchiveReader, ArchiveWriter
+from backup_common.engine.files import archiver
+from backup_common.engine.files.archiver import write_files_archive
+from backup_common.engine.files.incremental import APPEND_MIN_BYTES, append_bases, next_state, plan_incremental
+from backup_common.engine.files.model import Base, FileRecord, Skipped
+from backup_common.engine.files.restore import ChainLink, IntegrityError, restore_chain
+from backup_common.engine.files.scan import compile_excludes, scan_trees
 from tests.unit.files_support import LIMITS, PASSWORD, everything
 
 MIB = 1 << 20

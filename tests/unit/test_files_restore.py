@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import pyzipper
 
-from backup_common.archive import ArchiveReader, ArchiveWriter, MemberInfo, WrongPassword
-from backup_files.api import FileRecord, RestoreLimits
-from backup_files.restore import (
+from backup_common.engine.archive import ArchiveReader, ArchiveWriter, MemberInfo, WrongPassword
+from backup_common.engine.files.model import FileRecord, RestoreLimits
+from backup_common.engine.files.restore import (
     ChainLink,
     IntegrityError,
     RestoreError,

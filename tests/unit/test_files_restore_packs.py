@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from backup_common.archive import ArchiveWriter, CorruptArchive
-from backup_files.api import FileRecord
-from backup_files.packs import PackReader
-from backup_files.restore import ChainLink, IntegrityError, restore_chain
+from backup_common.engine.archive import ArchiveWriter, CorruptArchive
+from backup_common.engine.files.model import FileRecord
+from backup_common.engine.files.packs import PackReader
+from backup_common.engine.files.restore import ChainLink, IntegrityError, restore_chain
 from tests.unit.files_support import (
     LIMITS,
     PASSWORD,

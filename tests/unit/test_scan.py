@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from backup_files.api import Entry, Skipped
-from backup_files.scan import compile_excludes, scan_trees
+from backup_common.engine.files.model import Entry, Skipped
+from backup_common.engine.files.scan import compile_excludes, scan_trees
 
 NOTHING = compile_excludes([])
 

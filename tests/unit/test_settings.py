@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from backup_common.settings import (
+from backup_common.adapters.settings import (
     JwtAlgorithm,
     LogFormat,
     MysqlTarget,

@@ -14,8 +14,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from backup_common.settings import Settings, SettingsError
-from backup_common.tokens import InvalidToken, Principal, TokenVerifier, issue_token, principal_from_claims
+from backup_common.adapters.settings import Settings, SettingsError
+from backup_common.adapters.tokens import InvalidToken, Principal, TokenVerifier, issue_token, principal_from_claims
 
 SECRET = "k" * 40
 OTHER_SECRET = "o" * 40

@@ -15,13 +15,13 @@ import sys
 from collections.abc import MutableMapping, Sequence
 from pathlib import Path
 
-from backup_common import db
-from backup_common.archive import ArchiveError
-from backup_common.crypto import KeyUnwrapError
-from backup_common.events import BackupPart, write_event_schemas
-from backup_common.settings import ENV_PREFIX, Settings, SettingsError, load_settings
-from backup_common.tokens import ADMIN_ROLE, issue_token
-from backup_files.api import RestoreLimits
+from backup_common.adapters.mysql import db
+from backup_common.adapters.settings import ENV_PREFIX, Settings, SettingsError, load_settings
+from backup_common.adapters.tokens import ADMIN_ROLE, issue_token
+from backup_common.domain.events import BackupPart, write_event_schemas
+from backup_common.engine.archive import ArchiveError
+from backup_common.engine.crypto import KeyUnwrapError
+from backup_common.engine.files.model import RestoreLimits
 
 # Every service package, in start order; `run` starts those that exist in this installation.
 SERVICES = ("backup_gateway", "backup_database", "backup_files", "backup_verification", "backup_retention")
@@ -164,9 +164,9 @@ async def _supervise(services: Sequence[str], env: dict[str, str]) -> int:
 
 
 def cmd_db_load(args: argparse.Namespace) -> int:
-    from backup_common.locate import BackupNotFound, locate_part
-    from backup_common.settings import MysqlTarget
-    from backup_database.load import LoadError, load_database
+    from backup_common.adapters.settings import MysqlTarget
+    from backup_common.engine.database.load import LoadError, load_database
+    from backup_common.engine.locate import BackupNotFound, locate_part
 
     settings = load_settings()
     server = args.server or settings.source_mysql_url.get_secret_value()
@@ -192,8 +192,8 @@ def cmd_db_load(args: argparse.Namespace) -> int:
 
 
 def cmd_files_restore(args: argparse.Namespace) -> int:
-    from backup_common.locate import BackupNotFound, locate_part
-    from backup_files.restore import ChainLink, RestoreError, restore_chain
+    from backup_common.engine.files.restore import ChainLink, RestoreError, restore_chain
+    from backup_common.engine.locate import BackupNotFound, locate_part
 
     settings = load_settings()
 
@@ -225,7 +225,7 @@ def cmd_files_restore(args: argparse.Namespace) -> int:
 
 async def _restore_limits(settings: Settings) -> RestoreLimits:
     """The limits of the settings document, or the defaults when the catalog does not answer."""
-    from backup_common.catalog import Catalog
+    from backup_common.adapters.mysql.catalog import Catalog
 
     try:
         pool = await asyncio.wait_for(db.create_pool(settings.catalog, maxsize=1), timeout=5)
@@ -243,7 +243,7 @@ async def _restore_limits(settings: Settings) -> RestoreLimits:
 
 
 def cmd_key(args: argparse.Namespace) -> int:
-    from backup_common.locate import BackupNotFound, locate_part
+    from backup_common.engine.locate import BackupNotFound, locate_part
 
     settings = load_settings()
     try:

@@ -1,6 +1,6 @@
 """`python -m backup_database`: the database_backup worker."""
 
-from backup_common.runtime import run_worker
+from backup_common.adapters.runtime.worker import run_worker
 from backup_database.service import DatabaseBackupWorker
 
 if __name__ == "__main__":

@@ -7,13 +7,13 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from backup_common.events import BackupPart
-from backup_common.leases import Lease
-from backup_common.part_worker import PartFailure, PartWorker, prepare_directory
-from backup_common.parts import BackupRecord, PartResult
-from backup_common.storage import archive_name, part_manifest_name, tool_info, write_json_durably
-from backup_database.api import DumpOptions, DumpProgress
-from backup_database.dump import DumpError, dump_database
+from backup_common.adapters.mysql.leases import Lease
+from backup_common.adapters.mysql.parts import BackupRecord, PartResult
+from backup_common.adapters.runtime.part_worker import PartFailure, PartWorker, prepare_directory
+from backup_common.domain.events import BackupPart
+from backup_common.engine.database.dump import DumpError, dump_database
+from backup_common.engine.database.model import DumpOptions, DumpProgress
+from backup_common.engine.storage import archive_name, part_manifest_name, tool_info, write_json_durably
 
 
 class DatabaseBackupWorker(PartWorker):

@@ -1,6 +1,6 @@
 """`python -m backup_files`: the file_backup worker."""
 
-from backup_common.runtime import run_worker
+from backup_common.adapters.runtime.worker import run_worker
 from backup_files.service import FileBackupWorker
 
 if __name__ == "__main__":

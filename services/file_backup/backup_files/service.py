@@ -10,16 +10,16 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from backup_common.archive import ArchiveInfo, ArchiveWriter
-from backup_common.events import BackupPart, BackupType
-from backup_common.leases import Lease
-from backup_common.part_worker import PartFailure, PartWorker, prepare_directory
-from backup_common.parts import BackupRecord, PartResult
-from backup_common.storage import archive_name, part_manifest_name, read_json, tool_info, write_json_durably
-from backup_files.api import ArchiveResult, Entry
-from backup_files.archiver import write_files_archive
-from backup_files.incremental import append_bases, next_state, plan_incremental
-from backup_files.scan import compile_excludes, scan_trees
+from backup_common.adapters.mysql.leases import Lease
+from backup_common.adapters.mysql.parts import BackupRecord, PartResult
+from backup_common.adapters.runtime.part_worker import PartFailure, PartWorker, prepare_directory
+from backup_common.domain.events import BackupPart, BackupType
+from backup_common.engine.archive import ArchiveInfo, ArchiveWriter
+from backup_common.engine.files.archiver import write_files_archive
+from backup_common.engine.files.incremental import append_bases, next_state, plan_incremental
+from backup_common.engine.files.model import ArchiveResult, Entry
+from backup_common.engine.files.scan import compile_excludes, scan_trees
+from backup_common.engine.storage import archive_name, part_manifest_name, read_json, tool_info, write_json_durably
 
 PROGRESS_SECONDS = 1.0
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from backup_common.logs import configure_logging
-from backup_common.settings import SettingsError, load_settings
+from backup_common.adapters.logs import configure_logging
+from backup_common.adapters.settings import SettingsError, load_settings
 from backup_gateway.app import create_app
 
 

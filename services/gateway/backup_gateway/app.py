@@ -10,13 +10,13 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from backup_common import db
-from backup_common.broker import BrokerLink
-from backup_common.catalog import Catalog
-from backup_common.messaging import Topology
-from backup_common.outbox import OutboxRelay
-from backup_common.settings import Settings
-from backup_common.tokens import TokenVerifier
+from backup_common.adapters.amqp.link import BrokerLink
+from backup_common.adapters.amqp.messaging import Topology
+from backup_common.adapters.mysql import db
+from backup_common.adapters.mysql.catalog import Catalog
+from backup_common.adapters.mysql.outbox import OutboxRelay
+from backup_common.adapters.settings import Settings
+from backup_common.adapters.tokens import TokenVerifier
 from backup_gateway.keys import BROKER, CATALOG, METRICS, POOL, RELAY, SETTINGS, VERIFIER
 from backup_gateway.metrics import GatewayMetrics
 from backup_gateway.middleware import admin_auth, json_errors, metrics

@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 from zipstream import ZIP_STORED, ZipStream
 
-from backup_common.errors import Conflict, Gone
+from backup_common.domain.errors import Conflict, Gone
 from backup_gateway.keys import CATALOG, SETTINGS
 from backup_gateway.views import backup_id_of
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from backup_common.broker import BrokerLink
-from backup_common.catalog import Catalog
-from backup_common.outbox import OutboxRelay
-from backup_common.settings import Settings
-from backup_common.tokens import Principal, TokenVerifier
+from backup_common.adapters.amqp.link import BrokerLink
+from backup_common.adapters.mysql.catalog import Catalog
+from backup_common.adapters.mysql.outbox import OutboxRelay
+from backup_common.adapters.settings import Settings
+from backup_common.adapters.tokens import Principal, TokenVerifier
 from backup_gateway.metrics import GatewayMetrics
 
 SETTINGS = web.AppKey("settings", Settings)

@@ -12,9 +12,9 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from pydantic import ValidationError
 
-from backup_common.catalog import AuditEntry
-from backup_common.errors import Conflict, DomainError, Gone, InvalidRequest, NotFound
-from backup_common.tokens import InvalidToken
+from backup_common.adapters.mysql.catalog import AuditEntry
+from backup_common.adapters.tokens import InvalidToken
+from backup_common.domain.errors import Conflict, DomainError, Gone, InvalidRequest, NotFound
 from backup_gateway.keys import AUDIT_TARGET, CATALOG, METRICS, PRINCIPAL, REQUEST_ID, VERIFIER
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from backup_common.events import BackupPart, BackupType
+from backup_common.domain.events import BackupPart, BackupType
 
 BackupStatus = Literal["pending", "running", "completed", "failed", "deleting", "deleted"]
 

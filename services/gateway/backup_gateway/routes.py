@@ -9,8 +9,8 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from pydantic import BaseModel
 
-from backup_common.documents import ScheduleDocument, SettingsDocument
-from backup_common.health import healthz
+from backup_common.adapters.runtime.health import healthz
+from backup_common.domain.documents import ScheduleDocument, SettingsDocument
 from backup_gateway import download, views
 from backup_gateway.models import (
     BackupEnvelope,

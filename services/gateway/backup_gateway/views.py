@@ -13,10 +13,10 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from backup_common.catalog import BackupFilter, NewBackup
-from backup_common.errors import InvalidRequest, NotFound
-from backup_common.events import BackupType
-from backup_common.health import readiness
+from backup_common.adapters.mysql.catalog import BackupFilter, NewBackup
+from backup_common.adapters.runtime.health import readiness
+from backup_common.domain.errors import InvalidRequest, NotFound
+from backup_common.domain.events import BackupType
 from backup_gateway.keys import AUDIT_TARGET, BROKER, CATALOG, PRINCIPAL, RELAY, SETTINGS
 from backup_gateway.models import (
     BackupEnvelope,

@@ -1,0 +1,122 @@
+"""The link of one service process to RabbitMQ, up as soon as the broker answers.
+
+A service must start, and take requests, while RabbitMQ is down: the link keeps trying in the
+background and publishing fails with PublishError until it is up (the outbox keeps the events).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import aio_pika
+from aio_pika.abc import AbstractRobustConnection
+
+from backup_common.adapters.amqp.messaging import AmqpPublisher, PublishError, Topology
+from backup_common.domain.events import (
+    BackupCompleted,
+    BackupPartCompleted,
+    BackupPartFailed,
+    BackupRequested,
+    DeleteRequested,
+    Event,
+    RestoreRequested,
+    VerifyRequested,
+)
+
+log = logging.getLogger(__name__)
+
+# Which events each service consumes. Every service declares all of these queues when it connects,
+# so an event is queued for a service that is not running yet instead of being unroutable.
+SERVICE_SUBSCRIPTIONS: dict[str, tuple[str, ...]] = {
+    "database_backup": (BackupRequested.routing_key, RestoreRequested.routing_key),
+    "file_backup": (BackupRequested.routing_key, RestoreRequested.routing_key),
+    "verification": (BackupCompleted.routing_key, VerifyRequested.routing_key),
+    "retention": (
+        BackupCompleted.routing_key,
+        DeleteRequested.routing_key,
+        BackupPartCompleted.routing_key,
+        BackupPartFailed.routing_key,
+    ),
+}
+
+
+async def declare_topology(connection: AbstractRobustConnection, topology: Topology) -> None:
+    channel = await connection.channel()
+    try:
+        await topology.declare_exchanges(channel)
+        for service, routing_keys in SERVICE_SUBSCRIPTIONS.items():
+            await topology.declare_service_queue(channel, service, routing_keys)
+    finally:
+        await channel.close()
+
+
+class BrokerLink:
+    """One robust connection, a confirming publisher on it, and the declared topology."""
+
+    def __init__(self, url: str, topology: Topology, *, retry_seconds: float = 2.0) -> None:
+        self._url = url
+        self._topology = topology
+        self._retry_seconds = retry_seconds
+        self._connection: AbstractRobustConnection | None = None
+        self._publisher: AmqpPublisher | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._up = asyncio.Event()
+
+    @property
+    def connected(self) -> bool:
+        return (
+            self._publisher is not None
+            and self._connection is not None
+            and not self._connection.is_closed
+            and self._connection.connected.is_set()
+        )
+
+    @property
+    def connection(self) -> AbstractRobustConnection | None:
+        return self._connection
+
+    async def wait_connected(self) -> AbstractRobustConnection:
+        """The connection, once the broker first answered (it reconnects by itself afterwards)."""
+        await self._up.wait()
+        assert self._connection is not None
+        return self._connection
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._connect_until_up(), name="broker-link")
+
+    async def _connect_until_up(self) -> None:
+        delay = self._retry_seconds
+        while True:
+            connection: AbstractRobustConnection | None = None
+            try:
+                connection = await aio_pika.connect_robust(self._url, timeout=10)
+                await declare_topology(connection, self._topology)
+                self._publisher = await AmqpPublisher(connection, self._topology).start()
+                self._connection = connection
+                self._up.set()
+                log.info("connected to RabbitMQ; exchange %s", self._topology.exchange)
+                return
+            except Exception as exc:
+                if connection is not None:
+                    await connection.close()
+                log.warning("RabbitMQ not reachable (%s); retrying in %.0f s", type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    async def publish(self, event: Event) -> None:
+        """The ``Publisher`` port: raises PublishError while the broker is not reachable."""
+        if self._publisher is None:
+            raise PublishError("not connected to RabbitMQ yet")
+        await self._publisher.publish(event)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._publisher is not None:
+            await self._publisher.close()
+        if self._connection is not None:
+            await self._connection.close()

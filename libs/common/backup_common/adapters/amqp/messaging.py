@@ -1,0 +1,454 @@
+"""The aio-pika adapter: exchange and queue topology, a confirming publisher and a consumer.
+
+Handlers never see aio-pika: they receive a validated ``Event`` and publish through the ``Publisher``
+port. Delivery is at least once; the consumer skips message ids it already processed, retries a
+failing handler a bounded number of times, and dead-letters whatever it cannot handle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Iterable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import aio_pika
+import aiormq
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+    ConsumerTag,
+    HeadersType,
+)
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS
+from pydantic import ValidationError
+
+from backup_common.adapters.settings import Settings
+from backup_common.domain.events import Event, parse_event
+from backup_common.domain.ports import EventHandler, ProcessedMessages, PublishError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["AmqpPublisher", "Consumer", "PublishError", "Topology"]
+
+ATTEMPTS_HEADER = "x-attempts"
+LAST_ERROR_HEADER = "x-last-error"
+# processed_messages.message_id is VARCHAR(128); a longer id could never be remembered.
+MAX_MESSAGE_ID_LENGTH = 128
+_MAX_ERROR_TEXT = 300
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Exchange and queue names of one deployment, all derived from its settings."""
+
+    settings: Settings
+
+    @property
+    def exchange(self) -> str:
+        return self.settings.amqp_exchange
+
+    @property
+    def dead_letter_exchange(self) -> str:
+        return f"{self.exchange}.dlx"
+
+    def queue_name(self, service: str) -> str:
+        return f"{self.settings.amqp_queue_prefix}.{service}"
+
+    @staticmethod
+    def dead_letter_queue_name(queue: str) -> str:
+        return f"{queue}.dead"
+
+    async def declare_exchanges(self, channel: AbstractChannel) -> AbstractExchange:
+        """Declares the event exchange and its dead-letter exchange; returns the event exchange."""
+        await channel.declare_exchange(self.dead_letter_exchange, aio_pika.ExchangeType.DIRECT, durable=True)
+        return await channel.declare_exchange(self.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+
+    async def declare_queue(self, channel: AbstractChannel, queue: str, routing_keys: Iterable[str]) -> AbstractQueue:
+        """Declares ``queue`` with its dead-letter queue, bound to each routing key; returns ``queue``.
+
+        Expects the exchanges to exist (``declare_exchanges``).
+        """
+        dead = await channel.declare_queue(self.dead_letter_queue_name(queue), durable=True)
+        await dead.bind(self.dead_letter_exchange, routing_key=queue)
+        declared = await channel.declare_queue(
+            queue,
+            durable=True,
+            arguments={
+                "x-dead-letter-exchange": self.dead_letter_exchange,
+                "x-dead-letter-routing-key": queue,
+            },
+        )
+        for routing_key in routing_keys:
+            await declared.bind(self.exchange, routing_key=routing_key)
+        return declared
+
+    async def declare_service_queue(
+        self, channel: AbstractChannel, service: str, routing_keys: Iterable[str]
+    ) -> AbstractQueue:
+        return await self.declare_queue(channel, self.queue_name(service), routing_keys)
+
+
+class _KeyedLocks:
+    """One lock per key, kept only while a task holds or awaits it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._users: dict[str, int] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        self._users[key] = self._users.get(key, 0) + 1
+        try:
+            async with lock:
+                yield
+        finally:
+            self._users[key] -= 1
+            if not self._users[key]:
+                del self._users[key], self._locks[key]
+
+
+async def _confirmed_publish(
+    exchange: AbstractExchange,
+    message: aio_pika.Message,
+    routing_key: str,
+    *,
+    what: str,
+    confirm_timeout: float,
+    same_id: _KeyedLocks,
+) -> None:
+    """Publishes on a confirming channel opened with ``on_return_raises``; raises PublishError.
+
+    aiormq matches a returned message to its publish by message_id, so two publishes of one id in
+    flight on one channel could confirm an unroutable message as delivered; those two wait for each
+    other, every other publish runs concurrently.
+    """
+    assert message.message_id is not None
+    try:
+        async with same_id.hold(message.message_id), asyncio.timeout(confirm_timeout):
+            confirmation = await exchange.publish(message, routing_key=routing_key, mandatory=True)
+    except aio_pika.exceptions.PublishError as exc:
+        raise PublishError(f"{what}: no queue is bound to routing key {routing_key!r}") from exc
+    except aio_pika.exceptions.DeliveryError as exc:
+        raise PublishError(f"{what}: the broker refused it ({type(exc.frame).__name__})") from exc
+    except TimeoutError as exc:  # before OSError, which it subclasses
+        raise PublishError(f"{what}: the broker did not confirm it within {confirm_timeout:g} s") from exc
+    except CONNECTION_EXCEPTIONS as exc:
+        raise PublishError(f"{what}: the broker is unreachable: {exc!r}") from exc
+    if not isinstance(confirmation, aiormq.spec.Basic.Ack):
+        raise PublishError(f"{what}: the broker did not confirm it: {confirmation!r}")
+
+
+class AmqpPublisher:
+    """``Publisher`` on its own confirming channel; ``publish`` returns once the broker has the event."""
+
+    def __init__(
+        self,
+        connection: AbstractRobustConnection,
+        topology: Topology,
+        *,
+        confirm_timeout: float = 30.0,
+    ) -> None:
+        self._connection = connection
+        self._topology = topology
+        self._confirm_timeout = confirm_timeout
+        self._channel: AbstractChannel | None = None
+        self._exchange: AbstractExchange | None = None
+        self._publishing_ids = _KeyedLocks()
+
+    async def start(self) -> AmqpPublisher:
+        if self._channel is not None:
+            raise RuntimeError("publisher already started")
+        channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+        try:
+            # Publishing to a missing exchange would close the channel, so make sure it exists.
+            self._exchange = await self._topology.declare_exchanges(channel)
+        except BaseException:
+            await channel.close()
+            raise
+        self._channel = channel
+        return self
+
+    async def close(self) -> None:
+        channel, self._channel, self._exchange = self._channel, None, None
+        if channel is not None and not channel.is_closed:
+            await channel.close()
+
+    async def __aenter__(self) -> AmqpPublisher:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def publish(self, event: Event) -> None:
+        if self._exchange is None:
+            raise PublishError("the publisher is not started or already closed")
+        message = aio_pika.Message(
+            event.to_json(),
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=str(event.event_id),
+            correlation_id=str(event.correlation_id),
+            type=_event_type(event),
+            timestamp=event.occurred_at,
+        )
+        await _confirmed_publish(
+            self._exchange,
+            message,
+            event.routing_key,
+            what=f"{_event_type(event)} {event.event_id}",
+            confirm_timeout=self._confirm_timeout,
+            same_id=self._publishing_ids,
+        )
+
+
+def _event_type(event: Event) -> str:
+    # Every concrete event declares a ``type`` literal; the base class does not.
+    return str(getattr(event, "type", type(event).__name__))
+
+
+class Consumer:
+    """Feeds one service queue to one handler: idempotent, bounded retries, dead-letters the rest.
+
+    ``name`` is the consumer's identity: its queue is ``topology.queue_name(name)`` and processed
+    message ids are remembered under it.
+    """
+
+    def __init__(
+        self,
+        connection: AbstractRobustConnection,
+        topology: Topology,
+        name: str,
+        routing_keys: Iterable[str],
+        handler: EventHandler,
+        processed: ProcessedMessages,
+        *,
+        max_attempts: int | None = None,
+        prefetch: int | None = None,
+        retry_backoff: float = 0.5,
+        max_retry_backoff: float = 30.0,
+        confirm_timeout: float = 30.0,
+    ) -> None:
+        self.name = name
+        self.queue_name = topology.queue_name(name)
+        self.max_attempts = topology.settings.max_delivery_attempts if max_attempts is None else max_attempts
+        self.prefetch = topology.settings.amqp_prefetch if prefetch is None else prefetch
+        if self.max_attempts < 1 or self.prefetch < 1:
+            raise ValueError("max_attempts and prefetch must be at least 1")
+        self._connection = connection
+        self._topology = topology
+        self._routing_keys = tuple(routing_keys)
+        self._handler = handler
+        self._processed = processed
+        self._retry_backoff = retry_backoff
+        self._max_retry_backoff = max_retry_backoff
+        self._confirm_timeout = confirm_timeout
+        self._channel: AbstractChannel | None = None
+        self._queue: AbstractQueue | None = None
+        self._consumer_tag: ConsumerTag | None = None
+        self._stopping = asyncio.Event()
+        self._in_flight: set[asyncio.Task[Any]] = set()
+        self._processing_ids = _KeyedLocks()
+        self._publishing_ids = _KeyedLocks()
+
+    async def start(self) -> None:
+        if self._channel is not None:
+            raise RuntimeError(f"consumer {self.name} already started")
+        self._stopping.clear()
+        # Confirms and returns on this channel make a retry copy safe before the original is acked.
+        channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+        try:
+            await channel.set_qos(prefetch_count=self.prefetch)
+            await self._topology.declare_exchanges(channel)
+            queue = await self._topology.declare_queue(channel, self.queue_name, self._routing_keys)
+            self._consumer_tag = await queue.consume(self._on_message)
+        except BaseException:
+            await channel.close()
+            raise
+        self._channel, self._queue = channel, queue
+        log.info("consumer %s: consuming %s (prefetch %d)", self.name, self.queue_name, self.prefetch)
+
+    async def stop(self) -> None:
+        """Stops consuming, lets the handlers in flight finish, then closes the channel.
+
+        Messages delivered but not yet started are left unacknowledged; closing the channel hands them
+        back to the broker for another consumer.
+        """
+        channel = self._channel
+        if channel is None:
+            return
+        self._stopping.set()
+        if self._queue is not None and self._consumer_tag is not None and not channel.is_closed:
+            try:
+                await self._queue.cancel(self._consumer_tag)
+            except CONNECTION_EXCEPTIONS as exc:
+                log.warning("consumer %s: cancelling the subscription failed: %r", self.name, exc)
+        while self._in_flight:
+            await asyncio.wait(set(self._in_flight))
+        self._channel = self._queue = self._consumer_tag = None
+        if not channel.is_closed:
+            await channel.close()
+        log.info("consumer %s: stopped", self.name)
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        if self._stopping.is_set():
+            # Left unsettled: closing the channel in stop() hands it back to the broker.
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self._in_flight.add(task)
+        try:
+            await self._process(message)
+        except Exception:
+            # A bug here must not kill the subscription; the unsettled message returns to the broker
+            # when the channel closes.
+            log.exception("consumer %s: unexpected error on message %s", self.name, message.message_id)
+        finally:
+            self._in_flight.discard(task)
+
+    async def _process(self, message: AbstractIncomingMessage) -> None:
+        message_id = message.message_id
+        if not message_id:
+            await self._dead_letter(message, "it has no message_id")
+            return
+        if len(message_id) > MAX_MESSAGE_ID_LENGTH:
+            await self._dead_letter(message, f"its message_id is longer than {MAX_MESSAGE_ID_LENGTH}")
+            return
+        try:
+            event = parse_event(message.body)
+        except ValidationError as exc:
+            await self._dead_letter(message, f"it is not a valid event ({_describe_invalid(exc)})")
+            return
+
+        failure: Exception | None = None
+        # Duplicates delivered together wait for each other, so the second one sees the first remembered.
+        async with self._processing_ids.hold(message_id):
+            try:
+                if await self._processed.seen(self.name, message_id):
+                    log.info(
+                        "consumer %s: skipping %s %s, already processed", self.name, _event_type(event), message_id
+                    )
+                    await self._settle(message.ack())
+                    return
+                await self._handler(event)
+                await self._processed.remember(self.name, message_id)
+            except Exception as exc:
+                failure = exc
+        if failure is None:
+            log.debug("consumer %s: processed %s %s", self.name, _event_type(event), message_id)
+            await self._settle(message.ack())
+        else:
+            await self._retry_or_dead_letter(message, _event_type(event), failure)
+
+    async def _retry_or_dead_letter(self, message: AbstractIncomingMessage, kind: str, exc: Exception) -> None:
+        attempt = _attempt_of(message)
+        error = _error_text(exc)
+        if attempt >= self.max_attempts:
+            log.error(
+                "consumer %s: %s %s failed on attempt %d of %d, dead-lettering it: %s",
+                self.name, kind, message.message_id, attempt, self.max_attempts, error, exc_info=exc,
+            )  # fmt: skip
+            await self._settle(message.reject(requeue=False))
+            return
+        delay = min(self._retry_backoff * 2**attempt, self._max_retry_backoff)
+        log.warning(
+            "consumer %s: %s %s failed on attempt %d of %d, retrying in %.2f s: %s",
+            self.name, kind, message.message_id, attempt, self.max_attempts, delay, error, exc_info=exc,
+        )  # fmt: skip
+        # Cut short on stop() so shutdown does not wait out a long backoff.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), delay)
+        try:
+            await self._republish(message, attempt + 1, error)
+        except PublishError as publish_error:
+            # Not lost: the broker redelivers the original (the attempt is counted again).
+            log.warning(
+                "consumer %s: could not queue the retry of %s: %s", self.name, message.message_id, publish_error
+            )
+            await self._settle(message.nack(requeue=True))
+            return
+        await self._settle(message.ack())
+
+    async def _republish(self, message: AbstractIncomingMessage, attempt: int, error: str) -> None:
+        """Queues a copy carrying the attempt count; the original is acked only once this is confirmed."""
+        channel = self._channel
+        if channel is None or channel.is_closed:
+            raise PublishError("the consumer channel is closed")
+        headers: HeadersType = dict(message.headers)
+        headers[ATTEMPTS_HEADER] = attempt
+        headers[LAST_ERROR_HEADER] = error
+        copy = aio_pika.Message(
+            message.body,
+            headers=headers,
+            content_type=message.content_type,
+            content_encoding=message.content_encoding,
+            delivery_mode=message.delivery_mode or aio_pika.DeliveryMode.PERSISTENT,
+            priority=message.priority,
+            correlation_id=message.correlation_id,
+            reply_to=message.reply_to,
+            message_id=message.message_id,
+            timestamp=message.timestamp,
+            type=message.type,
+            app_id=message.app_id,
+            # user_id is left out: the broker refuses one that is not this connection's user.
+        )
+        await _confirmed_publish(
+            channel.default_exchange,
+            copy,
+            self.queue_name,
+            what=f"retry of message {message.message_id}",
+            confirm_timeout=self._confirm_timeout,
+            same_id=self._publishing_ids,
+        )
+
+    async def _dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
+        log.error(
+            "consumer %s: dead-lettering message %s (type %s) because %s",
+            self.name, message.message_id, message.type, reason,
+        )  # fmt: skip
+        await self._settle(message.reject(requeue=False))
+
+    async def _settle(self, outcome: Awaitable[Any]) -> None:
+        """Awaits an ack, nack or reject; a closed channel means the broker redelivers the message."""
+        try:
+            await outcome
+        except CONNECTION_EXCEPTIONS as exc:
+            log.warning("consumer %s: could not settle a message, it will be redelivered: %r", self.name, exc)
+
+
+def _attempt_of(message: AbstractIncomingMessage) -> int:
+    value = message.headers.get(ATTEMPTS_HEADER)
+    if isinstance(value, bytes):
+        value = value.decode(errors="replace")
+    try:
+        attempt = int(value) if isinstance(value, int | str) and not isinstance(value, bool) else 1
+    except ValueError:
+        attempt = 1
+    return max(attempt, 1)
+
+
+def _error_text(exc: Exception) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= _MAX_ERROR_TEXT else text[: _MAX_ERROR_TEXT - 3] + "..."
+
+
+def _describe_invalid(exc: ValidationError) -> str:
+    """Where and how the body is invalid, without the offending values (they come from the body)."""
+    parts = []
+    for error in exc.errors()[:5]:
+        location = ".".join(str(part) for part in error["loc"]) or "body"
+        parts.append(f"{location}: {error['type']}")
+    more = exc.error_count() - len(parts)
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")

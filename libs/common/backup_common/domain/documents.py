@@ -1,0 +1,128 @@
+"""The two documents administrators edit through the API: the backup schedule and the settings.
+
+Both are validated strictly (unknown keys are errors, so a typo is never silently ignored) and
+seeded from infra/config/ the first time they are read.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from cronsim import CronSim, CronSimError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from backup_common.domain.events import BackupType
+from backup_common.paths import CONFIG_DIR
+
+
+def _check_cron(value: str) -> str:
+    if len(value.split()) != 5:
+        raise ValueError("cron must have five fields: minute hour day-of-month month day-of-week")
+    try:
+        CronSim(value, datetime(2000, 1, 1))
+    except CronSimError as exc:
+        raise ValueError(f"invalid cron expression: {exc}") from None
+    return value
+
+
+Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
+Cron = Annotated[
+    str,
+    AfterValidator(_check_cron),
+    Field(description="Five fields: minute hour day-of-month month day-of-week.", examples=["0 2 * * *"]),
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ScheduleEntry(_Strict):
+    name: Name
+    type: BackupType
+    cron: Cron
+    enabled: bool = True
+    archive: bool = Field(False, description="Backups it makes are kept by the monthly archive rule.")
+    description: str = Field("", max_length=500)
+
+
+class ScheduleDocument(_Strict):
+    timezone: str = "UTC"
+    schedules: list[ScheduleEntry] = Field(max_length=50)
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone_exists(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name such as Europe/Paris)") from None
+        return value
+
+    @model_validator(mode="after")
+    def _names_are_unique(self) -> ScheduleDocument:
+        names = [entry.name for entry in self.schedules]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"schedule names must be unique: {', '.join(duplicates)}")
+        return self
+
+
+class RetentionPolicy(_Strict):
+    keep_last: int = Field(3, ge=1, le=1000, description="Most recent completed backups always kept.")
+    keep_daily: int = Field(7, ge=0, le=3650)
+    keep_weekly: int = Field(4, ge=0, le=520)
+    keep_monthly: int = Field(12, ge=0, le=1200)
+    max_age_days: int | None = Field(None, ge=1, le=36500)
+
+
+class EncryptionSettings(_Strict):
+    enabled: bool = True
+
+
+class CompressionSettings(_Strict):
+    level: int = Field(
+        3, ge=0, le=3, description="Deflate effort: 0 is fastest, 3 gives the smallest archives (the default)."
+    )
+
+
+class DatabaseSettings(_Strict):
+    keep_definers: bool = True
+
+
+class VerificationSettings(_Strict):
+    after_backup: bool = True
+    restore_drill_cron: Cron | None = "0 4 * * 6"
+
+
+class RestoreLimits(_Strict):
+    max_total_bytes: int = Field(1 << 40, ge=1)
+    max_entries: int = Field(10_000_000, ge=1)
+    # Deflate expands at most about 1032:1 (a run of zeros at isal's level 1 reaches 1015:1), so the
+    # default refuses only a member that claims more than its compressed bytes could hold.
+    max_compression_ratio: int = Field(1100, ge=1)
+
+
+class SettingsDocument(_Strict):
+    retention: RetentionPolicy = RetentionPolicy()
+    encryption: EncryptionSettings = EncryptionSettings()
+    compression: CompressionSettings = CompressionSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    verification: VerificationSettings = VerificationSettings()
+    restore_limits: RestoreLimits = RestoreLimits()
+    exclude: list[Annotated[str, Field(min_length=1, max_length=500)]] = Field(default_factory=list, max_length=200)
+
+
+DOCUMENTS: dict[str, tuple[type[_Strict], str]] = {
+    "schedule": (ScheduleDocument, "backup-schedule.json"),
+    "settings": (SettingsDocument, "backup-settings.json"),
+}
+
+
+def default_document(name: str, config_dir: Path = CONFIG_DIR) -> _Strict:
+    model, file_name = DOCUMENTS[name]
+    return model.model_validate(json.loads((config_dir / file_name).read_text()))

@@ -1,0 +1,499 @@
+"""A consistent, streaming dump of one database into an archive of SQL members.
+
+All reader connections share one snapshot: a brief FLUSH TABLES WITH READ LOCK while each starts a
+consistent-snapshot transaction, the way mydumper does it. Without the RELOAD privilege that needs,
+one connection reads everything in its own snapshot (still consistent, just not parallel).
+
+Member names sort in replay order, so the stock client can load them by hand (see the README):
+  0-database.sql              the database's default character set and collation
+  1-tables/NNNN-name.sql      CREATE TABLE
+  2-data/NNNN-name.NNNNNN.sql INSERT statements, one per line
+  3-routines.sql              procedures and functions
+  4-views.sql                 views, each after those it reads
+  5-triggers.sql              triggers (after the data, so loading does not fire them)
+  6-events.sql                events
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncmy
+from asyncmy.connection import Connection
+from asyncmy.cursors import SSCursor
+from asyncmy.errors import MySQLError, OperationalError
+
+from backup_common.adapters.mysql import db
+from backup_common.adapters.settings import MysqlTarget
+from backup_common.engine.archive import ArchiveWriter
+from backup_common.engine.database import schema
+from backup_common.engine.database.model import DumpOptions, DumpProgress, DumpResult, ProgressCallback, TableSummary
+
+log = logging.getLogger(__name__)
+
+SESSION_HEADER = (
+    b"/* backup-system dump member: replay in name order with the mysql/mariadb client */\n"
+    b"SET NAMES utf8mb4;\n"
+    b"SET TIME_ZONE='+00:00';\n"
+    b"SET FOREIGN_KEY_CHECKS=0;\n"
+    b"SET UNIQUE_CHECKS=0;\n"
+    b"SET SQL_MODE='NO_AUTO_VALUE_ON_ZERO';\n"
+)
+ACCESS_DENIED = {1044, 1045, 1142, 1227}
+FETCH_ROWS = 2000
+ASSUMED_ROW_BYTES = 100
+PROGRESS_SECONDS = 1.0
+_SAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+class DumpError(Exception):
+    """The dump could not be made; the message says why in an operator's words."""
+
+
+def member_stem(index: int, name: str) -> str:
+    # Table names may hold any character; the member name only needs to be unique and sorted.
+    return f"{index:04d}-{_SAFE.sub('_', name)[:60]}"
+
+
+@dataclass
+class _Job:
+    table: schema.Table
+    index: int
+    where: str = ""
+    part: int = 0
+    weight: int = 0
+
+
+@dataclass
+class _Counters:
+    bytes_done: int = 0
+    rows_done: int = 0
+    tables_done: int = 0
+    jobs_left: dict[str, int] = field(default_factory=dict)
+
+
+class _Archive:
+    """Serialises members into the archive from worker threads; one member is written at a time."""
+
+    def __init__(self, writer: ArchiveWriter) -> None:
+        self._writer = writer
+        self._lock = asyncio.Lock()
+        self.members: list[str] = []
+        self.write_seconds = 0.0
+
+    async def add(self, name: str, chunks: list[bytes]) -> None:
+        async with self._lock:
+            started = time.perf_counter()
+            await asyncio.to_thread(self._write, name, chunks)
+            self.write_seconds += time.perf_counter() - started
+            self.members.append(name)
+
+    def _write(self, name: str, chunks: list[bytes]) -> None:
+        with self._writer.open_member(name) as stream:
+            for chunk in chunks:
+                stream.write(chunk)
+
+
+async def _connect(target: MysqlTarget, database: str | None = None) -> Connection:
+    options = db.connection_options(target)
+    # A reader stalls while its member is written; the server must not drop it meanwhile.
+    options["init_command"] = (
+        "SET time_zone = '+00:00', sql_mode = '', net_write_timeout = 3600, net_read_timeout = 3600,"
+        " wait_timeout = 28800"
+    )
+    try:
+        return await asyncmy.connect(db=database, **options)
+    except OperationalError as exc:
+        raise DumpError(f"cannot connect to the source database {target!r}: {exc.args[-1]}") from exc
+
+
+async def _execute(conn: Connection, sql: str) -> None:
+    async with conn.cursor() as cursor:
+        await cursor.execute(sql)
+
+
+async def _show_create(conn: Connection, sql: str, *columns: str) -> dict[str, Any]:
+    row = await db.fetch_one(conn, sql)
+    if row is None:
+        raise DumpError(f"{sql} returned nothing")
+    return {column: schema.row_value(row, column) for column in columns}
+
+
+@dataclass
+class _Snapshot:
+    readers: list[Connection]
+    consistency: str
+    note: str
+    binlog: dict[str, Any] | None
+
+
+async def _binlog_position(conn: Connection, mariadb: bool) -> dict[str, Any] | None:
+    row = None
+    for statement in ("SHOW MASTER STATUS", "SHOW BINARY LOG STATUS"):
+        try:
+            row = await db.fetch_one(conn, statement)
+            break
+        except MySQLError as exc:  # renamed in MySQL 8.4; denied without the privilege
+            log.debug("%s: %s", statement, exc)
+    if not row:
+        return None
+    gtid_sql = "SELECT @@GLOBAL.gtid_binlog_pos AS gtid" if mariadb else "SELECT @@GLOBAL.gtid_executed AS gtid"
+    gtid_row = await db.fetch_one(conn, gtid_sql)
+    return {
+        "file": schema.row_value(row, "File"),
+        "position": int(schema.row_value(row, "Position")),
+        "gtid": (gtid_row or {}).get("gtid") or None,
+    }
+
+
+async def _open_snapshot(source: MysqlTarget, control: Connection, parallelism: int, mariadb: bool) -> _Snapshot:
+    start = "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY"
+    isolation = "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ"
+    try:
+        await _execute(control, "SET SESSION lock_wait_timeout = 60")
+        await _execute(control, "FLUSH TABLES WITH READ LOCK")
+    except OperationalError as exc:
+        if exc.args[0] not in ACCESS_DENIED:
+            raise
+        reader = await _connect(source, source.database)
+        await _execute(reader, isolation)
+        await _execute(reader, start)
+        binlog = None
+        if mariadb:
+            # MariaDB reports the binary log position of a consistent snapshot without any lock.
+            rows = await db.fetch_all(reader, "SHOW STATUS LIKE 'binlog_snapshot_%'")
+            values = {r["Variable_name"]: r["Value"] for r in rows}
+            if values.get("Binlog_snapshot_file"):
+                binlog = {
+                    "file": values["Binlog_snapshot_file"],
+                    "position": int(values["Binlog_snapshot_position"]),
+                    "gtid": None,
+                }
+        note = (
+            f"the account lacks the RELOAD privilege ({exc.args[-1]}); one connection read every table "
+            "in a single snapshot, without parallelism"
+        )
+        return _Snapshot([reader], "single-connection", note, binlog)
+    readers: list[Connection] = []
+    try:
+        binlog = await _binlog_position(control, mariadb)
+        for _ in range(parallelism):
+            reader = await _connect(source, source.database)
+            readers.append(reader)
+            await _execute(reader, isolation)
+            await _execute(reader, start)
+    except BaseException:
+        for reader in readers:
+            reader.close()
+        raise
+    finally:
+        await _execute(control, "UNLOCK TABLES")
+    note = f"{len(readers)} connections started one snapshot under a global read lock held while they began"
+    return _Snapshot(readers, "shared-snapshot", note, binlog)
+
+
+def _plan_jobs(tables: list[schema.Table], options: DumpOptions, ranges: dict[str, tuple[int, int]]) -> list[_Job]:
+    """One job per table, or per key range of a large table; the largest pieces first, to even out the readers."""
+    jobs: list[_Job] = []
+    for index, table in enumerate(tables, start=1):
+        bounds = ranges.get(table.name)
+        key = table.integer_key
+        if bounds is None or key is None:
+            jobs.append(_Job(table, index, weight=table.data_bytes))
+            continue
+        low, high = bounds
+        # Table statistics can be far behind after bulk changes; the key span is always current.
+        estimate = max(table.data_bytes, (high - low + 1) * (table.average_row_bytes or ASSUMED_ROW_BYTES))
+        pieces = max(1, math.ceil(estimate / options.member_bytes))
+        if pieces == 1:
+            jobs.append(_Job(table, index, weight=estimate))
+            continue
+        column = schema.quote_name(key.name)
+        step = max(1, math.ceil((high - low + 1) / pieces))
+        starts = list(range(low, high + 1, step))
+        for part, start in enumerate(starts):
+            if part == 0:
+                where = f" WHERE {column} < {start + step}"
+            elif part == len(starts) - 1:
+                where = f" WHERE {column} >= {start}"
+            else:
+                where = f" WHERE {column} >= {start} AND {column} < {start + step}"
+            jobs.append(_Job(table, index, where, part, weight=estimate // len(starts)))
+    jobs.sort(key=lambda job: -job.weight)
+    return jobs
+
+
+async def _key_ranges(conn: Connection, tables: list[schema.Table], options: DumpOptions) -> dict[str, tuple[int, int]]:
+    ranges = {}
+    for table in tables:
+        key = table.integer_key
+        if key is None:
+            continue
+        row = await db.fetch_one(
+            conn,
+            f"SELECT MIN({schema.quote_name(key.name)}) AS lo, MAX({schema.quote_name(key.name)}) AS hi"
+            f" FROM {schema.quote_name(table.name)}",
+        )
+        if row and row["lo"] is not None:
+            ranges[table.name] = (int(row["lo"]), int(row["hi"]))
+    return ranges
+
+
+async def _stream_rows(reader: Connection, sql: str) -> AsyncIterator[list[tuple[bytes]]]:
+    async with reader.cursor(SSCursor) as cursor:
+        await cursor.execute(sql)
+        while rows := await cursor.fetchmany(FETCH_ROWS):
+            yield rows
+
+
+async def _run_job(
+    reader: Connection, job: _Job, archive: _Archive, options: DumpOptions, counters: _Counters,
+    summaries: dict[str, TableSummary],
+) -> None:  # fmt: skip
+    table = job.table
+    summary = summaries[table.name]
+    stem = f"2-data/{member_stem(job.index, table.name)}"
+    prefix = table.insert_prefix()
+    sql = f"SELECT {table.row_expression()} FROM {schema.quote_name(table.name)}{job.where}"
+    member: list[bytes] = [SESSION_HEADER]
+    member_size = 0
+    sequence = 0
+    statement: list[bytes] = []
+    statement_size = 0
+
+    async def flush_member() -> None:
+        nonlocal member, member_size, sequence
+        name = f"{stem}.{job.part:03d}{sequence:03d}.sql"
+        sequence += 1
+        await archive.add(name, member)
+        summary.members.append(name)
+        member, member_size = [SESSION_HEADER], 0
+
+    def end_statement() -> None:
+        nonlocal statement, statement_size, member_size
+        text = prefix + b",".join(statement) + b";\n"
+        member.append(text)
+        member_size += len(text)
+        summary.sql_bytes += len(text)
+        counters.bytes_done += len(text)
+        statement, statement_size = [], 0
+
+    if not table.dumped_columns:
+        counters.jobs_left[table.name] -= 1
+        return
+    async for rows in _stream_rows(reader, sql):
+        for (row,) in rows:
+            statement.append(row)
+            statement_size += len(row) + 1
+            if statement_size >= options.statement_bytes:
+                end_statement()
+                if member_size >= options.member_bytes:
+                    await flush_member()
+        summary.rows += len(rows)
+        counters.rows_done += len(rows)
+    if statement:
+        end_statement()
+    if member_size:
+        await flush_member()
+    counters.jobs_left[table.name] -= 1
+    if counters.jobs_left[table.name] == 0:
+        counters.tables_done += 1
+
+
+async def _read_definitions(
+    control: Connection, inventory: schema.Inventory, options: DumpOptions
+) -> dict[str, list[bytes]]:
+    """CREATE statements of every object, as members keyed by name."""
+    keep = options.keep_definers
+
+    def owned(sql: str) -> str:
+        return sql if keep else schema.strip_definer(sql)
+
+    members: dict[str, list[bytes]] = {}
+    # Columns and routine parameters declared without a collation take the database's default.
+    defaults = await db.fetch_one(
+        control,
+        "SELECT DEFAULT_CHARACTER_SET_NAME AS charset, DEFAULT_COLLATION_NAME AS collation"
+        " FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = DATABASE()",
+    )
+    if defaults:
+        members["0-database.sql"] = [
+            SESSION_HEADER,
+            f"ALTER DATABASE CHARACTER SET {defaults['charset']} COLLATE {defaults['collation']};\n".encode(),
+        ]
+    for index, table in enumerate(inventory.tables, start=1):
+        row = await _show_create(control, f"SHOW CREATE TABLE {schema.quote_name(table.name)}", "Create Table")
+        table.create_sql = row["Create Table"]
+        members[f"1-tables/{member_stem(index, table.name)}.sql"] = [
+            SESSION_HEADER,
+            f"DROP TABLE IF EXISTS {schema.quote_name(table.name)};\n{table.create_sql};\n".encode(),
+        ]
+    routines = []
+    for routine in inventory.routines:
+        column = "Create Procedure" if routine.kind == "PROCEDURE" else "Create Function"
+        row = await _show_create(
+            control,
+            f"SHOW CREATE {routine.kind} {schema.quote_name(routine.name)}",
+            column, "sql_mode", "character_set_client", "collation_connection",
+        )  # fmt: skip
+        if row[column] is None:
+            raise DumpError(f"the account may not read the definition of {routine.kind.lower()} {routine.name}")
+        routines.append((row, owned(row[column])))
+    if routines:
+        members["3-routines.sql"] = [_delimited(routines, "routine")]
+    views = {}
+    for view in inventory.views:
+        row = await _show_create(control, f"SHOW CREATE VIEW {schema.quote_name(view)}", "Create View",
+                                 "character_set_client", "collation_connection")  # fmt: skip
+        views[view] = (row, owned(row["Create View"]))
+    if views:
+        ordered = schema.order_views({name: sql for name, (_, sql) in views.items()})
+        members["4-views.sql"] = [_delimited([views[name] for name in ordered], "view")]
+    triggers = []
+    for trigger in inventory.triggers:
+        row = await _show_create(control, f"SHOW CREATE TRIGGER {schema.quote_name(trigger)}",
+                                 "SQL Original Statement", "sql_mode", "character_set_client",
+                                 "collation_connection")  # fmt: skip
+        triggers.append((row, owned(row["SQL Original Statement"])))
+    if triggers:
+        members["5-triggers.sql"] = [_delimited(triggers, "trigger")]
+    events = []
+    for event in inventory.events:
+        row = await _show_create(control, f"SHOW CREATE EVENT {schema.quote_name(event)}", "Create Event",
+                                 "sql_mode", "character_set_client", "collation_connection", "time_zone")  # fmt: skip
+        events.append((row, owned(row["Create Event"])))
+    if events:
+        members["6-events.sql"] = [_delimited(events, "event")]
+    return members
+
+
+def _delimited(objects: list[tuple[dict[str, Any], str]], kind: str) -> bytes:
+    """A member of CREATE statements whose bodies may hold semicolons, for the stock client too."""
+    body = "\n".join(sql for _, sql in objects)
+    delimiter = next(d for d in (";;", "$$", "//", "$$$$", "@@@@") if d not in body)
+    lines = [
+        "/* backup-system dump member: replay in name order with the mysql/mariadb client */",
+        "SET NAMES utf8mb4;",
+        "SET TIME_ZONE='+00:00';",
+        f"DELIMITER {delimiter}",
+    ]
+    for row, sql in objects:
+        settings = [f"SET SESSION sql_mode = '{row.get('sql_mode') or ''}'"]
+        if row.get("character_set_client"):
+            settings.append(f"SET character_set_client = {row['character_set_client']}")
+        if row.get("collation_connection"):
+            settings.append(f"SET collation_connection = {row['collation_connection']}")
+        if kind == "event" and row.get("time_zone"):
+            settings.append(f"SET time_zone = '{row['time_zone']}'")
+        lines.extend(f"{statement}{delimiter}" for statement in settings)
+        lines.append(f"{sql}{delimiter}")
+    lines.append("DELIMITER ;")
+    lines.append("SET NAMES utf8mb4;")
+    return ("\n".join(lines) + "\n").encode()
+
+
+async def dump_database(
+    source: MysqlTarget,
+    archive_path: Path,
+    *,
+    password: str | None,
+    options: DumpOptions | None = None,
+    progress: ProgressCallback | None = None,
+) -> DumpResult:
+    """Dumps ``source`` into a new archive at ``archive_path``; nothing is left there on failure."""
+    options = options or DumpOptions()
+    control = await _connect(source, source.database)
+    writer = await asyncio.to_thread(
+        ArchiveWriter, archive_path, password=password, compression_level=options.compression_level
+    )
+    readers: list[Connection] = []
+    ticker: asyncio.Task[None] | None = None
+    try:
+        version_row = await db.fetch_one(control, "SELECT VERSION() AS v")
+        server_version = str((version_row or {}).get("v", ""))
+        mariadb = "mariadb" in server_version.lower()
+        inventory = await schema.read_inventory(control, source.database)
+        snapshot = await _open_snapshot(source, control, max(1, options.parallelism), mariadb)
+        readers = snapshot.readers
+        # Definitions are read after the snapshot began; a schema change during the dump is refused
+        # by the readers (the table definition changed) rather than silently mixed in.
+        definitions = await _read_definitions(control, inventory, options)
+        ranges = await _key_ranges(readers[0], inventory.tables, options)
+        jobs = _plan_jobs(inventory.tables, options, ranges)
+        summaries = {table.name: TableSummary(table.name, 0, 0) for table in inventory.tables}
+        counters = _Counters(jobs_left={table.name: 0 for table in inventory.tables})
+        for job in jobs:
+            counters.jobs_left[job.table.name] += 1
+        archive = _Archive(writer)
+        for name in sorted(n for n in definitions if n < "2"):
+            await archive.add(name, definitions[name])
+        if progress is not None:
+            ticker = asyncio.create_task(_report(progress, counters, len(inventory.tables)))
+        queue: asyncio.Queue[_Job] = asyncio.Queue()
+        for job in jobs:
+            queue.put_nowait(job)
+        for reader in readers:
+            await _execute(reader, "SET SESSION character_set_results = binary")
+        await asyncio.gather(*(_drain(reader, queue, archive, options, counters, summaries) for reader in readers))
+        for name in sorted(n for n in definitions if n > "2"):
+            await archive.add(name, definitions[name])
+        info = await asyncio.to_thread(writer.commit)
+        log.info("archive writing took %.2f s", archive.write_seconds)
+        if ticker is not None:
+            ticker.cancel()
+            await progress(_progress_of(counters, len(inventory.tables)))  # type: ignore[misc]
+        return DumpResult(
+            archive_bytes=info.size,
+            sha256=info.sha256,
+            tables=[summaries[table.name] for table in inventory.tables],
+            server_version=server_version,
+            consistency=snapshot.consistency,
+            consistency_note=snapshot.note,
+            binlog=snapshot.binlog,
+            members=archive.members,
+        )
+    except OperationalError as exc:
+        raise DumpError(f"reading the source database failed: {exc.args[-1]}") from exc
+    finally:
+        if ticker is not None and not ticker.done():
+            ticker.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(writer.abort)
+        for conn in (*readers, control):
+            conn.close()
+
+
+async def _drain(
+    reader: Connection, queue: asyncio.Queue[_Job], archive: _Archive, options: DumpOptions, counters: _Counters,
+    summaries: dict[str, TableSummary],
+) -> None:  # fmt: skip
+    while True:
+        try:
+            job = queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return
+        await _run_job(reader, job, archive, options, counters, summaries)
+
+
+def _progress_of(counters: _Counters, tables_total: int) -> DumpProgress:
+    return DumpProgress(counters.bytes_done, counters.rows_done, counters.tables_done, tables_total)
+
+
+async def _report(progress: Callable[[DumpProgress], Awaitable[None]], counters: _Counters, total: int) -> None:
+    while True:
+        await asyncio.sleep(PROGRESS_SECONDS)
+        started = time.monotonic()
+        try:
+            await progress(_progress_of(counters, total))
+        except Exception:
+            log.exception("progress report failed")
+        log.debug("progress reported in %.3f s", time.monotonic() - started)

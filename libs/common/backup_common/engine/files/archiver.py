@@ -1,0 +1,467 @@
+"""Writes the entries found by the scanner into a files archive, and says what it holds.
+
+A file larger than PACK_FILE_BYTES gets a member of its own, ``<path>``; smaller files, directories
+and symbolic links go into packs (see packs.py). Already-compressed content is stored, the rest
+deflated. Given the parent backup's versions (``bases``), a file that starts with its parent's
+version is archived from there on only (``appended/<path>``).
+
+Files are read through file descriptors opened without following links, at every path component,
+so a file or directory swapped for a link since the scan is never followed out of its tree.
+
+Synchronous and CPU-heavy: callers run it in a worker thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from isal import isal_zlib
+
+from backup_common.engine.archive import ArchiveWriter, check_member_name
+from backup_common.engine.files.dirfd import NotADirectoryOnPath, open_below
+from backup_common.engine.files.model import APPENDED_PREFIX, TREES, ArchiveResult, Base, Entry, FileRecord, Skipped
+from backup_common.engine.files.packs import PACK_FILE_BYTES, Packer
+
+CHUNK_BYTES = 1 << 20
+# Files up to this size are read whole into memory before their member is written, so one that
+# changes while it is read can be read again; larger ones are streamed (see _archive_large).
+IN_MEMORY_BYTES = 8 << 20
+PROBE_BYTES = 64 << 10
+PROBE_MIN_BYTES = 512
+PROBE_RATIO = 0.95
+PROGRESS_INTERVAL_S = 0.5
+
+PRECOMPRESSED_EXTENSIONS = frozenset(
+    {
+        # images
+        "jpg", "jpeg", "jpe", "jfif", "png", "gif", "webp", "heic", "heif", "avif", "jxl", "jp2",
+        # video
+        "mp4", "m4v", "mov", "mkv", "webm", "avi", "wmv", "flv", "mpg", "mpeg", "m2ts", "mts", "3gp", "ogv",
+        # audio
+        "mp3", "aac", "m4a", "ogg", "oga", "opus", "flac", "wma",
+        # archives and compressed streams
+        "zip", "gz", "tgz", "bz2", "tbz2", "xz", "txz", "zst", "zstd", "lz4", "lzma", "lz", "7z", "rar",
+        "cab", "br", "jar", "war", "apk", "whl", "deb", "rpm", "dmg",
+        # documents that are ZIP or otherwise compressed inside
+        "docx", "xlsx", "pptx", "odt", "ods", "odp", "epub", "pdf",
+        # fonts
+        "woff", "woff2",
+    }
+)  # fmt: skip
+
+_OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
+
+
+def is_precompressed_name(path: str) -> bool:
+    """Whether the file name's extension is that of an already-compressed format."""
+    name = path.rsplit("/", 1)[-1]
+    _, dot, extension = name.rpartition(".")
+    return bool(dot) and extension.lower() in PRECOMPRESSED_EXTENSIONS
+
+
+def probe_incompressible(first_chunk: bytes) -> bool:
+    """Whether deflate (isal, level 1) cannot shrink the first 64 KiB below 95 %.
+
+    Under 512 bytes there is too little to tell, and deflating costs next to nothing: compress.
+    """
+    sample = first_chunk[:PROBE_BYTES]
+    if len(sample) < PROBE_MIN_BYTES:
+        return False
+    return len(isal_zlib.compress(sample, 1, -15)) > PROBE_RATIO * len(sample)
+
+
+class _Unavailable(Exception):
+    """The entry cannot be archived; its reason goes to the skipped list."""
+
+
+@dataclass
+class _Progress:
+    callback: Callable[[int, int], None] | None
+    bytes_done: int = 0
+    entries_done: int = 0
+    last_report: float = 0.0
+
+    def advance(self, count: int = 0, *, entry_done: bool = False) -> None:
+        self.bytes_done += count
+        if entry_done:
+            self.entries_done += 1
+        if self.callback is None:
+            return
+        now = time.monotonic()
+        if now - self.last_report >= PROGRESS_INTERVAL_S:
+            self.last_report = now
+            self.callback(self.bytes_done, self.entries_done)
+
+    def finish(self) -> None:
+        if self.callback is not None:
+            self.callback(self.bytes_done, self.entries_done)
+
+
+class _Directories:
+    """Opens the directory of each file one component at a time, never following a link.
+
+    Entries come sorted by path, so the files of one directory follow each other and the descriptor
+    of the current directory is kept open between them.
+    """
+
+    def __init__(self, roots: dict[str, Path]) -> None:
+        self._roots = roots
+        self._key: tuple[str, ...] | None = None
+        self._fd: int | None = None
+
+    def open_parent(self, path: str) -> tuple[int, str]:
+        """(descriptor of the entry's directory, entry's name); raises _Unavailable."""
+        *parents, name = path.split("/")
+        key = tuple(parents)
+        if key != self._key:
+            self.close()
+            self._fd = self._open_chain(parents)
+            self._key = key
+        assert self._fd is not None
+        return self._fd, name
+
+    def _open_chain(self, parents: list[str]) -> int:
+        tree, *below = parents
+        try:
+            # The tree root may be a link (a mounted volume): the scanner followed it too.
+            root = os.open(self._roots[tree], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise _unavailable(exc) from None
+        try:
+            return open_below(root, below)
+        except NotADirectoryOnPath as exc:
+            raise _Unavailable(f"a parent directory changed into a link or file: {exc.component}") from None
+        except OSError as exc:
+            raise _unavailable(exc) from None
+        finally:
+            os.close(root)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = None
+        self._key = None
+
+
+def write_files_archive(
+    writer: ArchiveWriter,
+    entries: list[Entry],
+    roots: dict[str, Path],
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    attempts: int = 3,
+    bases: Mapping[str, Base] | None = None,
+) -> ArchiveResult:
+    """Archives the entries, in order, and returns the records of what was archived.
+
+    ``roots`` maps each tree name to its directory. An entry that cannot be archived (vanished,
+    unreadable, changed into a link or a special file since the scan) goes to ``skipped``.
+    ``progress(bytes_done, entries_done)`` is called at most every 0.5 s, and once at the end;
+    ``bytes_done`` counts bytes archived, ``ArchiveResult.bytes_read`` every byte read, re-reads
+    included. ``bases`` maps paths to their parent's version (incremental.append_bases): a file that
+    grew from it is archived from the end of that version on. Errors of the archive itself (a full
+    disk, say) propagate: the archive is then unusable.
+    """
+    if attempts < 1:
+        raise ValueError("attempts must be at least 1")
+    for entry in entries:
+        tree = entry.path.split("/", 1)[0]
+        if tree not in TREES or tree not in roots:
+            raise ValueError(f"entry {entry.path!r} is not in any of the trees given: {sorted(roots)}")
+    result = ArchiveResult()
+    tracker = _Progress(progress)
+    directories = _Directories(roots)
+    packer = Packer(writer)
+    try:
+        for entry in entries:
+            try:
+                check_member_name(entry.path)
+            except ValueError as exc:
+                result.skipped.append(Skipped(entry.path, f"name cannot be archived: {exc}"))
+                tracker.advance(entry_done=True)
+                continue
+            try:
+                if entry.kind == "dir":
+                    record = _archive_directory(packer, entry)
+                elif entry.kind == "symlink":
+                    record = _archive_link(packer, entry)
+                else:
+                    base = bases.get(entry.path) if bases else None
+                    record = _archive_file(writer, packer, entry, base, directories, attempts, result, tracker)
+            except _Unavailable as exc:
+                result.skipped.append(Skipped(entry.path, str(exc)))
+            else:
+                result.records.append(record)
+            tracker.advance(entry_done=True)
+        packer.close()
+    finally:
+        directories.close()
+    tracker.finish()
+    return result
+
+
+def _archive_directory(packer: Packer, entry: Entry) -> FileRecord:
+    pack = packer.add_directory(entry.path, mode=entry.mode, mtime_ns=entry.mtime_ns)
+    return FileRecord(entry.path, "dir", entry.mode, entry.mtime_ns, 0, None, pack=pack)
+
+
+def _archive_link(packer: Packer, entry: Entry) -> FileRecord:
+    if entry.target is None:
+        raise _Unavailable("symbolic link without a target")
+    pack = packer.add_link(entry.path, entry.target, mode=entry.mode, mtime_ns=entry.mtime_ns)
+    size = len(os.fsencode(entry.target))
+    return FileRecord(entry.path, "symlink", entry.mode, entry.mtime_ns, size, None, target=entry.target, pack=pack)
+
+
+def _archive_file(
+    writer: ArchiveWriter,
+    packer: Packer,
+    entry: Entry,
+    base: Base | None,
+    directories: _Directories,
+    attempts: int,
+    result: ArchiveResult,
+    tracker: _Progress,
+) -> FileRecord:
+    parent_fd, name = directories.open_parent(entry.path)
+    try:
+        # O_NONBLOCK: a file swapped for a FIFO since the scan must not hang the backup in open().
+        fd = os.open(name, _OPEN_FILE, dir_fd=parent_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _Unavailable("changed into a link") from None
+        raise _unavailable(exc) from None
+    try:
+        before = _regular_stat(fd)
+        if base is not None and before.st_size < base.size:
+            base = None  # shrunk: it cannot have grown from that version
+        if before.st_size <= IN_MEMORY_BYTES:
+            return _archive_small(writer, packer, entry.path, fd, before, base, attempts, result, tracker)
+        return _archive_large(writer, packer, entry.path, fd, before, base, result, tracker)
+    finally:
+        os.close(fd)
+
+
+def _archive_small(
+    writer: ArchiveWriter,
+    packer: Packer,
+    path: str,
+    fd: int,
+    before: os.stat_result,
+    base: Base | None,
+    attempts: int,
+    result: ArchiveResult,
+    tracker: _Progress,
+) -> FileRecord:
+    # Read whole, then written: a file that changed while it was read is simply read again, and
+    # only the last, hopefully consistent, reading goes into the archive.
+    for attempt in range(1, attempts + 1):
+        if attempt > 1:
+            os.lseek(fd, 0, os.SEEK_SET)
+        data = _read_up_to(fd, before.st_size, result)
+        after = _regular_stat(fd)
+        stable = _same(before, after) and len(data) == before.st_size
+        if stable or attempt == attempts:
+            break
+        before = after
+    digest = hashlib.sha256()
+    base_size: int | None = None
+    if base is not None and len(data) >= base.size:
+        digest.update(memoryview(data)[: base.size])
+        if digest.hexdigest() == base.sha256:
+            base_size = base.size
+        else:
+            digest = hashlib.sha256()
+    content = data[base_size:] if base_size else data
+    digest.update(content)
+    stored = is_precompressed_name(path) or probe_incompressible(content[:PROBE_BYTES])
+    pack, offset = _put(writer, packer, path, content, stored, before, appended=base_size is not None)
+    tracker.advance(len(content))
+    return _file_record(
+        path, before, len(data), digest.hexdigest(), stored, not stable, pack=pack, offset=offset, base_size=base_size
+    )
+
+
+def _archive_large(
+    writer: ArchiveWriter,
+    packer: Packer,
+    path: str,
+    fd: int,
+    before: os.stat_result,
+    base: Base | None,
+    result: ArchiveResult,
+    tracker: _Progress,
+) -> FileRecord:
+    # Trade-off: an ArchiveWriter cannot take a member back, and holding a file of any size in memory
+    # (or spooling it to disk) to make a re-read possible is not affordable. So a large file is
+    # streamed straight into its member and read once; when its size or mtime moved during the read,
+    # or it ended early, the record says changed_while_read=True: the archived bytes (whatever was
+    # read, at most the size it had when opened) may be torn, and the manifest says so.
+    digest = hashlib.sha256()
+    base_size: int | None = None
+    if base is not None:
+        if _starts_with(fd, base, digest, result):
+            base_size = base.size
+        else:
+            digest = hashlib.sha256()
+            os.lseek(fd, 0, os.SEEK_SET)
+    start = base_size or 0
+    left = before.st_size - start
+    pack: str | None = None
+    offset: int | None = None
+    if base_size is not None and left <= PACK_FILE_BYTES:
+        tail = _read_up_to(fd, left, result)
+        digest.update(tail)
+        stored = is_precompressed_name(path) or probe_incompressible(tail[:PROBE_BYTES])
+        pack, offset = _put(writer, packer, path, tail, stored, before, appended=True)
+        count = len(tail)
+        tracker.advance(count)
+    else:
+        name = APPENDED_PREFIX + path if base_size is not None else path
+        stored, count = _stream(writer, name, fd, before, left, digest, result, tracker)
+    after = _regular_stat(fd)
+    changed = not _same(before, after) or count != left
+    return _file_record(
+        path, before, start + count, digest.hexdigest(), stored, changed, pack=pack, offset=offset, base_size=base_size
+    )
+
+
+def _starts_with(fd: int, base: Base, digest: hashlib._Hash, result: ArchiveResult) -> bool:
+    """Whether the file's first bytes are the base version; reads them into ``digest``."""
+    count = 0
+    while count < base.size:
+        chunk = _read_chunk(fd, min(CHUNK_BYTES, base.size - count), result)
+        if not chunk:
+            return False
+        digest.update(chunk)
+        count += len(chunk)
+    return digest.hexdigest() == base.sha256
+
+
+def _stream(
+    writer: ArchiveWriter,
+    name: str,
+    fd: int,
+    before: os.stat_result,
+    size: int,
+    digest: hashlib._Hash,
+    result: ArchiveResult,
+    tracker: _Progress,
+) -> tuple[bool, int]:
+    """Streams the next ``size`` bytes of the file into a member; returns (stored, bytes archived)."""
+    first = _read_chunk(fd, min(CHUNK_BYTES, size), result)
+    stored = is_precompressed_name(name) or probe_incompressible(first)
+    count = 0
+    with writer.open_member(name, compress=not stored, mtime=before.st_mtime_ns / 1e9, mode=_file_mode(before)) as out:
+        chunk = first
+        while chunk:
+            out.write(chunk)
+            digest.update(chunk)
+            count += len(chunk)
+            tracker.advance(len(chunk))
+            if count >= size:
+                break  # a file that keeps growing (a busy log) is not chased
+            try:
+                chunk = _read_chunk(fd, min(CHUNK_BYTES, size - count), result)
+            except _Unavailable as exc:
+                # The member cannot be taken back; having no record, it is not part of the backup.
+                raise _Unavailable(f"{exc} (after {count} bytes; the partial member has no record)") from None
+    return stored, count
+
+
+def _put(
+    writer: ArchiveWriter,
+    packer: Packer,
+    path: str,
+    content: bytes,
+    stored: bool,
+    before: os.stat_result,
+    *,
+    appended: bool,
+) -> tuple[str | None, int | None]:
+    """Packs ``content``, or writes it into a member of its own when too large; (pack, offset) or (None, None)."""
+    name = APPENDED_PREFIX + path if appended else path
+    mode = stat.S_IMODE(before.st_mode)
+    if len(content) <= PACK_FILE_BYTES:
+        return packer.add_file(name, content, stored=stored, mode=mode, mtime_ns=before.st_mtime_ns)
+    writer.write_member(name, content, compress=not stored, mtime=before.st_mtime_ns / 1e9, mode=stat.S_IFREG | mode)
+    return None, None
+
+
+def _read_chunk(fd: int, size: int, result: ArchiveResult) -> bytes:
+    try:
+        data = os.read(fd, size) if size > 0 else b""
+    except OSError as exc:
+        raise _unavailable(exc) from None
+    result.bytes_read += len(data)
+    return data
+
+
+def _read_up_to(fd: int, size: int, result: ArchiveResult) -> bytes:
+    parts: list[bytes] = []
+    count = 0
+    while count < size:
+        chunk = _read_chunk(fd, min(CHUNK_BYTES, size - count), result)
+        if not chunk:
+            break
+        parts.append(chunk)
+        count += len(chunk)
+    return b"".join(parts)
+
+
+def _regular_stat(fd: int) -> os.stat_result:
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        kind = "directory" if stat.S_ISDIR(st.st_mode) else "special file"
+        raise _Unavailable(f"changed into a {kind}")
+    return st
+
+
+def _same(before: os.stat_result, after: os.stat_result) -> bool:
+    return (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns)
+
+
+def _file_mode(st: os.stat_result) -> int:
+    return stat.S_IFREG | stat.S_IMODE(st.st_mode)
+
+
+def _file_record(
+    path: str,
+    before: os.stat_result,
+    size: int,
+    sha256: str,
+    stored: bool,
+    changed: bool,
+    *,
+    pack: str | None = None,
+    offset: int | None = None,
+    base_size: int | None = None,
+) -> FileRecord:
+    # The mtime is the one from before the last reading: should the file have changed during it,
+    # the next incremental backup sees a newer mtime and archives the file again.
+    return FileRecord(
+        path,
+        "file",
+        stat.S_IMODE(before.st_mode),
+        before.st_mtime_ns,
+        size,
+        sha256,
+        stored=stored,
+        changed_while_read=changed,
+        pack=pack,
+        offset=offset,
+        base_size=base_size,
+    )
+
+
+def _unavailable(exc: OSError) -> _Unavailable:
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+        return _Unavailable("vanished")
+    return _Unavailable(f"unreadable: {exc.strerror}")

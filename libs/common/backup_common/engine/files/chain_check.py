@@ -1,0 +1,498 @@
+"""Checks a files backup chain before a restore writes anything.
+
+Every link of the chain is checked: member and manifest names, the limits on entries, size and
+compression ratio, member types (no device, FIFO or socket), symbolic link targets, where each
+packed file sits in its pack, and a dry run of the whole replay on an in-memory tree, which must
+reproduce each backup's recorded ``state`` and never put anything below a link or a file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeGuard
+
+import pyzipper
+
+from backup_common.domain.errors import DomainError
+from backup_common.engine.archive import ArchiveReader, MemberInfo
+from backup_common.engine.files.model import APPENDED_PREFIX, TREES, Kind, RestoreLimits
+from backup_common.engine.files.packs import PACK_NAME
+
+SMALL_MEMBER_BYTES = 1024  # below this, the compression ratio is not looked at
+MAX_LINK_TARGET_BYTES = 4095  # PATH_MAX less the terminating NUL
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+KINDS: tuple[Kind, ...] = ("file", "dir", "symlink")
+_SPECIAL_TYPES = {
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+}
+# The file type bits a member of each kind may carry; 0 stands for tools that record none.
+_MEMBER_TYPES: dict[Kind, frozenset[int]] = {
+    "file": frozenset({0, stat.S_IFREG}),
+    "dir": frozenset({0, stat.S_IFDIR, stat.S_IFREG}),
+    "symlink": frozenset({stat.S_IFLNK}),
+}
+
+
+class RestoreError(DomainError):
+    """A restore was refused or failed."""
+
+    code = "restore_failed"
+
+
+class UnsafeArchive(RestoreError):
+    """A member or manifest path would escape the target, or the chain exceeds a restore limit."""
+
+    code = "unsafe_archive"
+
+
+class IntegrityError(RestoreError):
+    """Restored content does not match its manifest, or the chain does not reproduce its recorded state."""
+
+    code = "integrity_error"
+
+
+class TargetNotEmpty(RestoreError):
+    code = "target_not_empty"
+
+
+@dataclass(frozen=True)
+class ChainLink:
+    """One backup of a chain; a chain lists its full base first, then each incremental in order."""
+
+    backup_id: str
+    archive: Path
+    password: str | None
+    manifest: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Item:
+    """One path of a manifest, checked."""
+
+    path: str
+    kind: Kind
+    mode: int
+    mtime_ns: int
+    size: int = 0
+    sha256: str | None = None
+    target: str | None = None
+    pack: str | None = None  # entries only: the pack member holding it
+    offset: int | None = None  # packed files only
+    base_size: int | None = None  # grown files only: the size of the version the archive extends
+
+    @property
+    def member(self) -> str:
+        """The member holding it: its pack, or one of its own."""
+        if self.pack is not None:
+            return self.pack
+        if self.base_size is not None:
+            return APPENDED_PREFIX + self.path
+        return self.path + "/" if self.kind == "dir" else self.path
+
+    @property
+    def archived_size(self) -> int:
+        """How many of its bytes the archive holds."""
+        return self.size - (self.base_size or 0)
+
+
+@dataclass
+class Plan:
+    """One link, checked."""
+
+    link: ChainLink
+    deleted: list[str]
+    entries: list[Item]  # parents before children
+    sizes: dict[str, int]  # member name -> uncompressed size its archive declares
+    state: list[Item]
+
+
+def check_chain(chain: list[ChainLink], limits: RestoreLimits) -> list[Plan]:
+    """The plan of each link, once the whole chain passed every check; raises UnsafeArchive or
+    IntegrityError otherwise, and ArchiveError when an archive cannot be read."""
+    plans: list[Plan] = []
+    tree = _Tree()
+    totals = {"bytes": 0, "entries": 0}
+    for link in chain:
+        plan = _check_link(link, limits, totals)
+        where = f"backup {link.backup_id}"
+        for path in plan.deleted:
+            tree.delete(path, where)
+        for item in plan.entries:
+            tree.add(item, where)
+        tree.compare(plan.state, where)
+        plans.append(plan)
+    return plans
+
+
+def _check_link(link: ChainLink, limits: RestoreLimits, totals: dict[str, int]) -> Plan:
+    where = f"backup {link.backup_id}"
+    manifest = link.manifest
+    if not isinstance(manifest, dict):
+        raise UnsafeArchive(f"{where}: the manifest is not an object")
+    entries = [_parse_item(raw, f"{where} manifest entry", entry=True) for raw in _list(manifest, "entries", where)]
+    state = [_parse_item(raw, f"{where} manifest state", entry=False) for raw in _list(manifest, "state", where)]
+    deleted = [_check_path(path, f"{where} manifest deleted path") for path in _list(manifest, "deleted", where)]
+    for items, what in ((entries, "entries"), (state, "state")):
+        paths = [item.path for item in items]
+        if len(set(paths)) != len(paths):
+            raise UnsafeArchive(f"{where}: the manifest {what} list a path twice")
+    if len(state) > limits.max_entries:
+        raise UnsafeArchive(
+            f"{where}: the backup holds {len(state)} paths, more than the limit of {limits.max_entries} entries"
+        )
+
+    with ArchiveReader(link.archive, password=link.password) as reader:
+        infos = reader.infos()
+        totals["entries"] += len(infos)
+        if totals["entries"] > limits.max_entries:
+            raise UnsafeArchive(
+                f"{where}: the chain holds more than the limit of {limits.max_entries} entries"
+                f" ({totals['entries']} members so far)"
+            )
+        types = _member_types(link.archive, infos, where)
+        by_name: dict[str, MemberInfo] = {}
+        for info in infos:
+            if info.name in by_name:
+                raise UnsafeArchive(f"{where}: member {info.name!r} appears twice in the archive")
+            by_name[info.name] = info
+            _check_member(info, types[info.name], where, limits)
+            totals["bytes"] += info.size
+            if totals["bytes"] > limits.max_total_bytes:
+                raise UnsafeArchive(
+                    f"{where}: member {info.name!r} takes the chain to {totals['bytes']} bytes, over the limit of"
+                    f" {limits.max_total_bytes} bytes"
+                )
+        expected = {item.member: item for item in entries}
+        abandoned = _abandoned_members(manifest)
+        for name in by_name:
+            if name not in expected and name not in abandoned:
+                raise UnsafeArchive(f"{where}: member {name!r} is not listed in the manifest entries")
+        for name, item in expected.items():
+            member = by_name.get(name)
+            if member is None:
+                raise UnsafeArchive(f"{where}: manifest entry {item.path!r} ({item.kind}) has no member {name!r}")
+            if item.pack is not None:
+                _check_pack_member(member, types[name], where)
+                continue
+            _check_member_kind(member, types[name], item, where)
+            if item.kind == "symlink":
+                check_link_member(reader, item, where)
+    sizes = {name: info.size for name, info in by_name.items()}
+    _check_spans(entries, sizes, where)
+    ordered = sorted(entries, key=lambda item: item.path.split("/"))
+    return Plan(link, deleted, ordered, sizes, state)
+
+
+def _abandoned_members(manifest: dict[str, Any]) -> set[str]:
+    """Members left behind by files the backup skipped: a file that failed while it was streamed
+    leaves the bytes it had read in a member (a ZIP archive cannot take one back), but no entry.
+    They are never restored."""
+    skipped = manifest.get("skipped")
+    paths = [item.get("path") for item in skipped if isinstance(item, dict)] if isinstance(skipped, list) else []
+    return {name for path in paths if isinstance(path, str) for name in (path, APPENDED_PREFIX + path)}
+
+
+def _list(manifest: dict[str, Any], key: str, where: str) -> list[Any]:
+    value = manifest.get(key, [] if key == "deleted" else None)
+    if not isinstance(value, list):
+        raise UnsafeArchive(f"{where}: the manifest has no {key!r} list")
+    return value
+
+
+def _check_path(path: object, where: str) -> str:
+    """``path`` when it is a safe relative path inside one of the trees; raises UnsafeArchive otherwise."""
+    if not isinstance(path, str):
+        raise UnsafeArchive(f"{where} {path!r} is not a string")
+    rule: str | None = None
+    parts = path.split("/")
+    if not path:
+        rule = "it is empty"
+    elif "\x00" in path:
+        rule = "it contains a NUL character"
+    elif "\\" in path:
+        rule = "it contains a backslash (paths use '/' only)"
+    elif path.startswith("/"):
+        rule = "it is absolute (paths must be relative to the target)"
+    elif len(path) >= 2 and path[1] == ":" and path[0].isalpha():
+        rule = "it starts with a drive letter"
+    elif ".." in parts:
+        rule = "it has a '..' component (it would leave the target)"
+    elif any(part in ("", ".") for part in parts):
+        rule = "it has an empty or '.' component"
+    elif parts[0] not in TREES:
+        rule = f"it is not inside one of the trees {', '.join(TREES)}"
+    if rule is not None:
+        raise UnsafeArchive(f"{where} {path!r} is refused: {rule}")
+    return path
+
+
+def _parse_item(raw: object, where: str, *, entry: bool) -> Item:
+    if not isinstance(raw, dict):
+        raise UnsafeArchive(f"{where} {raw!r} is not an object")
+    path = _check_path(raw.get("path"), where)
+    where = f"{where} {path!r}"
+    kind = raw.get("kind")
+    if kind not in KINDS:
+        raise UnsafeArchive(f"{where} is refused: kind {kind!r} is none of {', '.join(KINDS)}")
+    if kind != "dir" and "/" not in path:
+        raise UnsafeArchive(f"{where} is refused: a tree root can only be a directory")
+    mode = raw.get("mode")
+    mtime_ns = raw.get("mtime_ns")
+    if not _is_int(mode) or not _is_int(mtime_ns):
+        raise UnsafeArchive(f"{where} is refused: its mode and mtime_ns must be integers")
+    if mode < 0:
+        raise UnsafeArchive(f"{where} is refused: mode {mode} is negative")
+    special = _SPECIAL_TYPES.get(stat.S_IFMT(mode))
+    if special is not None:
+        raise UnsafeArchive(f"{where} is refused: its mode says it is {special} (only files, directories and links)")
+    if not 0 <= mode <= 0o7777:
+        raise UnsafeArchive(f"{where} is refused: mode {mode:#o} is not made of permission bits alone")
+    sha256 = raw.get("sha256")
+    if kind == "file" and entry and not (isinstance(sha256, str) and _SHA256.fullmatch(sha256)):
+        raise UnsafeArchive(f"{where} is refused: a file needs the SHA-256 of its content (64 lowercase hex digits)")
+    link_target = raw.get("target")
+    if kind == "symlink":
+        _check_link_target(path, link_target, where)
+    size = raw.get("size", 0)
+    if not _is_int(size) or size < 0:
+        raise UnsafeArchive(f"{where} is refused: its size must be a non-negative integer")
+    pack, offset = _parse_placement(raw, kind, where) if entry else (None, None)
+    base_size = _parse_base_size(raw, kind, size, where) if entry else None
+    return Item(
+        path,
+        kind,
+        mode,
+        mtime_ns,
+        size,
+        sha256 if isinstance(sha256, str) else None,
+        link_target if kind == "symlink" else None,
+        pack,
+        offset,
+        base_size,
+    )
+
+
+def _parse_base_size(raw: dict[str, Any], kind: Kind, size: int, where: str) -> int | None:
+    base_size = raw.get("base_size")
+    if base_size is None:
+        return None
+    if kind != "file" or not _is_int(base_size) or not 0 < base_size <= size:
+        raise UnsafeArchive(
+            f"{where} is refused: base_size {base_size!r} is not the size of an earlier version of this file"
+        )
+    return base_size
+
+
+def _parse_placement(raw: dict[str, Any], kind: Kind, where: str) -> tuple[str | None, int | None]:
+    """The pack holding an entry, and where a packed file's content starts in it."""
+    pack = raw.get("pack")
+    offset = raw.get("offset")
+    if pack is None:
+        if offset is not None:
+            raise UnsafeArchive(f"{where} is refused: it has an offset but no pack")
+        return None, None
+    if not isinstance(pack, str) or not PACK_NAME.fullmatch(pack):
+        raise UnsafeArchive(f"{where} is refused: {pack!r} is not the name of a pack")
+    if kind == "file":
+        if not _is_int(offset) or offset < 0:
+            raise UnsafeArchive(f"{where} is refused: a packed file needs the offset of its content in {pack!r}")
+    elif offset is not None:
+        raise UnsafeArchive(f"{where} is refused: only a file's content has an offset in a pack")
+    return pack, offset
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_link_target(path: str, link_target: object, where: str) -> None:
+    """Refuses a link that could lead out of the target.
+
+    A relative target is resolved from the link's own directory, which the restore guarantees is a
+    real directory at the path's depth. Its ``..`` components must all come first: after a name, which
+    may be another link, a ``..`` would climb from wherever that link leads, which no lexical check can
+    bound. With that rule, and every link checked alike, no path through restored links leaves the target.
+    """
+    if not isinstance(link_target, str) or not link_target:
+        raise UnsafeArchive(f"{where} is refused: a symbolic link needs a non-empty target")
+    if "\x00" in link_target or len(os.fsencode(link_target)) > MAX_LINK_TARGET_BYTES:
+        raise UnsafeArchive(f"{where} is refused: its link target is not a valid path")
+    if link_target.startswith("/"):
+        raise UnsafeArchive(f"{where} is refused: it links to the absolute path {link_target!r}, outside the target")
+    parts = [part for part in link_target.split("/") if part not in ("", ".")]
+    ups = 0
+    while ups < len(parts) and parts[ups] == "..":
+        ups += 1
+    if ".." in parts[ups:]:
+        raise UnsafeArchive(
+            f"{where} is refused: its link target {link_target!r} has a '..' after a name"
+            " (it could climb out of the target through another link)"
+        )
+    depth = path.count("/")  # of the link's directory below the target
+    if ups > depth:
+        raise UnsafeArchive(f"{where} is refused: its link target {link_target!r} leads out of the target")
+
+
+def _member_types(archive: Path, infos: list[MemberInfo], where: str) -> dict[str, int]:
+    """The file type bits of each member (MemberInfo keeps the permission bits only)."""
+    with pyzipper.AESZipFile(archive, "r") as raw:
+        listing = raw.infolist()
+    if [info.filename for info in listing] != [info.name for info in infos]:
+        raise UnsafeArchive(f"{where}: the archive changed while it was being read")
+    return {info.filename: stat.S_IFMT(info.external_attr >> 16) for info in listing}
+
+
+def _check_member(info: MemberInfo, file_type: int, where: str, limits: RestoreLimits) -> None:
+    name = info.name
+    is_dir = name.endswith("/")
+    if not PACK_NAME.fullmatch(name):
+        path = name[:-1] if is_dir else name.removeprefix(APPENDED_PREFIX)
+        _check_path(path, f"{where}: member")
+    special = _SPECIAL_TYPES.get(file_type)
+    if special is not None:
+        raise UnsafeArchive(f"{where}: member {name!r} is refused: it is {special}")
+    if info.size >= SMALL_MEMBER_BYTES:
+        ratio = info.size / info.compressed_size if info.compressed_size > 0 else float("inf")
+        if ratio > limits.max_compression_ratio:
+            raise UnsafeArchive(
+                f"{where}: member {name!r} is refused: it expands {info.size} bytes from {info.compressed_size}"
+                f" (ratio {ratio:.0f}), over the compression ratio limit of {limits.max_compression_ratio}"
+            )
+
+
+def _check_pack_member(info: MemberInfo, file_type: int, where: str) -> None:
+    if file_type not in _MEMBER_TYPES["file"]:
+        raise UnsafeArchive(f"{where}: pack {info.name!r} is refused: its mode ({file_type:#o}) is not that of a file")
+
+
+def _check_spans(entries: list[Item], sizes: dict[str, int], where: str) -> None:
+    """Packed files lie inside their pack, one after the other, without overlapping."""
+    spans: dict[str, list[Item]] = {}
+    for item in entries:
+        if item.pack is not None and item.kind == "file":
+            spans.setdefault(item.pack, []).append(item)
+    for pack, items in spans.items():
+        end = 0
+        for item in sorted(items, key=lambda item: item.offset or 0):
+            assert item.offset is not None
+            if item.offset < end:
+                raise UnsafeArchive(f"{where}: {item.path!r} is refused: its content overlaps another in {pack!r}")
+            end = item.offset + item.archived_size
+            if end > sizes[pack]:
+                raise UnsafeArchive(
+                    f"{where}: {item.path!r} is refused: its content ends at {end}, past the {sizes[pack]} bytes"
+                    f" of {pack!r}"
+                )
+
+
+def _check_member_kind(info: MemberInfo, file_type: int, item: Item, where: str) -> None:
+    if file_type not in _MEMBER_TYPES[item.kind]:
+        raise UnsafeArchive(
+            f"{where}: member {info.name!r} is refused: its mode ({file_type:#o}) is not that of a {item.kind}"
+            " as the manifest says"
+        )
+    if item.kind == "dir" and info.size != 0:
+        raise UnsafeArchive(f"{where}: member {info.name!r} is refused: a directory member carries {info.size} bytes")
+    if item.kind == "symlink" and info.size > MAX_LINK_TARGET_BYTES:
+        raise UnsafeArchive(f"{where}: member {info.name!r} is refused: a link target of {info.size} bytes")
+
+
+def _read_link_member(reader: ArchiveReader, item: Item, where: str) -> bytes:
+    with reader.open_member(item.member) as stream:
+        data = stream.read(MAX_LINK_TARGET_BYTES + 1)
+        # Read to the end: an encrypted member is authenticated only there.
+        rest = stream.read()
+    if len(data) > MAX_LINK_TARGET_BYTES or rest:
+        raise UnsafeArchive(f"{where}: member {item.member!r} is refused: its link target is too long")
+    return data
+
+
+def check_link_member(reader: ArchiveReader, item: Item, where: str) -> None:
+    assert item.target is not None
+    if _read_link_member(reader, item, where) != os.fsencode(item.target):
+        raise UnsafeArchive(
+            f"{where}: member {item.member!r} is refused: its link target differs from the manifest's {item.target!r}"
+        )
+
+
+class _Tree:
+    """The restored tree as the replay will leave it, path by path, to check the chain beforehand."""
+
+    def __init__(self) -> None:
+        self.kinds: dict[str, Kind] = {}
+        self.children: dict[str, set[str]] = {}
+        self.sizes: dict[str, int] = {}  # of files
+
+    def delete(self, path: str, where: str) -> None:
+        self._check_parents(path, where, "delete")
+        if path in self.kinds:
+            self._remove(path)
+
+    def add(self, item: Item, where: str) -> None:
+        parents = self._check_parents(item.path, where, "write")
+        if item.base_size is not None and (
+            self.kinds.get(item.path) != "file" or self.sizes.get(item.path) != item.base_size
+        ):
+            raise IntegrityError(
+                f"{where}: {item.path!r} extends a version of {item.base_size} bytes that the backups before it"
+                " in the chain do not hold; is the chain complete and in order?"
+            )
+        if item.kind == "file":
+            self.sizes[item.path] = item.size
+        else:
+            self.sizes.pop(item.path, None)
+        for parent in parents:
+            if parent not in self.kinds:
+                self._put(parent, "dir")
+        if self.kinds.get(item.path) == "dir" and item.kind != "dir":
+            self._remove(item.path)
+        self._put(item.path, item.kind)
+
+    def compare(self, state: list[Item], where: str) -> None:
+        expected = {item.path: item.kind for item in state}
+        actual = {path: kind for path, kind in self.kinds.items() if "/" in path or path in expected}
+        if actual != expected:
+            missing = sorted(set(expected) - set(actual))
+            extra = sorted(set(actual) - set(expected))
+            changed = sorted(path for path in set(actual) & set(expected) if actual[path] != expected[path])
+            raise IntegrityError(
+                f"{where}: replaying the chain does not reproduce the backup's recorded state"
+                f" (missing {missing[:5]}, unexpected {extra[:5]}, of another kind {changed[:5]});"
+                " is the chain complete and in order?"
+            )
+
+    def _check_parents(self, path: str, where: str, action: str) -> list[str]:
+        parts = path.split("/")
+        parents = ["/".join(parts[:i]) for i in range(1, len(parts))]
+        for parent in parents:
+            kind = self.kinds.get(parent)
+            if kind == "symlink":
+                raise UnsafeArchive(
+                    f"{where}: {path!r} is refused: it would {action} through the symbolic link {parent!r}"
+                )
+            if kind == "file":
+                raise UnsafeArchive(f"{where}: {path!r} is refused: its parent {parent!r} is a file")
+        return parents
+
+    def _put(self, path: str, kind: Kind) -> None:
+        if path not in self.kinds:
+            parent = path.rpartition("/")[0]
+            self.children.setdefault(parent, set()).add(path)
+        self.kinds[path] = kind
+
+    def _remove(self, path: str) -> None:
+        pending = [path]
+        while pending:
+            current = pending.pop()
+            del self.kinds[current]
+            self.sizes.pop(current, None)
+            pending.extend(self.children.pop(current, ()))
+        self.children[path.rpartition("/")[0]].discard(path)

@@ -1,0 +1,218 @@
+"""Finds what a files backup holds: the entries of the uploads, configs and logs trees.
+
+The walk never follows symbolic links (they are entries of their own) and never reads file content.
+Anything that cannot go into a ZIP archive and a JSON manifest (sockets, FIFOs, device files, names
+that are not text) is listed as skipped, with the reason, instead of silently left out.
+
+Synchronous: callers run it in a worker thread.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+from backup_common.engine.archive import check_member_name
+from backup_common.engine.files.model import TREES, Entry, Skipped
+
+_SPECIAL_KINDS: tuple[tuple[Callable[[int], bool], str], ...] = (
+    (stat.S_ISSOCK, "socket"),
+    (stat.S_ISFIFO, "fifo"),
+    (stat.S_ISBLK, "block device"),
+    (stat.S_ISCHR, "character device"),
+)
+
+
+def compile_excludes(patterns: list[str]) -> Callable[[str], bool]:
+    """A predicate telling whether an entry path (``"<tree>/<relative path>"``) is excluded.
+
+    Each glob is matched against the path relative to its tree and against the whole
+    ``<tree>/<relative path>``, so both ``**/cache/**`` and ``logs/*.tmp`` work. ``*`` matches
+    within one path segment, ``?`` one character other than ``/``, ``[...]`` a character class
+    (``[!...]`` or ``[^...]`` negated), and a ``**`` segment any number of segments, zero included:
+    ``**/*.tmp`` matches ``a.tmp`` at the top of a tree, and ``cache/**`` matches the directory
+    ``cache`` itself, so the scanner leaves it out with everything below it. A leading or trailing
+    ``/`` is ignored. Matching is case-sensitive. The patterns are translated to one regex, once.
+    """
+    alternatives = [regex for pattern in patterns if (regex := _glob_to_regex(pattern)) is not None]
+    if not alternatives:
+        return lambda path: False
+    matcher = re.compile("(?:" + "|".join(alternatives) + r")\Z", re.DOTALL)
+
+    def excluded(path: str) -> bool:
+        if matcher.match(path):
+            return True
+        _, separator, relative = path.partition("/")
+        return bool(separator) and matcher.match(relative) is not None
+
+    return excluded
+
+
+def _glob_to_regex(pattern: str) -> str | None:
+    segments = [segment for segment in pattern.strip("/").split("/") if segment]
+    # "a/**/**/b" means the same as "a/**/b".
+    collapsed: list[str] = []
+    for segment in segments:
+        if not (segment == "**" and collapsed and collapsed[-1] == "**"):
+            collapsed.append(segment)
+    if not collapsed:
+        return None
+    out: list[str] = []
+    last = len(collapsed) - 1
+    for index, segment in enumerate(collapsed):
+        if segment != "**":
+            out.append(_segment_to_regex(segment) + ("" if index == last else "/"))
+        elif index != last:
+            out.append("(?:[^/]+/)*")  # zero or more whole segments
+        elif index == 0:
+            out.append(".*")  # the pattern is just "**"
+        else:
+            # "x/**": everything below x, and x itself. The previous piece ends with "/".
+            out[-1] = out[-1][:-1]
+            out.append("(?:/.*)?")
+    return "".join(out)
+
+
+def _segment_to_regex(segment: str) -> str:
+    out: list[str] = []
+    index = 0
+    while index < len(segment):
+        char = segment[index]
+        index += 1
+        if char == "*":
+            while index < len(segment) and segment[index] == "*":
+                index += 1  # "a**b" inside a segment is "a*b"
+            out.append("[^/]*")
+        elif char == "?":
+            out.append("[^/]")
+        elif char == "[":
+            end = index
+            if end < len(segment) and segment[end] in "!^":
+                end += 1
+            if end < len(segment) and segment[end] == "]":
+                end += 1  # a "]" first in the class is a member
+            end = segment.find("]", end)
+            if end < 0:
+                out.append(re.escape(char))  # no closing bracket: a literal "["
+                continue
+            body = segment[index:end]
+            index = end + 1
+            negated = body[:1] in ("!", "^")
+            if negated:
+                body = body[1:]
+            body = body.replace("\\", "\\\\").replace("^", "\\^").replace("[", "\\[").replace("]", "\\]")
+            out.append(f"[^/{body}]" if negated else f"(?!/)[{body}]")
+        else:
+            out.append(re.escape(char))
+    return "".join(out)
+
+
+def scan_trees(roots: dict[str, Path], exclude: Callable[[str], bool]) -> tuple[list[Entry], list[Skipped]]:
+    """The entries of every tree in ``roots`` (in TREES order, then by path) and what was skipped.
+
+    A tree missing from ``roots`` or from the disk yields nothing. Directories are entries of their
+    own (so empty ones are kept), the tree root excepted. An excluded path, or the tree name itself,
+    is left out with everything below it.
+    """
+    entries: list[Entry] = []
+    skipped: list[Skipped] = []
+    for tree in TREES:
+        root = roots.get(tree)
+        if root is None or exclude(tree):
+            continue
+        tree_entries: list[Entry] = []
+        tree_skipped: list[Skipped] = []
+        _scan_tree(tree, root, exclude, tree_entries, tree_skipped)
+        entries.extend(sorted(tree_entries, key=lambda entry: entry.path))
+        skipped.extend(sorted(tree_skipped, key=lambda item: item.path))
+    return entries, skipped
+
+
+def _scan_tree(
+    tree: str, root: Path, exclude: Callable[[str], bool], entries: list[Entry], skipped: list[Skipped]
+) -> None:
+    try:
+        # The root itself may be a link (a mounted volume, say): the operator configured it.
+        root_stat = os.stat(root)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        skipped.append(Skipped(tree, f"unreadable: {exc.strerror}"))
+        return
+    if not stat.S_ISDIR(root_stat.st_mode):
+        skipped.append(Skipped(tree, "not a directory"))
+        return
+    # An explicit stack rather than recursion: trees can be deeper than Python's recursion limit.
+    pending: list[tuple[str, str, os.stat_result | None]] = [(os.fspath(root), tree, None)]
+    while pending:
+        directory, path, directory_stat = pending.pop()
+        try:
+            listing = os.scandir(directory)
+        except FileNotFoundError:
+            continue  # removed since it was listed
+        except OSError as exc:
+            skipped.append(Skipped(path, f"unreadable: {exc.strerror}"))
+            continue
+        if directory_stat is not None:
+            entries.append(Entry(path, "dir", stat.S_IMODE(directory_stat.st_mode), directory_stat.st_mtime_ns, 0))
+        with listing:
+            for item in listing:
+                child = _child_path(path, item.name, skipped)
+                if child is None or exclude(child):
+                    continue
+                try:
+                    item_stat = item.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # removed since it was listed
+                except OSError as exc:
+                    skipped.append(Skipped(child, f"unreadable: {exc.strerror}"))
+                    continue
+                mode = item_stat.st_mode
+                if stat.S_ISDIR(mode):
+                    pending.append((item.path, child, item_stat))
+                elif stat.S_ISREG(mode):
+                    entries.append(Entry(child, "file", stat.S_IMODE(mode), item_stat.st_mtime_ns, item_stat.st_size))
+                elif stat.S_ISLNK(mode):
+                    _add_link(child, item.path, item_stat, entries, skipped)
+                else:
+                    reason = next((name for test, name in _SPECIAL_KINDS if test(mode)), "unsupported file type")
+                    skipped.append(Skipped(child, reason))
+
+
+def _child_path(parent: str, name: str, skipped: list[Skipped]) -> str | None:
+    path = f"{parent}/{name}"
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        # os.scandir decodes undecodable bytes as lone surrogates; the skipped list must be text too.
+        shown = f"{parent}/{os.fsencode(name).decode('utf-8', 'backslashreplace')}"
+        skipped.append(Skipped(shown, "name is not valid UTF-8"))
+        return None
+    try:
+        check_member_name(path)
+    except ValueError as exc:
+        # e.g. a backslash, which ZIP readers take for a directory separator.
+        skipped.append(Skipped(path, f"name cannot be archived: {exc}"))
+        return None
+    return path
+
+
+def _add_link(
+    path: str, full_path: str, link_stat: os.stat_result, entries: list[Entry], skipped: list[Skipped]
+) -> None:
+    try:
+        target = os.readlink(full_path)
+    except FileNotFoundError:
+        return  # removed since it was listed
+    except OSError as exc:
+        skipped.append(Skipped(path, f"unreadable: {exc.strerror}"))
+        return
+    try:
+        size = len(target.encode("utf-8"))
+    except UnicodeEncodeError:
+        skipped.append(Skipped(path, "link target is not valid UTF-8"))
+        return
+    entries.append(Entry(path, "symlink", stat.S_IMODE(link_stat.st_mode), link_stat.st_mtime_ns, size, target))
