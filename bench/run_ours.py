@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from backup_common.adapters.settings import MysqlTarget
+from backup_common.engine.database.target import MysqlTarget
 
 NOT_AVAILABLE = 3
 PASSWORD_VARIABLE = "BENCH_ARCHIVE_PASSWORD"  # noqa: S105 -- the name of the variable, not a password

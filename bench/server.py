@@ -11,7 +11,7 @@ import subprocess
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from backup_common.adapters.settings import MysqlTarget
+from backup_common.engine.database.target import MysqlTarget
 
 _NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 # Mirrors what the reference dump is run with, so the measured "SQL size" is that command's output.

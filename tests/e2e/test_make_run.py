@@ -23,9 +23,10 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 
 from backup_common.adapters.mysql import db
-from backup_common.adapters.settings import MysqlTarget, Settings
+from backup_common.adapters.settings import Settings
 from backup_common.adapters.tokens import issue_token
 from backup_common.domain.events import BackupRequested, parse_event
+from backup_common.engine.database.target import MysqlTarget
 from backup_gateway.routes import ROUTES, openapi_path
 from tests.integration.gateway_support import make_source, register_service_queues
 from tests.services import ServiceEndpoints

@@ -10,7 +10,7 @@ import asyncmy
 from asyncmy.errors import MySQLError
 
 from backup_common.adapters.mysql import db
-from backup_common.adapters.settings import MysqlTarget
+from backup_common.engine.database.target import MysqlTarget
 from tests.integration.source_db import SCHEMA_CHARSET, SCHEMA_COLLATION, connect, recreate_database, rows, run
 
 # --- the bank: a cross-table invariant for the consistency proof ----------------------------------

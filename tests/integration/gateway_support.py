@@ -18,8 +18,9 @@ from backup_common.adapters.amqp.link import SERVICE_SUBSCRIPTIONS
 from backup_common.adapters.amqp.messaging import Topology
 from backup_common.adapters.mysql import db
 from backup_common.adapters.runtime.worker import Worker, WorkerContext, create_worker_app
-from backup_common.adapters.settings import MysqlTarget, Settings
+from backup_common.adapters.settings import Settings
 from backup_common.adapters.tokens import issue_token
+from backup_common.engine.database.target import MysqlTarget
 from backup_gateway.app import create_app
 from tests.conftest import DECLARED_QUEUES
 

@@ -15,7 +15,7 @@ from typing import Any
 import asyncmy
 
 from backup_common.adapters.mysql import db
-from backup_common.adapters.settings import MysqlTarget
+from backup_common.engine.database.target import MysqlTarget
 from tests.integration.source_types import (
     LATIN1_TEXT,
     TRICKY_TEXT,

@@ -10,7 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 from backup_common.adapters.mysql import db
-from backup_common.adapters.settings import MysqlTarget
+from backup_common.engine.database.target import MysqlTarget
 from tests.integration.source_db import CHECKED_VIEW, ODD_VIEW, SCHEMA_PLACEHOLDER, connect, rows, text_of
 
 _AUTO_INCREMENT = re.compile(r" AUTO_INCREMENT=(\d+)")

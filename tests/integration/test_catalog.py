@@ -12,9 +12,10 @@ import pytest
 from backup_common.adapters.mysql import db
 from backup_common.adapters.mysql.catalog import Catalog
 from backup_common.adapters.mysql.outbox import OutboxRelay, add_to_outbox
-from backup_common.adapters.settings import MysqlTarget, Settings
+from backup_common.adapters.settings import Settings
 from backup_common.domain.events import BackupDeleted, Event
 from backup_common.domain.ports import PublishError
+from backup_common.engine.database.target import MysqlTarget
 
 pytestmark = pytest.mark.integration
 

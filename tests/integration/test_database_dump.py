@@ -27,10 +27,10 @@ import pytest
 import pyzipper
 
 from backup_common.adapters.mysql import db
-from backup_common.adapters.settings import MysqlTarget
 from backup_common.engine.database.dump import dump_database
 from backup_common.engine.database.load import load_database
 from backup_common.engine.database.model import DumpOptions, DumpProgress, DumpResult
+from backup_common.engine.database.target import MysqlTarget
 from tests.integration import source_db
 from tests.integration.bank_db import bank_inconsistencies, build_bank, ledger_count, transfer_storm
 from tests.integration.source_db import BIG_TABLE, CHECKED_VIEW, FIXTURE_DEFINER, FIXTURE_DEFINER_USER

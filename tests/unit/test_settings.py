@@ -11,12 +11,12 @@ import pytest
 from backup_common.adapters.settings import (
     JwtAlgorithm,
     LogFormat,
-    MysqlTarget,
     Settings,
     SettingsError,
     decode_master_key,
     load_settings,
 )
+from backup_common.engine.database.target import MysqlTarget
 
 GOOD_SECRET = "s" * 40
 KEY_BYTES = bytes(range(32))

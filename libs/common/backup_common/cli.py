@@ -164,8 +164,8 @@ async def _supervise(services: Sequence[str], env: dict[str, str]) -> int:
 
 
 def cmd_db_load(args: argparse.Namespace) -> int:
-    from backup_common.adapters.settings import MysqlTarget
     from backup_common.engine.database.load import LoadError, load_database
+    from backup_common.engine.database.target import MysqlTarget
     from backup_common.engine.locate import BackupNotFound, locate_part
 
     settings = load_settings()

@@ -15,7 +15,7 @@ import asyncmy
 from asyncmy.connection import Connection
 from asyncmy.cursors import DictCursor
 
-from backup_common.adapters.settings import MysqlTarget
+from backup_common.engine.database.target import MysqlTarget
 from backup_common.paths import MIGRATIONS_DIR
 
 log = logging.getLogger(__name__)

@@ -33,10 +33,10 @@ from asyncmy.cursors import SSCursor
 from asyncmy.errors import MySQLError, OperationalError
 
 from backup_common.adapters.mysql import db
-from backup_common.adapters.settings import MysqlTarget
 from backup_common.engine.archive import ArchiveWriter
 from backup_common.engine.database import schema
 from backup_common.engine.database.model import DumpOptions, DumpProgress, DumpResult, ProgressCallback, TableSummary
+from backup_common.engine.database.target import MysqlTarget
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ from asyncmy.connection import Connection
 from asyncmy.errors import MySQLError
 
 from backup_common.adapters.mysql import db
-from backup_common.adapters.settings import MysqlTarget
 from backup_common.engine.archive import ArchiveReader
 from backup_common.engine.database.model import LoadSummary
+from backup_common.engine.database.target import MysqlTarget
 
 # Bulk-load settings: constraints were checked when the data was written, and the dump's values are
 # rendered in UTC with zero values allowed, as the members' own headers say.
