@@ -15,6 +15,7 @@ from typing import Any
 import asyncmy
 
 from backup_common.adapters.mysql import db
+from backup_common.engine.database.sql import quote_identifier
 from backup_common.engine.database.target import MysqlTarget
 from tests.integration.source_types import (
     LATIN1_TEXT,
@@ -103,7 +104,7 @@ async def recreate_database(target: MysqlTarget, *, charset: str, collation: str
     try:
         await run(
             conn,
-            f"CREATE DATABASE {db.quote_identifier(target.database)} CHARACTER SET {charset} COLLATE {collation}",
+            f"CREATE DATABASE {quote_identifier(target.database)} CHARACTER SET {charset} COLLATE {collation}",
         )
     finally:
         await conn.ensure_closed()
@@ -144,7 +145,7 @@ CREATE TABLE places (
 
 TABLES = [
     f"""
-CREATE TABLE {db.quote_identifier(ODD_TABLE)} (
+CREATE TABLE {quote_identifier(ODD_TABLE)} (
   id INT NOT NULL PRIMARY KEY,
   `dot.col` VARCHAR(20) NULL,
   `back``tick` VARCHAR(20) NULL,
@@ -260,7 +261,7 @@ CREATE TABLE {BIG_TABLE} (
 
 DATA = [
     f"""
-INSERT INTO {db.quote_identifier(ODD_TABLE)} (id, `dot.col`, `back``tick`, `col with space`, `ünïcödé`, `key`, `desc`)
+INSERT INTO {quote_identifier(ODD_TABLE)} (id, `dot.col`, `back``tick`, `col with space`, `ünïcödé`, `key`, `desc`)
 VALUES (1, 'a.b', 'c`d', 1, 'ü', 1, 'asc'), (2, NULL, NULL, NULL, NULL, NULL, NULL),
        (3, {utf8(TRICKY_TEXT[:20])}, '``', -1, 'é', 0, '')
 """,
@@ -398,10 +399,10 @@ VIEWS = [
     " ON d.id = b.department_id",
     "CREATE ALGORITHM = TEMPTABLE VIEW v_top AS SELECT department, COUNT(*) AS people FROM v_mid GROUP BY department",
     "CREATE VIEW a_first_view AS SELECT department, people FROM v_top WHERE people > 0",
-    f"CREATE DEFINER = `{FIXTURE_DEFINER_USER}`@`%` SQL SECURITY INVOKER VIEW {db.quote_identifier(CHECKED_VIEW)} AS"
+    f"CREATE DEFINER = `{FIXTURE_DEFINER_USER}`@`%` SQL SECURITY INVOKER VIEW {quote_identifier(CHECKED_VIEW)} AS"
     " SELECT id, `select`, customer, total FROM `order` WHERE total >= 0 WITH CASCADED CHECK OPTION",
-    f"CREATE VIEW {db.quote_identifier(ODD_VIEW)} AS SELECT `dot.col`, `back``tick` AS `tick``ed`"
-    f" FROM {db.quote_identifier(ODD_TABLE)}",
+    f"CREATE VIEW {quote_identifier(ODD_VIEW)} AS SELECT `dot.col`, `back``tick` AS `tick``ed`"
+    f" FROM {quote_identifier(ODD_TABLE)}",
 ]
 
 

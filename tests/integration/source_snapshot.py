@@ -9,7 +9,7 @@ from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
-from backup_common.adapters.mysql import db
+from backup_common.engine.database.sql import quote_identifier
 from backup_common.engine.database.target import MysqlTarget
 from tests.integration.source_db import CHECKED_VIEW, ODD_VIEW, SCHEMA_PLACEHOLDER, connect, rows, text_of
 
@@ -93,8 +93,8 @@ async def behaviour(target: MysqlTarget) -> dict[str, Any]:
     try:
         queries = {
             "view chain": "SELECT * FROM a_first_view ORDER BY department",
-            "checked view": f"SELECT * FROM {db.quote_identifier(CHECKED_VIEW)} ORDER BY id",
-            "odd view": f"SELECT * FROM {db.quote_identifier(ODD_VIEW)} ORDER BY 1, 2",
+            "checked view": f"SELECT * FROM {quote_identifier(CHECKED_VIEW)} ORDER BY id",
+            "odd view": f"SELECT * FROM {quote_identifier(ODD_VIEW)} ORDER BY 1, 2",
             "functions": "SELECT fixture_pipes('a', 'b') AS piped, fixture_label('x;;y') AS label",
         }
         return {
@@ -108,7 +108,7 @@ async def behaviour(target: MysqlTarget) -> dict[str, Any]:
 def _normalise(text: Any, database: str) -> Any:
     if text is None:
         return None
-    return text_of(text).replace(db.quote_identifier(database), SCHEMA_PLACEHOLDER)
+    return text_of(text).replace(quote_identifier(database), SCHEMA_PLACEHOLDER)
 
 
 def _pick(row: dict[str, Any], columns: list[str], ignore_definers: bool, database: str) -> dict[str, Any]:
@@ -141,7 +141,7 @@ async def _tables(conn: Any, database: str) -> dict[str, Any]:
     tables: dict[str, Any] = {}
     for row in found:
         name = text_of(row["name"])
-        quoted = db.quote_identifier(name)
+        quoted = quote_identifier(name)
         async with conn.cursor() as cursor:
             await cursor.execute(f"SHOW CREATE TABLE {quoted}")
             (_, create) = await cursor.fetchone()

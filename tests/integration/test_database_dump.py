@@ -27,9 +27,11 @@ import pytest
 import pyzipper
 
 from backup_common.adapters.mysql import db
+from backup_common.adapters.mysql.source import AsyncmySqlServer
 from backup_common.engine.database.dump import dump_database
 from backup_common.engine.database.load import load_database
 from backup_common.engine.database.model import DumpOptions, DumpProgress, DumpResult
+from backup_common.engine.database.sql import SqlError, SqlServer, quote_identifier
 from backup_common.engine.database.target import MysqlTarget
 from tests.integration import source_db
 from tests.integration.bank_db import bank_inconsistencies, build_bank, ledger_count, transfer_storm
@@ -91,7 +93,7 @@ class Dumped:
 async def feature_dump(feature_source: MysqlTarget, tmp_path_factory: pytest.TempPathFactory) -> Dumped:
     """The feature database dumped once, with a password and small members."""
     path = tmp_path_factory.mktemp("feature-dump") / "database.zip"
-    result = await dump_database(feature_source, path, password=PASSWORD, options=SMALL_PIECES)
+    result = await dump_database(AsyncmySqlServer(feature_source), path, password=PASSWORD, options=SMALL_PIECES)
     return Dumped(path, result)
 
 
@@ -127,7 +129,7 @@ async def limited_account(server: MysqlTarget, privileges: str) -> AsyncIterator
         await source_db.run(
             conn,
             f"CREATE USER '{user}'@'%' IDENTIFIED BY '{password}'",
-            f"GRANT {privileges} ON {db.quote_identifier(server.database)}.* TO '{user}'@'%'",
+            f"GRANT {privileges} ON {quote_identifier(server.database)}.* TO '{user}'@'%'",
         )
     finally:
         await conn.ensure_closed()
@@ -194,7 +196,7 @@ async def dump_during_transfers(bank: MysqlTarget, account: MysqlTarget, path: P
     try:
         await wait_for_transfers(bank, storm, at_least=50)
         hold = HoldUntilTransfersCommit(bank, await ledger_count(bank))
-        result = await dump_database(account, path, password=PASSWORD, progress=hold)
+        result = await dump_database(AsyncmySqlServer(account), path, password=PASSWORD, progress=hold)
         after = await ledger_count(bank)
     finally:
         stop.set()
@@ -257,7 +259,7 @@ async def test_the_feature_database_loads_into_a_new_database_with_the_same_data
 ) -> None:
     target = new_database("dst")
 
-    summary = await load_database(feature_dump.path, target, password=PASSWORD)
+    summary = await load_database(feature_dump.path, AsyncmySqlServer(target), password=PASSWORD)
 
     loaded = await snapshot(target)
     assert_same(feature_snapshot, loaded)
@@ -301,9 +303,11 @@ async def test_without_keep_definers_no_member_names_the_definer_and_the_loading
     path = tmp_path / "database.zip"
     target = new_database("dst")
 
-    await dump_database(feature_source, path, password=PASSWORD, options=DumpOptions(keep_definers=False))
+    await dump_database(
+        AsyncmySqlServer(feature_source), path, password=PASSWORD, options=DumpOptions(keep_definers=False)
+    )
     members = await asyncio.to_thread(read_members, path, PASSWORD)
-    await load_database(path, target, password=PASSWORD)
+    await load_database(path, AsyncmySqlServer(target), password=PASSWORD)
 
     assert [name for name, sql in members.items() if FIXTURE_DEFINER_USER.encode() in sql] == []
     loading_account = await source_db.current_account(target)
@@ -321,7 +325,9 @@ async def test_progress_is_reported_with_growing_counts_and_ends_with_every_tabl
     async def record(progress: DumpProgress) -> None:
         seen.append(progress)
 
-    result = await dump_database(feature_source, path, password=None, options=SMALL_PIECES, progress=record)
+    result = await dump_database(
+        AsyncmySqlServer(feature_source), path, password=None, options=SMALL_PIECES, progress=record
+    )
 
     # How often progress is reported during a dump depends on its pace; every report counts up, and the
     # last one, when the dump is done, accounts for every table and row.
@@ -351,7 +357,7 @@ async def test_a_dump_taken_while_transfers_commit_loads_balances_that_agree_wit
     path = tmp_path / "bank.zip"
 
     result, transfers = await dump_during_transfers(source, source, path)
-    await load_database(path, target, password=PASSWORD)
+    await load_database(path, AsyncmySqlServer(target), password=PASSWORD)
 
     assert result.consistency == "shared-snapshot"
     await assert_bank_copy_is_consistent(source, target, transfers)
@@ -366,7 +372,7 @@ async def test_an_account_without_the_reload_privilege_still_gets_a_consistent_d
 
     async with limited_account(source, "SELECT, SHOW VIEW, TRIGGER, EVENT") as account:
         result, transfers = await dump_during_transfers(source, account, path)
-    await load_database(path, target, password=PASSWORD)
+    await load_database(path, AsyncmySqlServer(target), password=PASSWORD)
 
     assert result.consistency == "single-connection"
     assert result.consistency_note.strip()
@@ -382,7 +388,7 @@ async def test_the_loader_refuses_a_database_that_is_not_empty_unless_forced(
     source, target = new_database("src"), new_database("dst")
     await build_bank(source, accounts=20, balance=BALANCE)
     path = tmp_path / "bank.zip"
-    await dump_database(source, path, password=PASSWORD)
+    await dump_database(AsyncmySqlServer(source), path, password=PASSWORD)
     await source_db.recreate_database(target, charset="utf8mb4", collation="utf8mb4_unicode_ci")
     conn = await source_db.connect(target)
     try:
@@ -396,10 +402,10 @@ async def test_the_loader_refuses_a_database_that_is_not_empty_unless_forced(
     existing = await snapshot(target)
 
     with pytest.raises(Exception, match="not empty"):
-        await load_database(path, target, password=PASSWORD)
+        await load_database(path, AsyncmySqlServer(target), password=PASSWORD)
     assert_same(existing, await snapshot(target))
 
-    await load_database(path, target, password=PASSWORD, force=True)
+    await load_database(path, AsyncmySqlServer(target), password=PASSWORD, force=True)
     original = objects(await snapshot(source))
     assert_same(original, objects(await snapshot(target)))
     assert await bank_inconsistencies(target, accounts=20, balance=BALANCE) == []
@@ -411,11 +417,11 @@ async def test_a_wrong_or_missing_password_fails_the_load_clearly_and_leaves_the
     source, target = new_database("src"), new_database("dst")
     await build_bank(source, accounts=20, balance=BALANCE)
     path = tmp_path / "bank.zip"
-    await dump_database(source, path, password=PASSWORD)
+    await dump_database(AsyncmySqlServer(source), path, password=PASSWORD)
 
     for password in ("not the password", None):
         with pytest.raises(Exception, match=r"(?i)password"):
-            await load_database(path, target, password=password)
+            await load_database(path, AsyncmySqlServer(target), password=password)
         assert await source_db.database_is_empty_or_absent(target), f"something was loaded with {password!r}"
 
 
@@ -436,8 +442,74 @@ async def test_a_dump_from_a_source_it_cannot_reach_or_log_in_to_raises_and_leav
     directory.mkdir()
 
     with pytest.raises(Exception, match=expected) as caught:
-        await dump_database(source, directory / "database.zip", password=PASSWORD)
+        await dump_database(AsyncmySqlServer(source), directory / "database.zip", password=PASSWORD)
 
     assert list(directory.iterdir()) == []
     assert wrong_password not in str(caught.value)
     assert PASSWORD not in str(caught.value)
+
+
+# --- the asyncmy side of the engine's SQL port --------------------------------------------------------
+
+
+async def test_the_asyncmy_server_reports_every_driver_error_as_an_sql_error_with_the_server_code(
+    new_database: NewDatabase,
+) -> None:
+    target = new_database("src")
+    await source_db.recreate_database(target, charset="utf8mb4", collation="utf8mb4_bin")
+    user = quote(target.user)
+    unreachable: SqlServer = AsyncmySqlServer(MysqlTarget(f"mysql://{user}@{target.host}:1/{target.database}"))
+    denied = AsyncmySqlServer(
+        MysqlTarget(f"mysql://{user}:wrong-{secrets.token_hex(4)}@{target.host}:{target.port}/{target.database}")
+    )
+
+    with pytest.raises(SqlError) as caught:
+        await unreachable.connect(target.database)
+    assert caught.value.code == 2003
+    with pytest.raises(SqlError) as caught:
+        await denied.connect(target.database)
+    assert caught.value.code == 1045
+    assert "denied" in caught.value.message.lower()
+
+    conn = await AsyncmySqlServer(target).connect(target.database)
+    try:
+        for sql, code in (("SELEKT 1", 1064), ("SELECT * FROM no_such_table", 1146)):
+            with pytest.raises(SqlError) as caught:
+                await conn.fetch_one(sql)
+            assert caught.value.code == code, sql
+        with pytest.raises(SqlError) as caught:
+            async for _ in conn.stream("SELECT * FROM no_such_table", 10):
+                pass
+        assert caught.value.code == 1146
+    finally:
+        conn.close()
+
+
+async def test_an_asyncmy_connection_starts_in_utc_without_autocommit_and_streams_rows_in_batches(
+    new_database: NewDatabase,
+) -> None:
+    target = new_database("src")
+    await source_db.recreate_database(target, charset="utf8mb4", collation="utf8mb4_bin")
+    digits = "(" + " UNION ALL ".join(f"SELECT {d} AS d" for d in range(10)) + ")"
+    numbers = f"SELECT a.d + 10 * b.d + 100 * c.d + 1000 * e.d AS n FROM {digits} a, {digits} b, {digits} c, {digits} e"
+
+    conn = await AsyncmySqlServer(target).connect(target.database)
+    try:
+        session = await conn.fetch_one(
+            "SELECT @@session.time_zone AS tz, @@autocommit AS autocommit, @@character_set_client AS charset,"
+            " DATABASE() AS db"
+        )
+        assert session == {"tz": "+00:00", "autocommit": 0, "charset": "utf8mb4", "db": target.database}
+        assert await conn.execute("CREATE TABLE t (n INT NOT NULL PRIMARY KEY)") == 0
+        assert await conn.execute(f"INSERT INTO t (n) {numbers}") == 10_000
+        await conn.rollback()  # DDL committed on its own; the insert is undone
+        assert await conn.fetch_all("SELECT COUNT(*) AS rows_left FROM t") == [{"rows_left": 0}]
+        assert await conn.execute(b"INSERT INTO t (n) " + numbers.encode()) == 10_000
+        await conn.commit()
+
+        batches = [list(batch) async for batch in conn.stream("SELECT n FROM t ORDER BY n", 3000)]
+        assert [len(batch) for batch in batches] == [3000, 3000, 3000, 1000]
+        assert [row for batch in batches for row in batch] == [(n,) for n in range(10_000)]
+        assert await conn.fetch_one("SELECT 1 AS still_usable") == {"still_usable": 1}
+    finally:
+        conn.close()

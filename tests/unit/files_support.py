@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 import pyzipper
 
+from backup_common.domain.documents import RestoreLimits
 from backup_common.engine.archive import ArchiveWriter
-from backup_common.engine.files.model import TREES, FileRecord, RestoreLimits
+from backup_common.engine.files.model import TREES, FileRecord
 from backup_common.engine.files.packs import PACK_FILE_BYTES, Packer
 from backup_common.engine.files.restore import ChainLink, UnsafeArchive, restore_chain
 

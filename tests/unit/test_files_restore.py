@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import pyzipper
 
+from backup_common.domain.documents import RestoreLimits
 from backup_common.engine.archive import ArchiveReader, ArchiveWriter, MemberInfo, WrongPassword
-from backup_common.engine.files.model import FileRecord, RestoreLimits
+from backup_common.engine.files.model import FileRecord
 from backup_common.engine.files.restore import (
     ChainLink,
     IntegrityError,

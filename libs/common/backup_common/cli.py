@@ -18,10 +18,10 @@ from pathlib import Path
 from backup_common.adapters.mysql import db
 from backup_common.adapters.settings import ENV_PREFIX, Settings, SettingsError, load_settings
 from backup_common.adapters.tokens import ADMIN_ROLE, issue_token
+from backup_common.domain.documents import RestoreLimits
 from backup_common.domain.events import BackupPart, write_event_schemas
 from backup_common.engine.archive import ArchiveError
 from backup_common.engine.crypto import KeyUnwrapError
-from backup_common.engine.files.model import RestoreLimits
 
 # Every service package, in start order; `run` starts those that exist in this installation.
 SERVICES = ("backup_gateway", "backup_database", "backup_files", "backup_verification", "backup_retention")
@@ -164,6 +164,7 @@ async def _supervise(services: Sequence[str], env: dict[str, str]) -> int:
 
 
 def cmd_db_load(args: argparse.Namespace) -> int:
+    from backup_common.adapters.mysql.source import AsyncmySqlServer
     from backup_common.engine.database.load import LoadError, load_database
     from backup_common.engine.database.target import MysqlTarget
     from backup_common.engine.locate import BackupNotFound, locate_part
@@ -176,7 +177,11 @@ def cmd_db_load(args: argparse.Namespace) -> int:
         try:
             located = await locate_part(settings, args.backup, BackupPart.DATABASE)
             summary = await load_database(
-                located.archive, target, password=located.password, force=args.force, parallelism=args.parallel
+                located.archive,
+                AsyncmySqlServer(target),
+                password=located.password,
+                force=args.force,
+                parallelism=args.parallel,
             )
         except (BackupNotFound, LoadError, KeyUnwrapError, ArchiveError, SettingsError) as exc:
             print(f"backupctl db-load: {exc}", file=sys.stderr)
@@ -235,11 +240,7 @@ async def _restore_limits(settings: Settings) -> RestoreLimits:
         document = (await Catalog(pool).get_document("settings"))["document"]["restore_limits"]
     finally:
         await db.close_pool(pool)
-    return RestoreLimits(
-        max_total_bytes=int(document["max_total_bytes"]),
-        max_entries=int(document["max_entries"]),
-        max_compression_ratio=int(document["max_compression_ratio"]),
-    )
+    return RestoreLimits.model_validate(document)
 
 
 def cmd_key(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from typing import Any
 
 from backup_common.adapters.mysql.leases import Lease
 from backup_common.adapters.mysql.parts import BackupRecord, PartResult
+from backup_common.adapters.mysql.source import AsyncmySqlServer
 from backup_common.adapters.runtime.part_worker import PartFailure, PartWorker, prepare_directory
 from backup_common.domain.events import BackupPart
 from backup_common.engine.database.dump import DumpError, dump_database
@@ -37,7 +38,9 @@ class DatabaseBackupWorker(PartWorker):
 
         begun = time.time()
         try:
-            result = await dump_database(settings.source, archive, password=password, options=options, progress=report)
+            result = await dump_database(
+                AsyncmySqlServer(settings.source), archive, password=password, options=options, progress=report
+            )
         except DumpError as exc:
             raise PartFailure(str(exc)) from exc
         source = settings.source

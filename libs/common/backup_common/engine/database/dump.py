@@ -22,21 +22,15 @@ import logging
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncmy
-from asyncmy.connection import Connection
-from asyncmy.cursors import SSCursor
-from asyncmy.errors import MySQLError, OperationalError
-
-from backup_common.adapters.mysql import db
 from backup_common.engine.archive import ArchiveWriter
 from backup_common.engine.database import schema
 from backup_common.engine.database.model import DumpOptions, DumpProgress, DumpResult, ProgressCallback, TableSummary
-from backup_common.engine.database.target import MysqlTarget
+from backup_common.engine.database.sql import SqlConnection, SqlError, SqlServer
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +41,11 @@ SESSION_HEADER = (
     b"SET FOREIGN_KEY_CHECKS=0;\n"
     b"SET UNIQUE_CHECKS=0;\n"
     b"SET SQL_MODE='NO_AUTO_VALUE_ON_ZERO';\n"
+)
+# A reader stalls while its member is written; the server must not drop it meanwhile.
+READER_SESSION = (
+    "SET SESSION time_zone = '+00:00', sql_mode = '', net_write_timeout = 3600, net_read_timeout = 3600,"
+    " wait_timeout = 28800"
 )
 ACCESS_DENIED = {1044, 1045, 1142, 1227}
 FETCH_ROWS = 2000
@@ -103,26 +102,22 @@ class _Archive:
                 stream.write(chunk)
 
 
-async def _connect(target: MysqlTarget, database: str | None = None) -> Connection:
-    options = db.connection_options(target)
-    # A reader stalls while its member is written; the server must not drop it meanwhile.
-    options["init_command"] = (
-        "SET time_zone = '+00:00', sql_mode = '', net_write_timeout = 3600, net_read_timeout = 3600,"
-        " wait_timeout = 28800"
-    )
+async def _connect(source: SqlServer) -> SqlConnection:
+    conn = None
     try:
-        return await asyncmy.connect(db=database, **options)
-    except OperationalError as exc:
-        raise DumpError(f"cannot connect to the source database {target!r}: {exc.args[-1]}") from exc
+        conn = await source.connect(source.target.database)
+        await conn.execute(READER_SESSION)
+    except BaseException as exc:
+        if conn is not None:
+            conn.close()
+        if isinstance(exc, SqlError):
+            raise DumpError(f"cannot connect to the source database {source.target!r}: {exc.message}") from exc
+        raise
+    return conn
 
 
-async def _execute(conn: Connection, sql: str) -> None:
-    async with conn.cursor() as cursor:
-        await cursor.execute(sql)
-
-
-async def _show_create(conn: Connection, sql: str, *columns: str) -> dict[str, Any]:
-    row = await db.fetch_one(conn, sql)
+async def _show_create(conn: SqlConnection, sql: str, *columns: str) -> dict[str, Any]:
+    row = await conn.fetch_one(sql)
     if row is None:
         raise DumpError(f"{sql} returned nothing")
     return {column: schema.row_value(row, column) for column in columns}
@@ -130,24 +125,24 @@ async def _show_create(conn: Connection, sql: str, *columns: str) -> dict[str, A
 
 @dataclass
 class _Snapshot:
-    readers: list[Connection]
+    readers: list[SqlConnection]
     consistency: str
     note: str
     binlog: dict[str, Any] | None
 
 
-async def _binlog_position(conn: Connection, mariadb: bool) -> dict[str, Any] | None:
+async def _binlog_position(conn: SqlConnection, mariadb: bool) -> dict[str, Any] | None:
     row = None
     for statement in ("SHOW MASTER STATUS", "SHOW BINARY LOG STATUS"):
         try:
-            row = await db.fetch_one(conn, statement)
+            row = await conn.fetch_one(statement)
             break
-        except MySQLError as exc:  # renamed in MySQL 8.4; denied without the privilege
+        except SqlError as exc:  # renamed in MySQL 8.4; denied without the privilege
             log.debug("%s: %s", statement, exc)
     if not row:
         return None
     gtid_sql = "SELECT @@GLOBAL.gtid_binlog_pos AS gtid" if mariadb else "SELECT @@GLOBAL.gtid_executed AS gtid"
-    gtid_row = await db.fetch_one(conn, gtid_sql)
+    gtid_row = await conn.fetch_one(gtid_sql)
     return {
         "file": schema.row_value(row, "File"),
         "position": int(schema.row_value(row, "Position")),
@@ -155,22 +150,22 @@ async def _binlog_position(conn: Connection, mariadb: bool) -> dict[str, Any] | 
     }
 
 
-async def _open_snapshot(source: MysqlTarget, control: Connection, parallelism: int, mariadb: bool) -> _Snapshot:
+async def _open_snapshot(source: SqlServer, control: SqlConnection, parallelism: int, mariadb: bool) -> _Snapshot:
     start = "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY"
     isolation = "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ"
     try:
-        await _execute(control, "SET SESSION lock_wait_timeout = 60")
-        await _execute(control, "FLUSH TABLES WITH READ LOCK")
-    except OperationalError as exc:
-        if exc.args[0] not in ACCESS_DENIED:
+        await control.execute("SET SESSION lock_wait_timeout = 60")
+        await control.execute("FLUSH TABLES WITH READ LOCK")
+    except SqlError as exc:
+        if exc.code not in ACCESS_DENIED:
             raise
-        reader = await _connect(source, source.database)
-        await _execute(reader, isolation)
-        await _execute(reader, start)
+        reader = await _connect(source)
+        await reader.execute(isolation)
+        await reader.execute(start)
         binlog = None
         if mariadb:
             # MariaDB reports the binary log position of a consistent snapshot without any lock.
-            rows = await db.fetch_all(reader, "SHOW STATUS LIKE 'binlog_snapshot_%'")
+            rows = await reader.fetch_all("SHOW STATUS LIKE 'binlog_snapshot_%'")
             values = {r["Variable_name"]: r["Value"] for r in rows}
             if values.get("Binlog_snapshot_file"):
                 binlog = {
@@ -179,24 +174,24 @@ async def _open_snapshot(source: MysqlTarget, control: Connection, parallelism: 
                     "gtid": None,
                 }
         note = (
-            f"the account lacks the RELOAD privilege ({exc.args[-1]}); one connection read every table "
+            f"the account lacks the RELOAD privilege ({exc.message}); one connection read every table "
             "in a single snapshot, without parallelism"
         )
         return _Snapshot([reader], "single-connection", note, binlog)
-    readers: list[Connection] = []
+    readers: list[SqlConnection] = []
     try:
         binlog = await _binlog_position(control, mariadb)
         for _ in range(parallelism):
-            reader = await _connect(source, source.database)
+            reader = await _connect(source)
             readers.append(reader)
-            await _execute(reader, isolation)
-            await _execute(reader, start)
+            await reader.execute(isolation)
+            await reader.execute(start)
     except BaseException:
         for reader in readers:
             reader.close()
         raise
     finally:
-        await _execute(control, "UNLOCK TABLES")
+        await control.execute("UNLOCK TABLES")
     note = f"{len(readers)} connections started one snapshot under a global read lock held while they began"
     return _Snapshot(readers, "shared-snapshot", note, binlog)
 
@@ -232,14 +227,15 @@ def _plan_jobs(tables: list[schema.Table], options: DumpOptions, ranges: dict[st
     return jobs
 
 
-async def _key_ranges(conn: Connection, tables: list[schema.Table], options: DumpOptions) -> dict[str, tuple[int, int]]:
+async def _key_ranges(
+    conn: SqlConnection, tables: list[schema.Table], options: DumpOptions
+) -> dict[str, tuple[int, int]]:
     ranges = {}
     for table in tables:
         key = table.integer_key
         if key is None:
             continue
-        row = await db.fetch_one(
-            conn,
+        row = await conn.fetch_one(
             f"SELECT MIN({schema.quote_name(key.name)}) AS lo, MAX({schema.quote_name(key.name)}) AS hi"
             f" FROM {schema.quote_name(table.name)}",
         )
@@ -248,15 +244,8 @@ async def _key_ranges(conn: Connection, tables: list[schema.Table], options: Dum
     return ranges
 
 
-async def _stream_rows(reader: Connection, sql: str) -> AsyncIterator[list[tuple[bytes]]]:
-    async with reader.cursor(SSCursor) as cursor:
-        await cursor.execute(sql)
-        while rows := await cursor.fetchmany(FETCH_ROWS):
-            yield rows
-
-
 async def _run_job(
-    reader: Connection, job: _Job, archive: _Archive, options: DumpOptions, counters: _Counters,
+    reader: SqlConnection, job: _Job, archive: _Archive, options: DumpOptions, counters: _Counters,
     summaries: dict[str, TableSummary],
 ) -> None:  # fmt: skip
     table = job.table
@@ -290,7 +279,7 @@ async def _run_job(
     if not table.dumped_columns:
         counters.jobs_left[table.name] -= 1
         return
-    async for rows in _stream_rows(reader, sql):
+    async for rows in reader.stream(sql, FETCH_ROWS):
         for (row,) in rows:
             statement.append(row)
             statement_size += len(row) + 1
@@ -310,7 +299,7 @@ async def _run_job(
 
 
 async def _read_definitions(
-    control: Connection, inventory: schema.Inventory, options: DumpOptions
+    control: SqlConnection, inventory: schema.Inventory, options: DumpOptions
 ) -> dict[str, list[bytes]]:
     """CREATE statements of every object, as members keyed by name."""
     keep = options.keep_definers
@@ -320,8 +309,7 @@ async def _read_definitions(
 
     members: dict[str, list[bytes]] = {}
     # Columns and routine parameters declared without a collation take the database's default.
-    defaults = await db.fetch_one(
-        control,
+    defaults = await control.fetch_one(
         "SELECT DEFAULT_CHARACTER_SET_NAME AS charset, DEFAULT_COLLATION_NAME AS collation"
         " FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = DATABASE()",
     )
@@ -402,7 +390,7 @@ def _delimited(objects: list[tuple[dict[str, Any], str]], kind: str) -> bytes:
 
 
 async def dump_database(
-    source: MysqlTarget,
+    source: SqlServer,
     archive_path: Path,
     *,
     password: str | None,
@@ -411,17 +399,17 @@ async def dump_database(
 ) -> DumpResult:
     """Dumps ``source`` into a new archive at ``archive_path``; nothing is left there on failure."""
     options = options or DumpOptions()
-    control = await _connect(source, source.database)
+    control = await _connect(source)
     writer = await asyncio.to_thread(
         ArchiveWriter, archive_path, password=password, compression_level=options.compression_level
     )
-    readers: list[Connection] = []
+    readers: list[SqlConnection] = []
     ticker: asyncio.Task[None] | None = None
     try:
-        version_row = await db.fetch_one(control, "SELECT VERSION() AS v")
+        version_row = await control.fetch_one("SELECT VERSION() AS v")
         server_version = str((version_row or {}).get("v", ""))
         mariadb = "mariadb" in server_version.lower()
-        inventory = await schema.read_inventory(control, source.database)
+        inventory = await schema.read_inventory(control, source.target.database)
         snapshot = await _open_snapshot(source, control, max(1, options.parallelism), mariadb)
         readers = snapshot.readers
         # Definitions are read after the snapshot began; a schema change during the dump is refused
@@ -442,7 +430,7 @@ async def dump_database(
         for job in jobs:
             queue.put_nowait(job)
         for reader in readers:
-            await _execute(reader, "SET SESSION character_set_results = binary")
+            await reader.execute("SET SESSION character_set_results = binary")
         await asyncio.gather(*(_drain(reader, queue, archive, options, counters, summaries) for reader in readers))
         for name in sorted(n for n in definitions if n > "2"):
             await archive.add(name, definitions[name])
@@ -461,8 +449,8 @@ async def dump_database(
             binlog=snapshot.binlog,
             members=archive.members,
         )
-    except OperationalError as exc:
-        raise DumpError(f"reading the source database failed: {exc.args[-1]}") from exc
+    except SqlError as exc:
+        raise DumpError(f"reading the source database failed: {exc.message}") from exc
     finally:
         if ticker is not None and not ticker.done():
             ticker.cancel()
@@ -473,7 +461,7 @@ async def dump_database(
 
 
 async def _drain(
-    reader: Connection, queue: asyncio.Queue[_Job], archive: _Archive, options: DumpOptions, counters: _Counters,
+    reader: SqlConnection, queue: asyncio.Queue[_Job], archive: _Archive, options: DumpOptions, counters: _Counters,
     summaries: dict[str, TableSummary],
 ) -> None:  # fmt: skip
     while True:

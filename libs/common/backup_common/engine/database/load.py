@@ -7,14 +7,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import asyncmy
-from asyncmy.connection import Connection
-from asyncmy.errors import MySQLError
-
-from backup_common.adapters.mysql import db
 from backup_common.engine.archive import ArchiveReader
 from backup_common.engine.database.model import LoadSummary
-from backup_common.engine.database.target import MysqlTarget
+from backup_common.engine.database.sql import SqlConnection, SqlError, SqlServer, quote_identifier
 
 # Bulk-load settings: constraints were checked when the data was written, and the dump's values are
 # rendered in UTC with zero values allowed, as the members' own headers say.
@@ -72,34 +67,37 @@ def _only_comment(statement: bytes) -> bool:
     return statement.startswith(b"/*") and statement.endswith(b"*/") and statement.count(b"/*") == 1
 
 
-async def _connect(target: MysqlTarget) -> Connection:
-    options = db.connection_options(target)
-    options["init_command"] = LOAD_SESSION
-    return await asyncmy.connect(db=target.database, **options)
+async def _connect(target: SqlServer) -> SqlConnection:
+    conn = await target.connect(target.target.database)
+    try:
+        await conn.execute(LOAD_SESSION)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
-async def _run(conn: Connection, statements: Iterator[bytes], member: str) -> int:
+async def _run(conn: SqlConnection, statements: Iterator[bytes], member: str) -> int:
     """Runs a member's statements, each committed on its own so that row locks are held briefly;
     returns the rows they inserted."""
     rows = 0
-    async with conn.cursor() as cursor:
-        for statement in statements:
-            for attempt in range(1, RETRIES + 1):
-                try:
-                    rows += max(0, await cursor.execute(statement))
-                    await conn.commit()
-                    break
-                except MySQLError as exc:
-                    await conn.rollback()
-                    if exc.args[0] in RETRYABLE and attempt < RETRIES:
-                        await asyncio.sleep(0.1 * attempt)
-                        continue
-                    preview = statement[:200].decode(errors="replace")
-                    raise LoadError(f"{member}: {exc.args[-1]} (in: {preview}…)") from exc
+    for statement in statements:
+        for attempt in range(1, RETRIES + 1):
+            try:
+                rows += max(0, await conn.execute(statement))
+                await conn.commit()
+                break
+            except SqlError as exc:
+                await conn.rollback()
+                if exc.code in RETRYABLE and attempt < RETRIES:
+                    await asyncio.sleep(0.1 * attempt)
+                    continue
+                preview = statement[:200].decode(errors="replace")
+                raise LoadError(f"{member}: {exc.message} (in: {preview}…)") from exc
     return rows
 
 
-async def _object_count(conn: Connection, database: str) -> dict[str, int]:
+async def _object_count(conn: SqlConnection, database: str) -> dict[str, int]:
     queries = {
         "tables": "SELECT COUNT(*) AS n FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s",
         "routines": "SELECT COUNT(*) AS n FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = %s",
@@ -109,32 +107,34 @@ async def _object_count(conn: Connection, database: str) -> dict[str, int]:
     }
     counts = {}
     for name, sql in queries.items():
-        row = await db.fetch_one(conn, sql, (database,))
+        row = await conn.fetch_one(sql, (database,))
         counts[name] = int(row["n"]) if row else 0
     return counts
 
 
-async def _prepare_target(target: MysqlTarget, force: bool) -> None:
-    server = MysqlTarget(f"mysql://{target.user}:{target.password}@{target.host}:{target.port}/mysql")
-    conn = await asyncmy.connect(**db.connection_options(server))
+async def _prepare_target(target: SqlServer, force: bool) -> None:
+    database = target.target.database
+    conn = await target.connect(None)  # the database may not exist yet
     try:
-        exists = await db.fetch_one(
-            conn, "SELECT 1 AS found FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s", (target.database,)
+        exists = await conn.fetch_one(
+            "SELECT 1 AS found FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s", (database,)
         )
         if exists:
-            counts = await _object_count(conn, target.database)
+            counts = await _object_count(conn, database)
             held = {name: count for name, count in counts.items() if count}
             if held and not force:
                 listed = ", ".join(f"{count} {name}" for name, count in held.items())
                 raise LoadError(
-                    f"database {target.database} is not empty ({listed}); load into a new database,"
+                    f"database {database} is not empty ({listed}); load into a new database,"
                     " or pass --force to replace its contents"
                 )
             if held:
-                await db.execute(conn, f"DROP DATABASE {db.quote_identifier(target.database)}")
+                await conn.execute(f"DROP DATABASE {quote_identifier(database)}")
+        await conn.execute(
+            f"CREATE DATABASE IF NOT EXISTS {quote_identifier(database)} CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+        )
     finally:
         conn.close()
-    await db.ensure_database(target)
 
 
 def _read_member(reader: ArchiveReader, name: str) -> bytearray:
@@ -148,7 +148,7 @@ def _read_member(reader: ArchiveReader, name: str) -> bytearray:
 
 
 async def load_database(
-    archive_path: Path, target: MysqlTarget, *, password: str | None, force: bool = False, parallelism: int = 2
+    archive_path: Path, target: SqlServer, *, password: str | None, force: bool = False, parallelism: int = 2
 ) -> LoadSummary:
     """Loads the archive into ``target`` (created if missing; a non-empty one only with ``force``)."""
     started = time.monotonic()
@@ -176,13 +176,13 @@ async def load_database(
             for name in names:
                 if name[0] in "3456":
                     await _run(control, split_statements(await asyncio.to_thread(_read_member, reader, name)), name)
-            counts = await _object_count(control, target.database)
+            counts = await _object_count(control, target.target.database)
         finally:
             control.close()
     finally:
         await asyncio.to_thread(reader.close)
     return LoadSummary(
-        database=target.database,
+        database=target.target.database,
         tables=counts["tables"] - counts["views"],
         rows=sum(loaded),
         views=counts["views"],
@@ -193,7 +193,7 @@ async def load_database(
     )
 
 
-async def _load_data(target: MysqlTarget, archive_path: Path, password: str | None, queue: asyncio.Queue[str]) -> int:
+async def _load_data(target: SqlServer, archive_path: Path, password: str | None, queue: asyncio.Queue[str]) -> int:
     # Each loader reads through its own handle on the archive: no reader state is shared between threads.
     reader = await asyncio.to_thread(ArchiveReader, archive_path, password=password)
     conn = await _connect(target)

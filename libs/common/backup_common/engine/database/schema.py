@@ -10,9 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from asyncmy.connection import Connection
-
-from backup_common.adapters.mysql import db
+from backup_common.engine.database.sql import SqlConnection, quote_identifier
 
 BINARY_TYPES = frozenset(
     {"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob"}
@@ -27,7 +25,7 @@ INTEGER_TYPES = frozenset({"tinyint", "smallint", "mediumint", "int", "integer",
 
 
 def quote_name(name: str) -> str:
-    return db.quote_identifier(name)
+    return quote_identifier(name)
 
 
 def value_expression(column: str, data_type: str) -> str:
@@ -111,7 +109,7 @@ class Inventory:
     events: list[str]
 
 
-async def read_inventory(conn: Connection, database: str) -> Inventory:
+async def read_inventory(conn: SqlConnection, database: str) -> Inventory:
     tables = {
         row["name"]: Table(
             row["name"],
@@ -120,8 +118,7 @@ async def read_inventory(conn: Connection, database: str) -> Inventory:
             int(row["table_rows"] or 0),
             int(row["avg_row_length"] or 0),
         )
-        for row in await db.fetch_all(
-            conn,
+        for row in await conn.fetch_all(
             "SELECT TABLE_NAME AS name, ENGINE AS engine, DATA_LENGTH AS data_length, TABLE_ROWS AS table_rows,"
             " AVG_ROW_LENGTH AS avg_row_length"
             " FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_TYPE = 'BASE TABLE'"
@@ -129,8 +126,7 @@ async def read_inventory(conn: Connection, database: str) -> Inventory:
             (database,),
         )
     }
-    for row in await db.fetch_all(
-        conn,
+    for row in await conn.fetch_all(
         "SELECT TABLE_NAME AS tbl, COLUMN_NAME AS name, DATA_TYPE AS data_type, EXTRA AS extra, COLUMN_KEY AS ckey"
         " FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s ORDER BY TABLE_NAME, ORDINAL_POSITION",
         (database,),
@@ -141,8 +137,7 @@ async def read_inventory(conn: Connection, database: str) -> Inventory:
         extra = (row["extra"] or "").upper()
         generated = "VIRTUAL GENERATED" in extra or "STORED GENERATED" in extra or extra in ("VIRTUAL", "PERSISTENT")
         table.columns.append(Column(row["name"], row["data_type"].lower(), generated))
-    for row in await db.fetch_all(
-        conn,
+    for row in await conn.fetch_all(
         "SELECT TABLE_NAME AS tbl, COLUMN_NAME AS name FROM information_schema.KEY_COLUMN_USAGE"
         " WHERE TABLE_SCHEMA = %s AND CONSTRAINT_NAME = 'PRIMARY' ORDER BY TABLE_NAME, ORDINAL_POSITION",
         (database,),
@@ -151,16 +146,14 @@ async def read_inventory(conn: Connection, database: str) -> Inventory:
             tables[row["tbl"]].primary_key.append(row["name"])
     views = [
         row["name"]
-        for row in await db.fetch_all(
-            conn,
+        for row in await conn.fetch_all(
             "SELECT TABLE_NAME AS name FROM information_schema.VIEWS WHERE TABLE_SCHEMA = %s ORDER BY TABLE_NAME",
             (database,),
         )
     ]
     routines = [
         Routine(row["name"], row["kind"])
-        for row in await db.fetch_all(
-            conn,
+        for row in await conn.fetch_all(
             "SELECT ROUTINE_NAME AS name, ROUTINE_TYPE AS kind FROM information_schema.ROUTINES"
             " WHERE ROUTINE_SCHEMA = %s AND ROUTINE_TYPE IN ('PROCEDURE', 'FUNCTION')"
             " ORDER BY ROUTINE_TYPE, ROUTINE_NAME",
@@ -169,8 +162,7 @@ async def read_inventory(conn: Connection, database: str) -> Inventory:
     ]
     triggers = [
         row["name"]
-        for row in await db.fetch_all(
-            conn,
+        for row in await conn.fetch_all(
             "SELECT TRIGGER_NAME AS name FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = %s"
             " ORDER BY EVENT_OBJECT_TABLE, ACTION_TIMING, EVENT_MANIPULATION, ACTION_ORDER",
             (database,),
@@ -178,8 +170,7 @@ async def read_inventory(conn: Connection, database: str) -> Inventory:
     ]
     events = [
         row["name"]
-        for row in await db.fetch_all(
-            conn,
+        for row in await conn.fetch_all(
             "SELECT EVENT_NAME AS name FROM information_schema.EVENTS WHERE EVENT_SCHEMA = %s ORDER BY EVENT_NAME",
             (database,),
         )

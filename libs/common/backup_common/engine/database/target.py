@@ -6,7 +6,7 @@ from urllib.parse import unquote, urlsplit
 
 
 class MysqlTarget:
-    """The parts of a ``mysql://user:password@host:port/database`` URL that asyncmy needs."""
+    """The parts of a ``mysql://user:password@host:port/database`` URL that a connection needs."""
 
     __slots__ = ("database", "host", "password", "port", "user")
 

@@ -20,12 +20,13 @@ import stat
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from isal import isal_zlib
 
 from backup_common.engine.archive import ArchiveWriter, check_member_name
-from backup_common.engine.files.dirfd import NotADirectoryOnPath, open_below
+from backup_common.engine.files.dirfd import FILE_FLAGS, NotADirectoryOnPath, ParentDirectories, open_below
 from backup_common.engine.files.model import APPENDED_PREFIX, TREES, ArchiveResult, Base, Entry, FileRecord, Skipped
 from backup_common.engine.files.packs import PACK_FILE_BYTES, Packer
 
@@ -55,8 +56,6 @@ PRECOMPRESSED_EXTENSIONS = frozenset(
         "woff", "woff2",
     }
 )  # fmt: skip
-
-_OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
 
 
 def is_precompressed_name(path: str) -> bool:
@@ -104,50 +103,23 @@ class _Progress:
             self.callback(self.bytes_done, self.entries_done)
 
 
-class _Directories:
-    """Opens the directory of each file one component at a time, never following a link.
-
-    Entries come sorted by path, so the files of one directory follow each other and the descriptor
-    of the current directory is kept open between them.
-    """
-
-    def __init__(self, roots: dict[str, Path]) -> None:
-        self._roots = roots
-        self._key: tuple[str, ...] | None = None
-        self._fd: int | None = None
-
-    def open_parent(self, path: str) -> tuple[int, str]:
-        """(descriptor of the entry's directory, entry's name); raises _Unavailable."""
-        *parents, name = path.split("/")
-        key = tuple(parents)
-        if key != self._key:
-            self.close()
-            self._fd = self._open_chain(parents)
-            self._key = key
-        assert self._fd is not None
-        return self._fd, name
-
-    def _open_chain(self, parents: list[str]) -> int:
-        tree, *below = parents
-        try:
-            # The tree root may be a link (a mounted volume): the scanner followed it too.
-            root = os.open(self._roots[tree], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise _unavailable(exc) from None
-        try:
-            return open_below(root, below)
-        except NotADirectoryOnPath as exc:
-            raise _Unavailable(f"a parent directory changed into a link or file: {exc.component}") from None
-        except OSError as exc:
-            raise _unavailable(exc) from None
-        finally:
-            os.close(root)
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-        self._fd = None
-        self._key = None
+def _open_tree_directory(roots: dict[str, Path], directory: str) -> int:
+    """A new descriptor of ``directory`` ("<tree>/<dirs>"), reached from its tree's root one component
+    at a time; raises _Unavailable."""
+    tree, *below = directory.split("/")
+    try:
+        # The tree root may be a link (a mounted volume): the scanner followed it too.
+        root = os.open(roots[tree], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _unavailable(exc) from None
+    try:
+        return open_below(root, below)
+    except NotADirectoryOnPath as exc:
+        raise _Unavailable(f"a parent directory changed into a link or file: {exc.component}") from None
+    except OSError as exc:
+        raise _unavailable(exc) from None
+    finally:
+        os.close(root)
 
 
 def write_files_archive(
@@ -177,9 +149,8 @@ def write_files_archive(
             raise ValueError(f"entry {entry.path!r} is not in any of the trees given: {sorted(roots)}")
     result = ArchiveResult()
     tracker = _Progress(progress)
-    directories = _Directories(roots)
     packer = Packer(writer)
-    try:
+    with ParentDirectories(partial(_open_tree_directory, roots)) as directories:
         for entry in entries:
             try:
                 check_member_name(entry.path)
@@ -201,8 +172,6 @@ def write_files_archive(
                 result.records.append(record)
             tracker.advance(entry_done=True)
         packer.close()
-    finally:
-        directories.close()
     tracker.finish()
     return result
 
@@ -225,15 +194,14 @@ def _archive_file(
     packer: Packer,
     entry: Entry,
     base: Base | None,
-    directories: _Directories,
+    directories: ParentDirectories,
     attempts: int,
     result: ArchiveResult,
     tracker: _Progress,
 ) -> FileRecord:
-    parent_fd, name = directories.open_parent(entry.path)
+    parent_fd, name = directories.of(entry.path)
     try:
-        # O_NONBLOCK: a file swapped for a FIFO since the scan must not hang the backup in open().
-        fd = os.open(name, _OPEN_FILE, dir_fd=parent_fd)
+        fd = os.open(name, FILE_FLAGS, dir_fd=parent_fd)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise _Unavailable("changed into a link") from None
@@ -281,8 +249,7 @@ def _archive_small(
             digest = hashlib.sha256()
     content = data[base_size:] if base_size else data
     digest.update(content)
-    stored = is_precompressed_name(path) or probe_incompressible(content[:PROBE_BYTES])
-    pack, offset = _put(writer, packer, path, content, stored, before, appended=base_size is not None)
+    stored, pack, offset = _put(writer, packer, path, content, before, appended=base_size is not None)
     tracker.advance(len(content))
     return _file_record(
         path, before, len(data), digest.hexdigest(), stored, not stable, pack=pack, offset=offset, base_size=base_size
@@ -319,8 +286,7 @@ def _archive_large(
     if base_size is not None and left <= PACK_FILE_BYTES:
         tail = _read_up_to(fd, left, result)
         digest.update(tail)
-        stored = is_precompressed_name(path) or probe_incompressible(tail[:PROBE_BYTES])
-        pack, offset = _put(writer, packer, path, tail, stored, before, appended=True)
+        stored, pack, offset = _put(writer, packer, path, tail, before, appended=True)
         count = len(tail)
         tracker.advance(count)
     else:
@@ -357,7 +323,7 @@ def _stream(
 ) -> tuple[bool, int]:
     """Streams the next ``size`` bytes of the file into a member; returns (stored, bytes archived)."""
     first = _read_chunk(fd, min(CHUNK_BYTES, size), result)
-    stored = is_precompressed_name(name) or probe_incompressible(first)
+    stored = _keep_stored(name, first)
     count = 0
     with writer.open_member(name, compress=not stored, mtime=before.st_mtime_ns / 1e9, mode=_file_mode(before)) as out:
         chunk = first
@@ -381,18 +347,26 @@ def _put(
     packer: Packer,
     path: str,
     content: bytes,
-    stored: bool,
     before: os.stat_result,
     *,
     appended: bool,
-) -> tuple[str | None, int | None]:
-    """Packs ``content``, or writes it into a member of its own when too large; (pack, offset) or (None, None)."""
+) -> tuple[bool, str | None, int | None]:
+    """Packs ``content``, or writes it into a member of its own when too large; returns whether it is
+    stored, and (pack, offset) or (None, None)."""
     name = APPENDED_PREFIX + path if appended else path
-    mode = stat.S_IMODE(before.st_mode)
+    stored = _keep_stored(name, content)
     if len(content) <= PACK_FILE_BYTES:
-        return packer.add_file(name, content, stored=stored, mode=mode, mtime_ns=before.st_mtime_ns)
-    writer.write_member(name, content, compress=not stored, mtime=before.st_mtime_ns / 1e9, mode=stat.S_IFREG | mode)
-    return None, None
+        pack, offset = packer.add_file(
+            name, content, stored=stored, mode=stat.S_IMODE(before.st_mode), mtime_ns=before.st_mtime_ns
+        )
+        return stored, pack, offset
+    writer.write_member(name, content, compress=not stored, mtime=before.st_mtime_ns / 1e9, mode=_file_mode(before))
+    return stored, None, None
+
+
+def _keep_stored(name: str, first_bytes: bytes) -> bool:
+    """Whether content is stored rather than deflated: its name or its first bytes say it is compressed already."""
+    return is_precompressed_name(name) or probe_incompressible(first_bytes)
 
 
 def _read_chunk(fd: int, size: int, result: ArchiveResult) -> bytes:

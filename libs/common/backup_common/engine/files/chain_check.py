@@ -11,22 +11,23 @@ from __future__ import annotations
 import os
 import re
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeGuard
 
 import pyzipper
 
+from backup_common.domain.documents import RestoreLimits
 from backup_common.domain.errors import DomainError
 from backup_common.engine.archive import ArchiveReader, MemberInfo
-from backup_common.engine.files.model import APPENDED_PREFIX, TREES, Kind, RestoreLimits
+from backup_common.engine.files.model import APPENDED_PREFIX, KINDS, TREES, FileRecord, Kind
 from backup_common.engine.files.packs import PACK_NAME
 
 SMALL_MEMBER_BYTES = 1024  # below this, the compression ratio is not looked at
 MAX_LINK_TARGET_BYTES = 4095  # PATH_MAX less the terminating NUL
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-KINDS: tuple[Kind, ...] = ("file", "dir", "symlink")
 _SPECIAL_TYPES = {
     stat.S_IFCHR: "a character device",
     stat.S_IFBLK: "a block device",
@@ -73,45 +74,15 @@ class ChainLink:
     manifest: dict[str, Any]
 
 
-@dataclass(frozen=True)
-class Item:
-    """One path of a manifest, checked."""
-
-    path: str
-    kind: Kind
-    mode: int
-    mtime_ns: int
-    size: int = 0
-    sha256: str | None = None
-    target: str | None = None
-    pack: str | None = None  # entries only: the pack member holding it
-    offset: int | None = None  # packed files only
-    base_size: int | None = None  # grown files only: the size of the version the archive extends
-
-    @property
-    def member(self) -> str:
-        """The member holding it: its pack, or one of its own."""
-        if self.pack is not None:
-            return self.pack
-        if self.base_size is not None:
-            return APPENDED_PREFIX + self.path
-        return self.path + "/" if self.kind == "dir" else self.path
-
-    @property
-    def archived_size(self) -> int:
-        """How many of its bytes the archive holds."""
-        return self.size - (self.base_size or 0)
-
-
 @dataclass
 class Plan:
     """One link, checked."""
 
     link: ChainLink
     deleted: list[str]
-    entries: list[Item]  # parents before children
+    entries: list[FileRecord]  # parents before children
     sizes: dict[str, int]  # member name -> uncompressed size its archive declares
-    state: list[Item]
+    state: list[FileRecord]
 
 
 def check_chain(chain: list[ChainLink], limits: RestoreLimits) -> list[Plan]:
@@ -137,8 +108,8 @@ def _check_link(link: ChainLink, limits: RestoreLimits, totals: dict[str, int]) 
     manifest = link.manifest
     if not isinstance(manifest, dict):
         raise UnsafeArchive(f"{where}: the manifest is not an object")
-    entries = [_parse_item(raw, f"{where} manifest entry", entry=True) for raw in _list(manifest, "entries", where)]
-    state = [_parse_item(raw, f"{where} manifest state", entry=False) for raw in _list(manifest, "state", where)]
+    entries = [_parse_record(raw, f"{where} manifest entry", entry=True) for raw in _list(manifest, "entries", where)]
+    state = [_parse_record(raw, f"{where} manifest state", entry=False) for raw in _list(manifest, "state", where)]
     deleted = [_check_path(path, f"{where} manifest deleted path") for path in _list(manifest, "deleted", where)]
     for items, what in ((entries, "entries"), (state, "state")):
         paths = [item.path for item in items]
@@ -234,7 +205,7 @@ def _check_path(path: object, where: str) -> str:
     return path
 
 
-def _parse_item(raw: object, where: str, *, entry: bool) -> Item:
+def _parse_record(raw: object, where: str, *, entry: bool) -> FileRecord:
     if not isinstance(raw, dict):
         raise UnsafeArchive(f"{where} {raw!r} is not an object")
     path = _check_path(raw.get("path"), where)
@@ -266,17 +237,20 @@ def _parse_item(raw: object, where: str, *, entry: bool) -> Item:
         raise UnsafeArchive(f"{where} is refused: its size must be a non-negative integer")
     pack, offset = _parse_placement(raw, kind, where) if entry else (None, None)
     base_size = _parse_base_size(raw, kind, size, where) if entry else None
-    return Item(
+    return FileRecord(
         path,
         kind,
         mode,
         mtime_ns,
         size,
         sha256 if isinstance(sha256, str) else None,
-        link_target if kind == "symlink" else None,
-        pack,
-        offset,
-        base_size,
+        target=link_target if kind == "symlink" else None,
+        # Not checked: nothing a restore does depends on them.
+        stored=raw.get("stored") is True,
+        changed_while_read=raw.get("changed_while_read") is True,
+        pack=pack,
+        offset=offset,
+        base_size=base_size,
     )
 
 
@@ -373,9 +347,9 @@ def _check_pack_member(info: MemberInfo, file_type: int, where: str) -> None:
         raise UnsafeArchive(f"{where}: pack {info.name!r} is refused: its mode ({file_type:#o}) is not that of a file")
 
 
-def _check_spans(entries: list[Item], sizes: dict[str, int], where: str) -> None:
+def _check_spans(entries: list[FileRecord], sizes: dict[str, int], where: str) -> None:
     """Packed files lie inside their pack, one after the other, without overlapping."""
-    spans: dict[str, list[Item]] = {}
+    spans: dict[str, list[FileRecord]] = {}
     for item in entries:
         if item.pack is not None and item.kind == "file":
             spans.setdefault(item.pack, []).append(item)
@@ -393,7 +367,7 @@ def _check_spans(entries: list[Item], sizes: dict[str, int], where: str) -> None
                 )
 
 
-def _check_member_kind(info: MemberInfo, file_type: int, item: Item, where: str) -> None:
+def _check_member_kind(info: MemberInfo, file_type: int, item: FileRecord, where: str) -> None:
     if file_type not in _MEMBER_TYPES[item.kind]:
         raise UnsafeArchive(
             f"{where}: member {info.name!r} is refused: its mode ({file_type:#o}) is not that of a {item.kind}"
@@ -405,7 +379,7 @@ def _check_member_kind(info: MemberInfo, file_type: int, item: Item, where: str)
         raise UnsafeArchive(f"{where}: member {info.name!r} is refused: a link target of {info.size} bytes")
 
 
-def _read_link_member(reader: ArchiveReader, item: Item, where: str) -> bytes:
+def _read_link_member(reader: ArchiveReader, item: FileRecord, where: str) -> bytes:
     with reader.open_member(item.member) as stream:
         data = stream.read(MAX_LINK_TARGET_BYTES + 1)
         # Read to the end: an encrypted member is authenticated only there.
@@ -415,12 +389,18 @@ def _read_link_member(reader: ArchiveReader, item: Item, where: str) -> bytes:
     return data
 
 
-def check_link_member(reader: ArchiveReader, item: Item, where: str) -> None:
+def check_link_member(reader: ArchiveReader, item: FileRecord, where: str) -> None:
     assert item.target is not None
     if _read_link_member(reader, item, where) != os.fsencode(item.target):
         raise UnsafeArchive(
             f"{where}: member {item.member!r} is refused: its link target differs from the manifest's {item.target!r}"
         )
+
+
+def without_unlisted_roots(kinds: Mapping[str, str], listed: Mapping[str, str]) -> dict[str, str]:
+    """``kinds`` (path -> kind) less the tree roots absent from ``listed``: a state need not list them
+    (the scanner never does), so a root counts only where the state has it."""
+    return {path: kind for path, kind in kinds.items() if "/" in path or path in listed}
 
 
 class _Tree:
@@ -436,7 +416,7 @@ class _Tree:
         if path in self.kinds:
             self._remove(path)
 
-    def add(self, item: Item, where: str) -> None:
+    def add(self, item: FileRecord, where: str) -> None:
         parents = self._check_parents(item.path, where, "write")
         if item.base_size is not None and (
             self.kinds.get(item.path) != "file" or self.sizes.get(item.path) != item.base_size
@@ -456,9 +436,9 @@ class _Tree:
             self._remove(item.path)
         self._put(item.path, item.kind)
 
-    def compare(self, state: list[Item], where: str) -> None:
+    def compare(self, state: list[FileRecord], where: str) -> None:
         expected = {item.path: item.kind for item in state}
-        actual = {path: kind for path, kind in self.kinds.items() if "/" in path or path in expected}
+        actual = without_unlisted_roots(self.kinds, expected)
         if actual != expected:
             missing = sorted(set(expected) - set(actual))
             extra = sorted(set(actual) - set(expected))

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 Kind = Literal["file", "dir", "symlink"]
+KINDS: tuple[Kind, ...] = ("file", "dir", "symlink")
 TREES = ("uploads", "configs", "logs")
 APPENDED_PREFIX = "appended/"
 
@@ -36,7 +37,8 @@ class Entry:
 
 @dataclass(frozen=True)
 class FileRecord:
-    """One path as the archive holds it."""
+    """One path of a files backup: as the archiver wrote it into the manifest, or as a restore read it
+    back (chain_check.py). Its fields, in this order, are the manifest's record (``asdict``)."""
 
     path: str
     kind: Kind
@@ -47,10 +49,25 @@ class FileRecord:
     target: str | None = None
     stored: bool = False  # kept uncompressed (already-compressed format)
     changed_while_read: bool = False  # kept changing over every attempt; the bytes may be torn
+    # Where the archive holds it: manifest entries only, a state's records have no placement.
     pack: str | None = None  # the pack member holding it; None: a member of its own, named by the path
     offset: int | None = None  # packed files only: where the content starts in the pack's bytes
     # Grown files only: the first base_size bytes are the parent backup's version, the rest is archived.
     base_size: int | None = None
+
+    @property
+    def member(self) -> str:
+        """The member holding it: its pack, or one of its own."""
+        if self.pack is not None:
+            return self.pack
+        if self.base_size is not None:
+            return APPENDED_PREFIX + self.path
+        return self.path + "/" if self.kind == "dir" else self.path
+
+    @property
+    def archived_size(self) -> int:
+        """How many of its bytes the archive holds."""
+        return self.size - (self.base_size or 0)
 
 
 @dataclass(frozen=True)
@@ -72,13 +89,6 @@ class ArchiveResult:
     records: list[FileRecord] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     bytes_read: int = 0
-
-
-@dataclass(frozen=True)
-class RestoreLimits:
-    max_total_bytes: int = 1 << 40
-    max_entries: int = 10_000_000
-    max_compression_ratio: int = 1100  # above deflate's ceiling (about 1032:1); see documents.RestoreLimits
 
 
 @dataclass(frozen=True)

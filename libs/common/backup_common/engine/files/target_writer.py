@@ -1,0 +1,264 @@
+"""Writes single paths of a restore into its target: directories, links, and files from their member or pack.
+
+Every path is reached through directory file descriptors opened with ``O_NOFOLLOW`` from the target
+down, so nothing is ever created, replaced or removed through a symbolic link, whatever the archive or
+the target already holds. Links and files are written under a temporary name and renamed into place;
+a file only once its SHA-256 matches the manifest's.
+
+restore.py decides what to write and in which order; this module writes one thing at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shutil
+import stat
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from functools import partial
+
+from backup_common.domain.documents import RestoreLimits
+from backup_common.engine.archive import ArchiveReader
+from backup_common.engine.files.chain_check import IntegrityError, UnsafeArchive, check_link_member
+from backup_common.engine.files.dirfd import FILE_FLAGS, NotADirectoryOnPath, ParentDirectories, open_below
+from backup_common.engine.files.model import FileRecord
+from backup_common.engine.files.packs import PackReader
+
+CHUNK_BYTES = 1 << 20
+TEMP_PREFIX = ".restore-"
+TEMP_SUFFIX = ".partial"
+
+
+@dataclass
+class WriteProgress:
+    """What the file writers, in several threads, have written so far."""
+
+    limits: RestoreLimits
+    bytes_written: int = 0
+    # path -> (mode, mtime_ns) a file was written with: only those that differ are set again at the end
+    attributes: dict[str, tuple[int, int]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def wrote(self, item: FileRecord, count: int, *, settled: bool) -> None:
+        with self.lock:
+            self.bytes_written += count
+            if settled:
+                self.attributes[item.path] = (item.mode, item.mtime_ns)
+            else:
+                self.attributes.pop(item.path, None)
+
+
+# --- reaching directories ----------------------------------------------------------------------------
+
+
+def _open_directory(root: int, path: str, *, create: bool) -> int:
+    """A new descriptor of the directory ``path`` (relative, "" for the target), reached without
+    following any link; missing directories are created when ``create``, else FileNotFoundError."""
+    try:
+        return open_below(root, path.split("/") if path else [], create=create)
+    except NotADirectoryOnPath as exc:
+        raise UnsafeArchive(
+            f"{exc.path!r} in the target is a symbolic link or not a directory: refusing to write or delete through it"
+        ) from None
+
+
+@contextmanager
+def directory(root: int, path: str, *, create: bool) -> Iterator[int]:
+    """The directory ``path`` below the target ``root``, as :func:`_open_directory` reaches it."""
+    fd = _open_directory(root, path, create=create)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def parent_directories(root: int, *, create: bool) -> ParentDirectories:
+    """The directory of each path in turn, below the target ``root``.
+
+    Only for a run of files or links, which never replace a directory another of them lies in.
+    """
+    return ParentDirectories(partial(_open_directory, root, create=create))
+
+
+# --- writing ---------------------------------------------------------------------------------------
+
+
+def _lstat(name: str, parent: int) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=parent, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def remove(parent: int, name: str) -> bool:
+    """Removes ``name``, whatever it is; whether there was anything to remove."""
+    st = _lstat(name, parent)
+    if st is None:
+        return False
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(name, dir_fd=parent)  # never follows links: it works on descriptors too
+    else:
+        os.unlink(name, dir_fd=parent)
+    return True
+
+
+def make_directory(parent: int, name: str) -> None:
+    """A directory ``name``, in place of anything else there."""
+    st = _lstat(name, parent)
+    if st is not None and not stat.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=parent)
+        st = None
+    if st is None:
+        os.mkdir(name, 0o700, dir_fd=parent)
+
+
+def set_mode_and_time(fd: int, item: FileRecord) -> None:
+    os.fchmod(fd, item.mode)
+    os.utime(fd, ns=(item.mtime_ns, item.mtime_ns))
+
+
+def write_member(
+    reader: ArchiveReader,
+    member: str,
+    items: list[FileRecord],
+    declared: int,
+    parents: ParentDirectories,
+    progress: WriteProgress,
+    where: str,
+) -> None:
+    """Writes the files of one member: a file's own, or a pack's in the order they lie in it."""
+    with reader.open_member(member) as stream:
+        if items[0].pack is None:
+            chunks = iter(lambda: stream.read(CHUNK_BYTES), b"")
+            _write_file(*parents.of(items[0].path), items[0], chunks, declared, progress, where)
+            return
+        contents = PackReader(stream, f"{where} pack {member!r}")
+        for item in sorted(items, key=lambda item: item.offset or 0):
+            assert item.offset is not None
+            chunks = contents.content(item.offset, item.archived_size)
+            _write_file(*parents.of(item.path), item, chunks, item.archived_size, progress, where)
+        contents.finish()
+
+
+def _copy_base(parent: int, name: str, item: FileRecord, out: int, digest: hashlib._Hash, where: str) -> int:
+    """Copies the version a grown file extends, restored by an earlier backup of the chain, into ``out``."""
+    assert item.base_size is not None
+    try:
+        fd = os.open(name, FILE_FLAGS, dir_fd=parent)
+    except OSError as exc:
+        raise IntegrityError(
+            f"{where}: {item.path!r} extends a version that is not in the target ({exc.strerror})"
+        ) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size != item.base_size:
+            raise IntegrityError(
+                f"{where}: {item.path!r} extends a version of {item.base_size} bytes; the target holds"
+                f" {st.st_size} bytes there"
+            )
+        copied = 0
+        while chunk := os.read(fd, CHUNK_BYTES):
+            copied += len(chunk)
+            if copied > item.base_size:
+                raise IntegrityError(f"{where}: {item.path!r} grew while its earlier version was being copied")
+            digest.update(chunk)
+            _write_all(out, chunk)
+    finally:
+        os.close(fd)
+    return copied
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _temp_name() -> str:
+    return f"{TEMP_PREFIX}{secrets.token_hex(8)}{TEMP_SUFFIX}"
+
+
+def _put_in_place(parent: int, temp: str, name: str) -> None:
+    """Renames ``temp`` over ``name``; a directory there goes first (a rename replaces anything else,
+    a link included, without following it)."""
+    st = _lstat(name, parent)
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(name, dir_fd=parent)
+    os.replace(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
+
+
+def write_link(reader: ArchiveReader, parent: int, name: str, item: FileRecord, where: str) -> None:
+    assert item.target is not None
+    if item.pack is None:
+        # Read again rather than trusting the check: the archive is read a second time.
+        check_link_member(reader, item, where)
+    temp = _temp_name()
+    os.symlink(item.target, temp, dir_fd=parent)
+    try:
+        _put_in_place(parent, temp, name)
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(temp, dir_fd=parent)
+        raise
+
+
+def _write_file(
+    parent: int,
+    name: str,
+    item: FileRecord,
+    chunks: Iterable[bytes],
+    declared: int,
+    progress: WriteProgress,
+    where: str,
+) -> None:
+    """Writes the content ``chunks`` (at most ``declared`` bytes, as its archive says) under a
+    temporary name, and renames it into place once its SHA-256 matches the manifest's.
+
+    A grown file's chunks follow the version already restored under its name, which is copied first.
+    """
+    limits = progress.limits
+    temp = _temp_name()
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent)
+    try:
+        digest = hashlib.sha256()
+        written = 0
+        if item.base_size is not None:
+            written = _copy_base(parent, name, item, fd, digest, where)
+            declared += written
+        for chunk in chunks:
+            written += len(chunk)
+            if written > declared:
+                raise UnsafeArchive(
+                    f"{where}: member {item.member!r} holds more than the {declared} bytes its archive declares"
+                )
+            if progress.bytes_written + written > limits.max_total_bytes:
+                raise UnsafeArchive(
+                    f"{where}: member {item.member!r} takes the restore over the limit of"
+                    f" {limits.max_total_bytes} bytes"
+                )
+            digest.update(chunk)
+            _write_all(fd, chunk)
+        if digest.hexdigest() != item.sha256:
+            raise IntegrityError(
+                f"{where}: {item.path!r} does not match its manifest: SHA-256 {digest.hexdigest()},"
+                f" expected {item.sha256}"
+            )
+        # Set now, on the open file: nothing done later in its directory changes them. A mode its
+        # owner cannot read waits for the end: a later backup of the chain may append to the file.
+        settled = bool(item.mode & stat.S_IRUSR)
+        if settled:
+            set_mode_and_time(fd, item)
+        os.close(fd)
+        fd = -1
+        _put_in_place(parent, temp, name)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        with suppress(OSError):
+            os.unlink(temp, dir_fd=parent)
+        raise
+    progress.wrote(item, written, settled=settled)
