@@ -37,9 +37,11 @@ e2e: setup
 test: lint
 	$(BIN)/pytest
 
-# Regenerates infra/schemas/ from the event models (a unit test fails while they drift).
+# Regenerates infra/schemas/ from the event models and infra/rabbitmq/topology.json from the
+# services' handler tables (unit tests fail while either drifts).
 schemas: setup
 	$(BIN)/backupctl export-schemas infra/schemas
+	$(BIN)/python -m tools.topology
 
 # Re-resolves requirements.lock after a dependency change in pyproject.toml.
 lock:

@@ -10,7 +10,7 @@ from typing import Any
 import aio_pika
 import pytest
 
-from backup_common.adapters.mysql import db
+from backup_common.adapters.mysql import db, migrations
 from backup_common.adapters.settings import Settings
 from tests.services import ServiceEndpoints, test_servers
 
@@ -48,7 +48,7 @@ def settings(servers: ServiceEndpoints, jwt_secret: str, tmp_path_factory: pytes
 @pytest.fixture(scope="session")
 async def catalog_pool(settings: Settings) -> AsyncIterator[db.Pool]:
     """A pool on this run's freshly migrated catalog database, dropped at the end."""
-    await db.migrate(settings.catalog)
+    await migrations.migrate(settings.catalog)
     pool = await db.create_pool(settings.catalog)
     try:
         yield pool

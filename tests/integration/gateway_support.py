@@ -12,23 +12,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from backup_common.adapters.amqp.link import SERVICE_SUBSCRIPTIONS
-from backup_common.adapters.amqp.messaging import Topology
+from backup_common.adapters.amqp.topology import Topology, load_service_queues
 from backup_common.adapters.mysql import db
-from backup_common.adapters.runtime.worker import Worker, WorkerContext, create_worker_app
 from backup_common.adapters.settings import Settings
 from backup_common.adapters.tokens import issue_token
 from backup_common.engine.database.target import MysqlTarget
-from backup_gateway.app import create_app
+from backup_database import bootstrap as database_backup
+from backup_files import bootstrap as file_backup
+from backup_gateway.bootstrap import create_app
 from tests.conftest import DECLARED_QUEUES
+
+# The services that consume a queue, by name, and how each builds its application.
+SERVICES: dict[str, Callable[[Settings], web.Application]] = {
+    database_backup.NAME: database_backup.create_app,
+    file_backup.NAME: file_backup.create_app,
+}
 
 
 def register_service_queues(settings: Settings) -> None:
-    """The gateway declares every service queue of the run's prefix; the run deletes them."""
+    """Every process declares every service queue of the run's prefix; the run deletes them."""
     topology = Topology(settings)
-    for service in SERVICE_SUBSCRIPTIONS:
+    for service in load_service_queues():
         queue = topology.queue_name(service)
         for name in (queue, topology.dead_letter_queue_name(queue)):
             if name not in DECLARED_QUEUES:
@@ -141,19 +148,10 @@ async def make_source(url: str) -> MysqlTarget:
     return target
 
 
-# The workers the integration tests run beside a gateway, by service name.
-def _worker_factories() -> dict[str, Callable[[WorkerContext], Worker]]:
-    from backup_database.service import DatabaseBackupWorker
-    from backup_files.service import FileBackupWorker
-
-    return {"database_backup": DatabaseBackupWorker, "file_backup": FileBackupWorker}
-
-
 @asynccontextmanager
 async def running_workers(gateway: Gateway, *services: str) -> AsyncIterator[None]:
-    """The named worker services, in-process, sharing the gateway's catalog, broker and storage."""
-    factories = _worker_factories()
-    servers = [TestServer(create_worker_app(gateway.settings, name, factories[name])) for name in services]
+    """The named services, in-process, sharing the gateway's catalog, broker and storage."""
+    servers = [TestServer(SERVICES[name](gateway.settings)) for name in services]
     try:
         for server in servers:
             await server.start_server()

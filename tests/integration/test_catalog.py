@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 
-from backup_common.adapters.mysql import db
-from backup_common.adapters.mysql.catalog import Catalog
-from backup_common.adapters.mysql.outbox import OutboxRelay, add_to_outbox
+from backup_common.adapters.mysql import db, migrations
+from backup_common.adapters.mysql.leases import LeaseStore
+from backup_common.adapters.mysql.outbox import OutboxRelay, RetryPolicy, add_to_outbox, parked_events, retry_parked
+from backup_common.adapters.mysql.uow import MysqlUnitOfWork
 from backup_common.adapters.settings import Settings
-from backup_common.domain.events import BackupDeleted, Event
-from backup_common.domain.ports import PublishError
+from backup_common.domain.events import BackupDeleted, DeleteRequested, Event
+from backup_common.domain.ports import EventRefused, PublishError, StoredDocument
 from backup_common.engine.database.target import MysqlTarget
 
 pytestmark = pytest.mark.integration
@@ -30,8 +32,9 @@ async def fresh_catalog(settings: Settings) -> AsyncIterator[MysqlTarget]:
 
 
 async def test_services_starting_together_create_and_migrate_the_catalog_once(fresh_catalog: MysqlTarget) -> None:
-    results = await asyncio.gather(*(db.migrate(fresh_catalog) for _ in range(5)))
-    assert sorted(len(applied) for applied in results) == [0, 0, 0, 0, 1]
+    results = await asyncio.gather(*(migrations.migrate(fresh_catalog) for _ in range(5)))
+    everything = len(migrations.load_migrations())
+    assert sorted(len(applied) for applied in results) == [0, 0, 0, 0, everything]
     pool = await db.create_pool(fresh_catalog)
     try:
         async with db.transaction(pool) as conn:
@@ -42,18 +45,36 @@ async def test_services_starting_together_create_and_migrate_the_catalog_once(fr
             tables = {row["t"] for row in listed}
     finally:
         await db.close_pool(pool)
-    assert versions == [{"version": 1}]
+    assert [row["version"] for row in versions] == list(range(1, everything + 1))
     assert {"backups", "backup_parts", "restores", "schedules", "settings", "audit_log", "outbox",
             "processed_messages", "job_leases", "data_keys"} <= tables  # fmt: skip
-    assert await db.migrate(fresh_catalog) == []
+    assert await migrations.migrate(fresh_catalog) == []
 
 
 async def test_a_migration_changed_after_it_was_applied_is_refused(fresh_catalog: MysqlTarget) -> None:
-    migrations = db.load_migrations()
-    await db.migrate(fresh_catalog, migrations)
-    edited = [db.Migration(m.version, m.name, m.sql + "\n-- edited\n") for m in migrations]
-    with pytest.raises(db.MigrationError, match="changed after it was applied"):
-        await db.migrate(fresh_catalog, edited)
+    loaded = migrations.load_migrations()
+    await migrations.migrate(fresh_catalog, loaded)
+    edited = [migrations.Migration(m.version, m.name, m.sql + "\n-- edited\n") for m in loaded]
+    with pytest.raises(migrations.MigrationError, match="changed after it was applied"):
+        await migrations.migrate(fresh_catalog, edited)
+
+
+async def test_a_migration_whose_run_stopped_before_it_was_recorded_is_finished_by_the_next(
+    fresh_catalog: MysqlTarget,
+) -> None:
+    await migrations.migrate(fresh_catalog)
+    pool = await db.create_pool(fresh_catalog)
+    try:
+        async with db.transaction(pool) as conn:
+            # As if the process died between the ALTER TABLE (DDL commits at once) and its record.
+            await db.execute(conn, "DELETE FROM schema_migrations WHERE version = 2")
+
+        assert await migrations.migrate(fresh_catalog) == ["0002_outbox_retries.sql"]
+        async with db.transaction(pool) as conn:
+            columns = await db.fetch_all(conn, "SHOW COLUMNS FROM outbox LIKE 'parked_at'")
+    finally:
+        await db.close_pool(pool)
+    assert len(columns) == 1
 
 
 class RecordingPublisher:
@@ -103,7 +124,7 @@ async def test_an_event_the_broker_did_not_confirm_stays_in_the_outbox_with_the_
     ids = await write_events(catalog_pool, 1)
     relay = OutboxRelay(catalog_pool)
     result = await relay.relay_once(RecordingPublisher(fail=True))
-    assert result.failed >= 1
+    assert result.unavailable >= 1
     [row] = await unsent(catalog_pool, ids)
     assert row["attempts"] == 1
     assert "broker unreachable" in str(row["last_error"])
@@ -130,18 +151,25 @@ async def test_an_outbox_row_is_published_only_if_its_transaction_commits(catalo
 
 
 async def test_services_reading_the_settings_at_once_all_get_the_seeded_defaults(fresh_catalog: MysqlTarget) -> None:
-    await db.migrate(fresh_catalog)
+    await migrations.migrate(fresh_catalog)
     pool = await db.create_pool(fresh_catalog, minsize=10, maxsize=10)
     try:
         for name in ("settings", "schedule", "settings", "schedule"):
             async with db.transaction(pool) as conn:
                 await db.execute(conn, "DELETE FROM settings")
             # Several readers find no document at once, and all but one must see the one seeded.
-            documents = await asyncio.gather(*(Catalog(pool).get_document(name) for _ in range(10)))
-            assert {document["revision"] for document in documents} == {1}
-            assert all(document["document"] == documents[0]["document"] for document in documents)
+            documents = await asyncio.gather(*(read_document(pool, name) for _ in range(10)))
+            assert {document.revision for document in documents} == {1}
+            assert all(document.document == documents[0].document for document in documents)
     finally:
         await db.close_pool(pool)
+
+
+async def read_document(pool: db.Pool, name: str) -> StoredDocument:
+    async with MysqlUnitOfWork(pool, LeaseStore(pool, 60)) as uow:
+        stored = await uow.documents.get(name)
+        await uow.commit()
+    return stored
 
 
 class BrokerThatWaits:
@@ -176,3 +204,134 @@ async def test_new_events_are_queued_while_the_relay_waits_for_the_broker(catalo
     while (await OutboxRelay(catalog_pool).relay_once(RecordingPublisher())).sent:
         pass
     assert await unsent(catalog_pool, first + second) == []
+
+
+class RefusingBroker:
+    """Takes every event but those of the routing keys nobody binds, which it refuses, as RabbitMQ does."""
+
+    def __init__(self, unbound: set[str]) -> None:
+        self.unbound = unbound
+        self.events: list[Event] = []
+        self.refused: list[Event] = []
+        self.published = asyncio.Event()
+
+    async def publish(self, event: Event) -> None:
+        await asyncio.sleep(0.001)
+        if event.routing_key in self.unbound:
+            self.refused.append(event)
+            raise EventRefused(f"no queue is bound to routing key {event.routing_key!r}")
+        self.events.append(event)
+        self.published.set()
+
+
+async def write_requests(pool: db.Pool, count: int) -> list[str]:
+    ids = []
+    async with db.transaction(pool) as conn:
+        for _ in range(count):
+            event = DeleteRequested(backup_id=uuid.uuid4(), requested_by="alice")
+            await add_to_outbox(conn, event)
+            ids.append(str(event.event_id))
+    return ids
+
+
+async def outbox_rows(pool: db.Pool, ids: list[str]) -> list[dict[str, object]]:
+    async with db.transaction(pool) as conn:
+        return await db.fetch_all(
+            conn,
+            f"SELECT event_id, attempts, sent_at, parked_at, last_error FROM outbox"
+            f" WHERE event_id IN ({', '.join(['%s'] * len(ids))})",
+            ids,
+        )
+
+
+async def drain(relay: OutboxRelay, broker: RefusingBroker) -> int:
+    """Runs relay passes back to back, as ``run`` does while passes fill their batch; returns how many."""
+    passes = 1
+    while (await relay.relay_once(broker)).batch_full:
+        passes += 1
+    return passes
+
+
+async def test_an_event_written_after_hundreds_the_broker_refuses_is_sent_before_any_is_retried(
+    catalog_pool: db.Pool,
+) -> None:
+    # Reproduces the starvation of the first relay: it took the 100 oldest unsent rows, all refused,
+    # again and again, and backed off, so nothing written after them was ever published.
+    refused = await write_requests(catalog_pool, 300)
+    [good] = await write_events(catalog_pool, 1)
+    broker = RefusingBroker({DeleteRequested.routing_key})
+    relay = OutboxRelay(catalog_pool, batch_size=100)
+
+    await drain(relay, broker)
+
+    assert good in {str(event.event_id) for event in broker.events}
+    # Each refused row was tried once and waits for its retry; none was tried twice before the good one went.
+    rows = await outbox_rows(catalog_pool, refused)
+    assert {row["attempts"] for row in rows} == {1}
+    assert all(row["sent_at"] is None and row["parked_at"] is None for row in rows)
+    assert len(broker.refused) == 300
+
+
+async def test_a_refused_event_is_retried_later_then_parked_with_its_reason_and_sent_again_on_request(
+    catalog_pool: db.Pool,
+) -> None:
+    [refused] = await write_requests(catalog_pool, 1)
+    broker = RefusingBroker({DeleteRequested.routing_key})
+    relay = OutboxRelay(catalog_pool, retry=RetryPolicy(max_attempts=3, first_delay=0.0, max_delay=0.0))
+
+    for expected_attempts in (1, 2):
+        await drain(relay, broker)
+        [row] = await outbox_rows(catalog_pool, [refused])
+        assert row["attempts"] == expected_attempts
+        assert row["parked_at"] is None
+    await drain(relay, broker)
+
+    [row] = await outbox_rows(catalog_pool, [refused])
+    assert row["parked_at"] is not None
+    assert "no queue is bound to routing key 'backup.delete.requested'" in str(row["last_error"])
+    assert refused in {event.event_id for event in await parked_events(catalog_pool)}
+    await drain(relay, broker)
+    assert len([e for e in broker.refused if str(e.event_id) == refused]) == 3
+
+    assert await retry_parked(catalog_pool) >= 1
+    broker.unbound.clear()
+    await drain(relay, broker)
+    [row] = await outbox_rows(catalog_pool, [refused])
+    assert row["sent_at"] is not None
+    assert refused in {str(event.event_id) for event in broker.events}
+
+
+async def test_a_broker_that_is_down_parks_nothing(catalog_pool: db.Pool) -> None:
+    ids = await write_events(catalog_pool, 1)
+    relay = OutboxRelay(catalog_pool, retry=RetryPolicy(max_attempts=1))
+
+    for _ in range(3):
+        await relay.relay_once(RecordingPublisher(fail=True))
+
+    [row] = await outbox_rows(catalog_pool, ids)
+    assert row["attempts"] == 3
+    assert row["parked_at"] is None
+    while (await relay.relay_once(RecordingPublisher())).sent:
+        pass
+    [row] = await outbox_rows(catalog_pool, ids)
+    assert row["sent_at"] is not None
+
+
+async def test_waking_the_relay_cuts_its_wait_short(catalog_pool: db.Pool) -> None:
+    relay = OutboxRelay(catalog_pool, poll_seconds=3600)
+    broker = RefusingBroker(set())
+    running = asyncio.create_task(relay.run(broker))
+    try:
+        await asyncio.sleep(0.2)  # the first pass is done; the relay waits for its next poll, an hour away
+        [event_id] = await write_events(catalog_pool, 1)
+        relay.wake()
+        async with asyncio.timeout(30):
+            while True:
+                broker.published.clear()
+                if event_id in {str(event.event_id) for event in broker.events}:
+                    break
+                await broker.published.wait()
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running

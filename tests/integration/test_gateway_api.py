@@ -471,7 +471,7 @@ async def test_a_backup_requested_while_rabbitmq_is_down_is_published_once_it_is
         assert len(unsent) == 1
         # Same catalog, broker reachable again: the relay of a gateway that can reach it delivers the event.
         from backup_common.adapters.amqp.link import BrokerLink
-        from backup_common.adapters.amqp.messaging import Topology
+        from backup_common.adapters.amqp.topology import Topology
         from backup_common.adapters.mysql.outbox import OutboxRelay
 
         link = BrokerLink(settings.amqp_url.get_secret_value(), Topology(settings))

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from backup_common.adapters.mysql import db
-from backup_common.adapters.mysql.leases import Lease, LeaseLost, LeaseStore
+from backup_common.adapters.mysql.leases import LeaseStore
 from backup_common.adapters.settings import Settings
+from backup_common.domain.jobs import Lease, LeaseLost
 
 pytestmark = pytest.mark.integration
 

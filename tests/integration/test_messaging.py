@@ -12,11 +12,14 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
-from backup_common.adapters.amqp.messaging import AmqpPublisher, Consumer, PublishError, Topology
+from backup_common.adapters.amqp.consumer import Consumer
+from backup_common.adapters.amqp.publisher import AmqpPublisher
+from backup_common.adapters.amqp.topology import Topology
 from backup_common.adapters.mysql import db
 from backup_common.adapters.mysql.processed import MysqlProcessedMessages
 from backup_common.adapters.settings import Settings
-from backup_common.domain.events import BackupPart, BackupRequested, BackupType, Event
+from backup_common.domain.events import BackupCompleted, BackupPart, BackupRequested, BackupType, Event
+from backup_common.domain.ports import EventRefused, PublishError
 from tests.conftest import DECLARED_QUEUES
 
 pytestmark = pytest.mark.integration
@@ -166,14 +169,12 @@ async def consumer_for(
     name: str,
     handler: RecordingHandler,
     processed: MysqlProcessedMessages | CountingProcessed,
-    routing_keys: tuple[str, ...] = (),
 ) -> AsyncIterator[Consumer]:
     consumer = Consumer(
         amqp_connection,
         topology,
         name,
-        routing_keys,
-        handler,
+        {BackupRequested: handler},
         processed,
         max_attempts=3,
         retry_backoff=FAST_RETRY,
@@ -234,6 +235,17 @@ async def test_publishing_an_event_no_queue_is_bound_to_raises_publish_error(
             await publisher.publish(backup_requested())
 
 
+async def test_an_announcement_no_queue_is_bound_to_is_confirmed_and_a_request_is_refused(
+    amqp_connection: AbstractRobustConnection, topology: Topology
+) -> None:
+    announcement = BackupCompleted(backup_id=uuid4(), backup_type=BackupType.FULL, size_bytes=1)
+
+    async with AmqpPublisher(amqp_connection, topology) as publisher:
+        await publisher.publish(announcement)
+        with pytest.raises(EventRefused, match=r"no queue is bound to routing key 'backup\.requested'"):
+            await publisher.publish(backup_requested())
+
+
 async def test_publishing_on_a_closed_publisher_raises_publish_error(
     amqp_connection: AbstractRobustConnection, topology: Topology
 ) -> None:
@@ -256,7 +268,7 @@ async def test_a_consumer_hands_a_published_event_to_its_handler_and_acks_it(
     event = backup_requested()
 
     async with (
-        consumer_for(amqp_connection, topology, name, handler, processed, (BackupRequested.routing_key,)),
+        consumer_for(amqp_connection, topology, name, handler, processed),
         AmqpPublisher(amqp_connection, topology) as publisher,
     ):
         await publisher.publish(event)
@@ -342,8 +354,59 @@ async def test_a_handler_that_always_fails_is_called_max_attempts_times_then_dea
     assert dead.headers["x-attempts"] == 3
     # The copy that failed last carries the error of the attempt before it.
     assert dead.headers["x-last-error"] == "RuntimeError: handler failure number 2"
+    assert (
+        dead.headers["x-dead-letter-reason"]
+        == "it failed 3 times; the last error: RuntimeError: handler failure number 3"
+    )
     assert await ready_count(channel, queue) == 0
     assert not await processed.seen(name, str(event.event_id))
+
+
+async def test_an_event_the_table_has_no_handler_for_is_dead_lettered_with_the_reason_and_not_remembered(
+    amqp_connection: AbstractRobustConnection,
+    topology: Topology,
+    service_name: Callable[[str], str],
+    channel: AbstractChannel,
+    processed: MysqlProcessedMessages,
+) -> None:
+    name = service_name("unhandled")
+    queue = topology.queue_name(name)
+    handler = RecordingHandler()
+    event = BackupCompleted(backup_id=uuid4(), backup_type=BackupType.FULL, size_bytes=1)
+
+    async with consumer_for(amqp_connection, topology, name, handler, processed):
+        await send(channel, queue, event.to_json(), message_id=str(event.event_id))
+        dead = await next_message(channel, topology.dead_letter_queue_name(queue))
+
+    assert handler.events == []
+    assert dead.message_id == str(event.event_id)
+    assert dead.body == event.to_json()
+    assert dead.headers["x-dead-letter-reason"] == f"{name} has no handler for BackupCompleted"
+    assert await ready_count(channel, queue) == 0
+    assert not await processed.seen(name, str(event.event_id))
+
+
+async def test_a_consumer_binds_its_queue_to_the_routing_keys_of_its_handler_table_only(
+    amqp_connection: AbstractRobustConnection,
+    topology: Topology,
+    service_name: Callable[[str], str],
+    channel: AbstractChannel,
+    processed: MysqlProcessedMessages,
+) -> None:
+    name = service_name("bindings")
+    handler = RecordingHandler()
+
+    async with (
+        AmqpPublisher(amqp_connection, topology) as publisher,
+        consumer_for(amqp_connection, topology, name, handler, processed),
+    ):
+        wanted = backup_requested()
+        await publisher.publish(wanted)
+        # Nothing else binds this test's exchange: an announcement reaches no queue at all.
+        await publisher.publish(BackupCompleted(backup_id=uuid4(), backup_type=BackupType.FULL, size_bytes=1))
+        await eventually(lambda: handler.events == [wanted], "the request is handled")
+
+    assert await ready_count(channel, topology.dead_letter_queue_name(topology.queue_name(name))) == 0
 
 
 async def test_a_handler_that_fails_once_then_succeeds_is_called_twice_and_nothing_is_dead_lettered(
@@ -413,7 +476,7 @@ async def test_handlers_run_concurrently_up_to_the_prefetch_count(
         running_now.remove(event)
         done.append(event)
 
-    consumer = Consumer(amqp_connection, topology, name, (), blocking_handler, processed, prefetch=2)
+    consumer = Consumer(amqp_connection, topology, name, {BackupRequested: blocking_handler}, processed, prefetch=2)
     async with running(consumer):
         for _ in range(3):
             event = backup_requested()
@@ -445,7 +508,7 @@ async def test_stopping_a_consumer_lets_the_handler_in_flight_finish_and_ack(
         await release.wait()
         finished.append(event)
 
-    consumer = Consumer(amqp_connection, topology, name, (), slow_handler, processed)
+    consumer = Consumer(amqp_connection, topology, name, {BackupRequested: slow_handler}, processed)
     await consumer.start()
     event = backup_requested()
     await send(channel, queue, event.to_json(), message_id=str(event.event_id))

@@ -163,8 +163,8 @@ def test_the_master_key_comes_from_the_settings(monkeypatch: pytest.MonkeyPatch)
             monkeypatch.delenv(name)
     key = os.urandom(32)
 
-    master = MasterKey.from_settings(Settings(master_key=base64.b64encode(key).decode()))
+    master = MasterKey(Settings(master_key=base64.b64encode(key).decode()).load_master_key())
 
     assert master.key_id == MasterKey(key).key_id
     with pytest.raises(SettingsError, match="BACKUP_MASTER_KEY"):
-        MasterKey.from_settings(Settings())
+        MasterKey(Settings().load_master_key())

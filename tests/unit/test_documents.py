@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from backup_common.adapters.mysql.documents import DEFAULT_FILES, default_document
 from backup_common.domain.documents import (
     DOCUMENTS,
     RetentionPolicy,
     ScheduleDocument,
     SettingsDocument,
-    default_document,
 )
 from backup_common.domain.events import BackupType
 from backup_common.paths import CONFIG_DIR
@@ -64,7 +64,7 @@ def test_the_default_settings_validate() -> None:
 
 @pytest.mark.parametrize("name", sorted(DOCUMENTS))
 def test_every_shipped_document_is_valid_json_of_its_model(name: str) -> None:
-    model, file_name = DOCUMENTS[name]
+    model, file_name = DOCUMENTS[name], DEFAULT_FILES[name]
     raw = json.loads((CONFIG_DIR / file_name).read_text())
 
     assert model.model_validate(raw) == default_document(name)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from backup_common.adapters.mysql.db import Migration, load_migrations
+from backup_common.adapters.mysql.migrations import Migration, load_migrations
 from backup_common.paths import MIGRATIONS_DIR
 
 NAME = re.compile(r"^\d{4}_[a-z0-9_]+\.sql$")

@@ -11,7 +11,7 @@ from aiohttp.test_utils import make_mocked_request
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 
 from backup_common.adapters.settings import Settings
-from backup_gateway.app import create_app
+from backup_gateway.bootstrap import create_app
 from backup_gateway.routes import API, ROUTES, openapi_document, openapi_path
 
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "options", "head", "trace"}

@@ -6,28 +6,40 @@ import argparse
 import asyncio
 import base64
 import importlib.util
+import json
 import logging
 import os
 import re
 import secrets
 import signal
 import sys
-from collections.abc import MutableMapping, Sequence
+from collections.abc import AsyncIterator, MutableMapping, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from backup_common.adapters.mysql import db
+from backup_common.adapters.mysql.leases import LeaseStore
+from backup_common.adapters.mysql.migrations import migrate
+from backup_common.adapters.mysql.outbox import parked_events, retry_parked
+from backup_common.adapters.mysql.source import AsyncmySqlServer
+from backup_common.adapters.mysql.uow import unit_of_work_factory
 from backup_common.adapters.settings import ENV_PREFIX, Settings, SettingsError, load_settings
 from backup_common.adapters.tokens import ADMIN_ROLE, issue_token
-from backup_common.domain.documents import RestoreLimits
-from backup_common.domain.events import BackupPart, write_event_schemas
+from backup_common.domain.documents import RestoreLimits, SettingsDocument
+from backup_common.domain.events import BackupPart, event_schemas
+from backup_common.domain.ports import UnitOfWorkFactory
 from backup_common.engine.archive import ArchiveError
-from backup_common.engine.crypto import KeyUnwrapError
+from backup_common.engine.crypto import KeyUnwrapError, MasterKey
+from backup_common.engine.database.load import LoadError, load_database
+from backup_common.engine.database.target import MysqlTarget
+from backup_common.engine.files.restore import ChainLink, RestoreError, restore_chain
+from backup_common.engine.locate import MAX_CHAIN, BackupNotFound, LocatedPart, backup_id_of, locate_part
+
+log = logging.getLogger(__name__)
 
 # Every service package, in start order; `run` starts those that exist in this installation.
 SERVICES = ("backup_gateway", "backup_database", "backup_files", "backup_verification", "backup_retention")
 LOCAL_SECRETS = Path("var/secrets")
-# Incrementals on incrementals: a longer chain means the base is missing or the manifests loop.
-MAX_CHAIN = 1000
 
 
 def parse_duration(text: str) -> int:
@@ -59,14 +71,18 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     settings = load_settings()
-    applied = asyncio.run(db.migrate(settings.catalog))
+    applied = asyncio.run(migrate(settings.catalog))
     target = settings.catalog
     print(f"catalog {target.database} on {target.host}:{target.port}: " + (", ".join(applied) or "up to date"))
     return 0
 
 
 def cmd_export_schemas(args: argparse.Namespace) -> int:
-    for path in write_event_schemas(Path(args.directory)):
+    directory = Path(args.directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, schema in event_schemas().items():
+        path = directory / name
+        path.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
         print(path)
     return 0
 
@@ -111,7 +127,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = load_settings()
     for note in notes:
         print(f"backupctl run: {note}", file=sys.stderr)
-    applied = asyncio.run(db.migrate(settings.catalog))
+    applied = asyncio.run(migrate(settings.catalog))
     if applied:
         print(f"backupctl run: catalog migrated: {', '.join(applied)}", file=sys.stderr)
     services = [name for name in SERVICES if _runnable(name)]
@@ -163,19 +179,52 @@ async def _supervise(services: Sequence[str], env: dict[str, str]) -> int:
     return code
 
 
-def cmd_db_load(args: argparse.Namespace) -> int:
-    from backup_common.adapters.mysql.source import AsyncmySqlServer
-    from backup_common.engine.database.load import LoadError, load_database
-    from backup_common.engine.database.target import MysqlTarget
-    from backup_common.engine.locate import BackupNotFound, locate_part
+@asynccontextmanager
+async def _catalog(settings: Settings) -> AsyncIterator[UnitOfWorkFactory | None]:
+    """The catalog if it answers within 5 s, else None: commands that read backups work from storage alone."""
+    try:
+        pool = await asyncio.wait_for(db.create_pool(settings.catalog, minsize=1, maxsize=1), timeout=5)
+    except Exception as exc:
+        log.warning("catalog unreachable (%s); looking in storage alone", type(exc).__name__)
+        yield None
+        return
+    try:
+        yield unit_of_work_factory(pool, LeaseStore(pool, settings.lease_seconds))
+    finally:
+        await db.close_pool(pool)
 
+
+async def _recorded(uow: UnitOfWorkFactory | None, settings: Settings, reference: str) -> Path | None:
+    """Where the catalog says the backup is, or None when it does not know or does not answer."""
+    backup_id = backup_id_of(reference)
+    if uow is None or backup_id is None:
+        return None
+    try:
+        async with uow() as work:
+            backup = await work.backups.get(backup_id)
+    except Exception as exc:
+        log.warning("catalog unusable (%s); looking in storage alone", type(exc).__name__)
+        return None
+    return settings.storage_dir / backup.storage_path if backup else None
+
+
+async def _locate(settings: Settings, uow: UnitOfWorkFactory | None, reference: str, part: BackupPart) -> LocatedPart:
+    recorded = await _recorded(uow, settings, reference)
+    return await asyncio.to_thread(
+        locate_part, settings.storage_dir, reference, part, lambda: MasterKey(settings.load_master_key()),
+        recorded=recorded,
+    )  # fmt: skip
+
+
+def cmd_db_load(args: argparse.Namespace) -> int:
     settings = load_settings()
     server = args.server or settings.source_mysql_url.get_secret_value()
     target = MysqlTarget(server.rsplit("/", 1)[0] + "/" + args.into)
 
     async def load() -> int:
         try:
-            located = await locate_part(settings, args.backup, BackupPart.DATABASE)
+            async with _catalog(settings) as uow:
+                located = await _locate(settings, uow, args.backup, BackupPart.DATABASE)
             summary = await load_database(
                 located.archive,
                 AsyncmySqlServer(target),
@@ -196,26 +245,33 @@ def cmd_db_load(args: argparse.Namespace) -> int:
     return asyncio.run(load())
 
 
-def cmd_files_restore(args: argparse.Namespace) -> int:
-    from backup_common.engine.files.restore import ChainLink, RestoreError, restore_chain
-    from backup_common.engine.locate import BackupNotFound, locate_part
-
-    settings = load_settings()
-
-    async def chain() -> list[ChainLink]:
-        links: list[ChainLink] = []
-        reference: str | None = args.backup
-        while reference is not None:
-            located = await locate_part(settings, reference, BackupPart.FILES)
+async def _chain(settings: Settings, reference: str) -> tuple[list[ChainLink], RestoreLimits]:
+    """The files parts a restore of ``reference`` replays, complete base first, and the restore limits
+    of the settings document (the defaults when the catalog does not answer)."""
+    links: list[ChainLink] = []
+    async with _catalog(settings) as uow:
+        current: str | None = reference
+        while current is not None:
+            located = await _locate(settings, uow, current, BackupPart.FILES)
             links.append(ChainLink(located.backup_id, located.archive, located.password, located.manifest))
-            reference = located.manifest.get("parent_id")
+            parent = located.manifest.get("parent_id")
+            current = parent if isinstance(parent, str) else None
             if len(links) > MAX_CHAIN:
-                raise BackupNotFound(f"the chain of {args.backup} is longer than {MAX_CHAIN} backups")
-        return links[::-1]
+                raise BackupNotFound(f"the chain of {reference} is longer than {MAX_CHAIN} backups")
+        limits = RestoreLimits()
+        if uow is not None:
+            async with uow() as work:
+                stored = await work.documents.get("settings")
+                await work.commit()
+            assert isinstance(stored.document, SettingsDocument)
+            limits = stored.document.restore_limits
+    return links[::-1], limits
 
+
+def cmd_files_restore(args: argparse.Namespace) -> int:
+    settings = load_settings()
     try:
-        links = asyncio.run(chain())
-        limits = asyncio.run(_restore_limits(settings))
+        links, limits = asyncio.run(_chain(settings, args.backup))
         summary = restore_chain(links, Path(args.into), limits, force=args.force)
     except (BackupNotFound, KeyUnwrapError, ArchiveError, SettingsError, RestoreError, OSError) as exc:
         print(f"backupctl files-restore: {exc}", file=sys.stderr)
@@ -228,27 +284,15 @@ def cmd_files_restore(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _restore_limits(settings: Settings) -> RestoreLimits:
-    """The limits of the settings document, or the defaults when the catalog does not answer."""
-    from backup_common.adapters.mysql.catalog import Catalog
-
-    try:
-        pool = await asyncio.wait_for(db.create_pool(settings.catalog, maxsize=1), timeout=5)
-    except Exception:
-        return RestoreLimits()
-    try:
-        document = (await Catalog(pool).get_document("settings"))["document"]["restore_limits"]
-    finally:
-        await db.close_pool(pool)
-    return RestoreLimits.model_validate(document)
-
-
 def cmd_key(args: argparse.Namespace) -> int:
-    from backup_common.engine.locate import BackupNotFound, locate_part
-
     settings = load_settings()
+
+    async def locate() -> LocatedPart:
+        async with _catalog(settings) as uow:
+            return await _locate(settings, uow, args.backup, BackupPart(args.part))
+
     try:
-        located = asyncio.run(locate_part(settings, args.backup, BackupPart(args.part)))
+        located = asyncio.run(locate())
     except (BackupNotFound, KeyUnwrapError, SettingsError) as exc:
         print(f"backupctl key: {exc}", file=sys.stderr)
         return 1
@@ -257,6 +301,30 @@ def cmd_key(args: argparse.Namespace) -> int:
         return 1
     print(located.password)
     return 0
+
+
+def cmd_outbox(args: argparse.Namespace) -> int:
+    settings = load_settings()
+
+    async def run() -> int:
+        pool = await db.create_pool(settings.catalog, maxsize=1)
+        try:
+            if args.action == "retry":
+                count = await retry_parked(pool)
+                print(f"{count} parked events are due again; a running service's relay sends them")
+                return 0
+            parked = await parked_events(pool, limit=args.limit)
+        finally:
+            await db.close_pool(pool)
+        for event in parked:
+            print(
+                f"{event.parked_at:%Y-%m-%d %H:%M:%S} {event.event_type} {event.event_id} ({event.routing_key},"
+                f" {event.attempts} attempts): {event.last_error}"
+            )
+        print(f"{len(parked)} parked events" + (" (more not shown)" if len(parked) == args.limit else ""))
+        return 0
+
+    return asyncio.run(run())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -294,6 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
     key.add_argument("backup", help="backup id, or a backup directory")
     key.add_argument("--part", choices=[p.value for p in BackupPart], default=BackupPart.DATABASE.value)
     key.set_defaults(func=cmd_key)
+
+    outbox = commands.add_parser("outbox", help="list the events the broker refused too often, or send them again")
+    outbox.add_argument("action", choices=["list", "retry"], nargs="?", default="list")
+    outbox.add_argument("--limit", type=int, default=100, help="parked events listed at most (default 100)")
+    outbox.set_defaults(func=cmd_outbox)
 
     schemas = commands.add_parser("export-schemas", help="write the events' JSON Schemas to a directory")
     schemas.add_argument("directory", nargs="?", default="infra/schemas")

@@ -12,10 +12,12 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from pydantic import ValidationError
 
-from backup_common.adapters.mysql.catalog import AuditEntry
+from backup_common.adapters.runtime.service import RUNNING
 from backup_common.adapters.tokens import InvalidToken
 from backup_common.domain.errors import Conflict, DomainError, Gone, InvalidRequest, NotFound
-from backup_gateway.keys import AUDIT_TARGET, CATALOG, METRICS, PRINCIPAL, REQUEST_ID, VERIFIER
+from backup_common.domain.model import AuditEntry
+from backup_gateway import handlers
+from backup_gateway.app_keys import AUDIT_TARGET, HTTP_METRICS, PRINCIPAL, REQUEST_ID, VERIFIER
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +98,7 @@ async def metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
     # Outside json_errors: every outcome, errors included, arrives here as a response.
     started = time.perf_counter()
     response = await handler(request)
-    collected = request.app[METRICS]
+    collected = request.app[HTTP_METRICS]
     label = route_label(request)
     collected.requests.labels(label, request.method, str(response.status)).inc()
     collected.latency.labels(label).observe(time.perf_counter() - started)
@@ -159,8 +161,8 @@ async def _audit(request: web.Request, actor: str, outcome: str, status: int, de
         detail={"method": request.method, **(detail or {})},
     )
     try:
-        await request.app[CATALOG].record_audit(entry)
+        await handlers.record_audit(request.app[RUNNING].ports, entry)
     except Exception:
         # The request's own outcome stands; the failure is visible in logs and metrics.
-        request.app[METRICS].audit_failures.inc()
+        request.app[HTTP_METRICS].audit_failures.inc()
         log.exception("could not write the audit record of %s %s", request.method, request.path)

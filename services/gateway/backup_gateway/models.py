@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from backup_common.domain.events import BackupPart, BackupType
-
-BackupStatus = Literal["pending", "running", "completed", "failed", "deleting", "deleted"]
+from backup_common.domain.model import Backup, BackupStatus, CatalogStats, PartStatus, RestoreStatus
+from backup_common.domain.ports import StoredDocument
 
 
 class _Body(BaseModel):
@@ -34,8 +34,10 @@ class ListQuery(_Body):
 
 
 class PartOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     part: BackupPart
-    status: Literal["pending", "running", "completed", "failed"]
+    status: PartStatus
     file_name: str | None
     size_bytes: int
     sha256: str | None
@@ -85,7 +87,7 @@ class BackupPage(BaseModel):
 class RestoreOut(BaseModel):
     id: str
     backup_id: str
-    status: Literal["pending", "running", "completed", "failed"]
+    status: RestoreStatus
     parts: list[BackupPart]
     requested_by: str
     error: str | None
@@ -141,3 +143,57 @@ class ErrorDetail(BaseModel):
 
 class ErrorBody(BaseModel):
     error: ErrorDetail
+
+
+def backup_out(backup: Backup) -> BackupOut:
+    return BackupOut(
+        id=backup.id,
+        type=backup.type,
+        status=backup.status,
+        description=backup.description,
+        requested_by=backup.requested_by,
+        trigger=backup.trigger.value,
+        parent_id=backup.parent_id,
+        storage_path=backup.storage_path,
+        size_bytes=backup.size_bytes,
+        error=backup.error,
+        created_at=backup.created_at,
+        started_at=backup.started_at,
+        completed_at=backup.completed_at,
+        updated_at=backup.updated_at,
+        progress=Progress(parts_completed=backup.parts_completed, parts_total=len(backup.parts)),
+        parts=[PartOut.model_validate(part) for part in backup.parts],
+    )
+
+
+def stats_out(stats: CatalogStats, usage: tuple[int, int] | None) -> Stats:
+    return Stats(
+        total=stats.total,
+        by_type=stats.by_type,
+        by_status=stats.by_status,
+        bytes_total=stats.bytes_total,
+        bytes_by_type=stats.bytes_by_type,
+        last_success={
+            name: LastSuccess(id=last.id, completed_at=last.completed_at, size_bytes=last.size_bytes) if last else None
+            for name, last in stats.last_success.items()
+        },
+        last_30_days=Outcomes(
+            completed=stats.last_30_days.completed,
+            failed=stats.last_30_days.failed,
+            success_rate=stats.last_30_days.success_rate,
+        ),
+        storage=StorageUsage(
+            used_bytes=stats.bytes_total,
+            filesystem_total_bytes=usage[0] if usage else None,
+            filesystem_free_bytes=usage[1] if usage else None,
+        ),
+    )
+
+
+def document_out(stored: StoredDocument) -> DocumentOut:
+    return DocumentOut(
+        document=stored.document.model_dump(mode="json"),
+        revision=stored.revision,
+        updated_by=stored.updated_by,
+        updated_at=stored.updated_at,
+    )

@@ -10,6 +10,7 @@ from aiohttp.typedefs import Handler
 from pydantic import BaseModel
 
 from backup_common.adapters.runtime.health import healthz
+from backup_common.adapters.runtime.service import readyz
 from backup_common.domain.documents import ScheduleDocument, SettingsDocument
 from backup_gateway import download, views
 from backup_gateway.models import (
@@ -86,7 +87,7 @@ ROUTES: tuple[Route, ...] = (
         status=202, response=BackupEnvelope, errors=(404, 409),
     ),
     Route("GET", "/healthz", healthz, "healthz", "The process is alive.", public=True),
-    Route("GET", "/readyz", views.readyz, "readyz", "MySQL and RabbitMQ are reachable.", public=True, errors=(503,)),
+    Route("GET", "/readyz", readyz, "readyz", "MySQL and RabbitMQ are reachable.", public=True, errors=(503,)),
 )  # fmt: skip
 
 

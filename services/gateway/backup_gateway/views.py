@@ -1,33 +1,33 @@
-"""The admin API's handlers: parse and validate, call the catalog, answer JSON."""
+"""The admin API's views: parse and validate the request, call its handler, answer JSON."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
-import shutil
 import uuid
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from backup_common.adapters.mysql.catalog import BackupFilter, NewBackup
-from backup_common.adapters.runtime.health import readiness
+from backup_common.adapters.runtime.service import RUNNING
 from backup_common.domain.errors import InvalidRequest, NotFound
 from backup_common.domain.events import BackupType
-from backup_gateway.keys import AUDIT_TARGET, BROKER, CATALOG, PRINCIPAL, RELAY, SETTINGS
+from backup_common.domain.model import BackupFilter, Idempotency
+from backup_common.domain.ports import Ports
+from backup_gateway import handlers
+from backup_gateway.app_keys import AUDIT_TARGET, PRINCIPAL
 from backup_gateway.models import (
     BackupEnvelope,
-    BackupOut,
     BackupPage,
     CreateBackupRequest,
-    DocumentOut,
     ListQuery,
     RestoreEnvelope,
+    RestoreOut,
     RestoreRequest,
-    Stats,
+    backup_out,
+    document_out,
+    stats_out,
 )
 
 MAX_IDEMPOTENCY_KEY = 255
@@ -50,6 +50,10 @@ async def json_body(request: web.Request) -> Any:
         raise InvalidRequest(f"the body is not valid JSON: {exc}") from None
 
 
+def ports(request: web.Request) -> Ports:
+    return request.app[RUNNING].ports
+
+
 def backup_id_of(request: web.Request) -> str:
     """The canonical form of the id in the path; a malformed id names no backup (404)."""
     raw = request.match_info["backup_id"]
@@ -67,23 +71,21 @@ async def create_backup(request: web.Request) -> web.Response:
     key = request.headers.get("Idempotency-Key")
     if key is not None and not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY:
         raise InvalidRequest(f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
-    request_hash = hashlib.sha256(parsed.model_dump_json().encode()).hexdigest() if key else None
-    backup, created = await request.app[CATALOG].create_backup(
-        NewBackup(
-            backup_type=parsed.type,
-            description=parsed.description,
-            requested_by=request[PRINCIPAL].subject,
-            idempotency_key=key,
-            request_hash=request_hash,
-        )
+    idempotency = None
+    if key is not None:
+        idempotency = Idempotency(key, hashlib.sha256(parsed.model_dump_json().encode()).hexdigest())
+    backup, created = await handlers.create_backup(
+        ports(request),
+        parsed.type,
+        requested_by=request[PRINCIPAL].subject,
+        description=parsed.description,
+        idempotency=idempotency,
     )
-    request[AUDIT_TARGET] = backup["id"]
-    if created:
-        request.app[RELAY].wake()
-    headers = {"Location": f"/api/admin/backup/{backup['id']}"}
+    request[AUDIT_TARGET] = backup.id
+    headers = {"Location": f"/api/admin/backup/{backup.id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"
-    return respond(BackupEnvelope(backup=BackupOut.model_validate(backup)), 202, headers)
+    return respond(BackupEnvelope(backup=backup_out(backup)), 202, headers)
 
 
 def _check_backup_type(value: str) -> None:
@@ -107,18 +109,18 @@ async def list_backups(request: web.Request) -> web.Response:
             **{name: request.query[name] for name in ("limit", "offset") if name in request.query},
         }
     )
-    rows, total = await request.app[CATALOG].list_backups(
-        BackupFilter(types=query.type, statuses=query.status, limit=query.limit, offset=query.offset)
+    backups, total = await handlers.list_backups(
+        ports(request), BackupFilter(types=query.type, statuses=query.status, limit=query.limit, offset=query.offset)
     )
     page = BackupPage(
-        backups=[BackupOut.model_validate(row) for row in rows], total=total, limit=query.limit, offset=query.offset
+        backups=[backup_out(backup) for backup in backups], total=total, limit=query.limit, offset=query.offset
     )
     return respond(page)
 
 
 async def get_backup(request: web.Request) -> web.Response:
-    backup = await request.app[CATALOG].get_backup(backup_id_of(request))
-    return respond(BackupEnvelope(backup=BackupOut.model_validate(backup)))
+    backup = await handlers.read_backup(ports(request), backup_id_of(request))
+    return respond(BackupEnvelope(backup=backup_out(backup)))
 
 
 async def restore_backup(request: web.Request) -> web.Response:
@@ -132,35 +134,23 @@ async def restore_backup(request: web.Request) -> web.Response:
         raise exc
     if parsed.confirm.strip().lower() != backup_id:
         raise InvalidRequest(f'"confirm" must repeat the backup id {backup_id}')
-    restore = await request.app[CATALOG].request_restore(backup_id, parsed.parts, request[PRINCIPAL].subject)
-    request.app[RELAY].wake()
-    return respond(RestoreEnvelope.model_validate({"restore": restore}), 202)
+    restore = await handlers.request_restore(
+        ports(request), backup_id, parsed.parts, requested_by=request[PRINCIPAL].subject
+    )
+    return respond(RestoreEnvelope(restore=RestoreOut.model_validate(restore, from_attributes=True)), 202)
 
 
 async def delete_backup(request: web.Request) -> web.Response:
-    backup = await request.app[CATALOG].request_delete(backup_id_of(request), request[PRINCIPAL].subject)
-    request.app[RELAY].wake()
-    return respond(BackupEnvelope(backup=BackupOut.model_validate(backup)), 202)
-
-
-def _filesystem_usage(directory: Path) -> tuple[int, int] | None:
-    # The storage root may not exist before the first backup: measure the filesystem it will be on.
-    for candidate in (directory, *directory.resolve().parents):
-        if candidate.exists():
-            usage = shutil.disk_usage(candidate)
-            return usage.total, usage.free
-    return None
+    backup = await handlers.request_delete(
+        ports(request), backup_id_of(request), requested_by=request[PRINCIPAL].subject
+    )
+    return respond(BackupEnvelope(backup=backup_out(backup)), 202)
 
 
 async def backup_stats(request: web.Request) -> web.Response:
-    stats = await request.app[CATALOG].stats()
-    usage = await asyncio.to_thread(_filesystem_usage, request.app[SETTINGS].storage_dir)
-    stats["storage"] = {
-        "used_bytes": stats["bytes_total"],
-        "filesystem_total_bytes": usage[0] if usage else None,
-        "filesystem_free_bytes": usage[1] if usage else None,
-    }
-    return respond(Stats.model_validate(stats))
+    stats = await handlers.catalog_stats(ports(request))
+    usage = await ports(request).storage.usage()
+    return respond(stats_out(stats, usage))
 
 
 def _document_name(request: web.Request) -> str:
@@ -168,8 +158,8 @@ def _document_name(request: web.Request) -> str:
 
 
 async def get_document(request: web.Request) -> web.Response:
-    document = await request.app[CATALOG].get_document(_document_name(request))
-    return respond(DocumentOut.model_validate(document))
+    stored = await handlers.read_document(ports(request), _document_name(request))
+    return respond(document_out(stored))
 
 
 async def put_document(request: web.Request) -> web.Response:
@@ -177,10 +167,6 @@ async def put_document(request: web.Request) -> web.Response:
     body = await json_body(request)
     if not isinstance(body, dict):
         raise InvalidRequest("the body must be a JSON object")
-    document = await request.app[CATALOG].put_document(name, body, request[PRINCIPAL].subject)
+    stored = await handlers.replace_document(ports(request), name, body, updated_by=request[PRINCIPAL].subject)
     request[AUDIT_TARGET] = name
-    return respond(DocumentOut.model_validate(document))
-
-
-async def readyz(request: web.Request) -> web.Response:
-    return await readiness(request.app[CATALOG], request.app[BROKER])
+    return respond(document_out(stored))

@@ -78,6 +78,7 @@ class Settings(BaseSettings):
     master_key_file: Path | None = None
 
     outbox_poll_seconds: float = Field(1.0, gt=0, le=60)
+    outbox_max_attempts: int = Field(12, ge=1, le=1000)
     lease_seconds: float = Field(60.0, ge=5, le=3600)
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
     log_format: LogFormat = LogFormat.TEXT

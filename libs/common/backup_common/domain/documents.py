@@ -1,14 +1,12 @@
 """The two documents administrators edit through the API: the backup schedule and the settings.
 
-Both are validated strictly (unknown keys are errors, so a typo is never silently ignored) and
-seeded from infra/config/ the first time they are read.
+Both are validated strictly (unknown keys are errors, so a typo is never silently ignored); the
+catalog seeds each from its shipped default (infra/config/) the first time it is read.
 """
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
-from pathlib import Path
 from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -16,7 +14,6 @@ from cronsim import CronSim, CronSimError
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from backup_common.domain.events import BackupType
-from backup_common.paths import CONFIG_DIR
 
 
 def _check_cron(value: str) -> str:
@@ -117,12 +114,6 @@ class SettingsDocument(_Strict):
     exclude: list[Annotated[str, Field(min_length=1, max_length=500)]] = Field(default_factory=list, max_length=200)
 
 
-DOCUMENTS: dict[str, tuple[type[_Strict], str]] = {
-    "schedule": (ScheduleDocument, "backup-schedule.json"),
-    "settings": (SettingsDocument, "backup-settings.json"),
-}
+Document = ScheduleDocument | SettingsDocument
 
-
-def default_document(name: str, config_dir: Path = CONFIG_DIR) -> _Strict:
-    model, file_name = DOCUMENTS[name]
-    return model.model_validate(json.loads((config_dir / file_name).read_text()))
+DOCUMENTS: dict[str, type[Document]] = {"schedule": ScheduleDocument, "settings": SettingsDocument}

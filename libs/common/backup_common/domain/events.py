@@ -6,10 +6,8 @@ not know (a newer producer may add some) but refuse a ``schema_version`` they do
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from enum import StrEnum
-from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 from uuid import UUID, uuid4
 
@@ -49,6 +47,9 @@ class Event(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     routing_key: ClassVar[str]
+    # A request asks a service to act, so it must reach a queue: published as mandatory, an unroutable
+    # one is a configuration error. An announcement of what happened may have no listener at all.
+    requires_consumer: ClassVar[bool] = False
 
     event_id: UUID = Field(default_factory=uuid4, description="Unique per event; the AMQP message_id.")
     occurred_at: AwareDatetime = Field(default_factory=_now)
@@ -67,6 +68,7 @@ class Event(BaseModel):
 
 class BackupRequested(Event):
     routing_key: ClassVar[str] = "backup.requested"
+    requires_consumer: ClassVar[bool] = True
     type: Literal["BackupRequested"] = "BackupRequested"
     backup_type: BackupType
     parts: tuple[BackupPart, ...]
@@ -107,6 +109,7 @@ class BackupFailed(Event):
 
 class DeleteRequested(Event):
     routing_key: ClassVar[str] = "backup.delete.requested"
+    requires_consumer: ClassVar[bool] = True
     type: Literal["DeleteRequested"] = "DeleteRequested"
     requested_by: str
 
@@ -118,6 +121,7 @@ class BackupDeleted(Event):
 
 class RestoreRequested(Event):
     routing_key: ClassVar[str] = "restore.requested"
+    requires_consumer: ClassVar[bool] = True
     type: Literal["RestoreRequested"] = "RestoreRequested"
     restore_id: UUID
     parts: tuple[BackupPart, ...]
@@ -141,6 +145,7 @@ class RestorePartFailed(Event):
 
 class VerifyRequested(Event):
     routing_key: ClassVar[str] = "verify.requested"
+    requires_consumer: ClassVar[bool] = True
     type: Literal["VerifyRequested"] = "VerifyRequested"
     requested_by: str
 
@@ -207,13 +212,3 @@ def event_schemas() -> dict[str, dict[str, Any]]:
         schema["x-routing-key"] = model.routing_key
         schemas[f"{model.__name__}.v{SCHEMA_VERSION}.json"] = schema
     return schemas
-
-
-def write_event_schemas(directory: Path) -> list[Path]:
-    directory.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, schema in event_schemas().items():
-        path = directory / name
-        path.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
-        written.append(path)
-    return written

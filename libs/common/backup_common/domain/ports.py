@@ -1,15 +1,34 @@
-"""The interfaces handlers depend on; adapters (aio-pika, asyncmy) implement them."""
+"""What handlers depend on: the catalog (a unit of work over its repositories and outbox), job
+leases, data keys, backup storage and the broker. Adapters implement these (MySQL, RabbitMQ, the
+local filesystem); unit tests pass in-memory fakes."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol, Self
 
-from backup_common.domain.events import Event
+from backup_common.domain.documents import Document
+from backup_common.domain.events import BackupPart, Event
+from backup_common.domain.jobs import Lease, ReapResult
+from backup_common.domain.model import AuditEntry, Backup, BackupFilter, CatalogStats, Idempotency, Restore
 
 
 class PublishError(Exception):
-    """The broker did not take responsibility for a message: nacked, unroutable or unreachable."""
+    """The broker did not take responsibility for a message: unreachable, too slow, or refused it."""
+
+
+class EventRefused(PublishError):
+    """The broker answered and refused this event (no queue is bound to its routing key, or it
+    nacked it): trying again at once would fail the same way."""
+
+
+class DuplicateRequest(Exception):
+    """Another request took this idempotency key first (its backup is the one to return)."""
 
 
 class Publisher(Protocol):
@@ -25,4 +44,190 @@ class ProcessedMessages(Protocol):
     async def remember(self, consumer: str, message_id: str) -> None: ...
 
 
+@dataclass(frozen=True)
+class StoredDocument:
+    """A document as the catalog keeps it: validated, with its revision."""
+
+    name: str
+    document: Document
+    revision: int
+    updated_by: str
+    updated_at: datetime
+
+
+class BackupRepository(Protocol):
+    async def add(self, backup: Backup, idempotency: Idempotency | None = None) -> None:
+        """Records a new backup; raises DuplicateRequest when ``idempotency``'s key is taken."""
+
+    async def get(self, backup_id: str, *, for_update: bool = False) -> Backup | None:
+        """The backup with its parts; ``for_update`` locks it until the unit of work ends."""
+
+    async def by_idempotency_key(self, requested_by: str, key: str) -> tuple[Backup, str | None] | None:
+        """The backup a client's key created, and the hash of the request that created it."""
+
+    async def save(self, backup: Backup) -> None:
+        """Writes the backup's status, its parts and its events (at commit)."""
+
+    async def record_progress(self, lease: Lease, backup_id: str, part: BackupPart, progress: dict[str, Any]) -> None:
+        """Updates a running part's progress, unless ``lease`` is no longer the part's current lease."""
+
+    async def list(self, query: BackupFilter) -> tuple[list[Backup], int]:
+        """One page, newest first, and how many backups match the filter."""
+
+    async def stats(self) -> CatalogStats: ...
+
+    async def previous_with_files(self, backup: Backup) -> Backup | None:
+        """The newest completed backup with a completed files part created before ``backup``."""
+
+
+class RestoreRepository(Protocol):
+    async def add(self, restore: Restore) -> None: ...
+
+    async def get(self, restore_id: str, *, for_update: bool = False) -> Restore | None: ...
+
+    async def save(self, restore: Restore) -> None: ...
+
+
+class DocumentRepository(Protocol):
+    async def get(self, name: str) -> StoredDocument:
+        """The named document, seeded from its shipped default the first time it is read."""
+
+    async def put(self, name: str, document: Document, updated_by: str) -> StoredDocument:
+        """Replaces the document, bumping its revision."""
+
+
+class AuditLog(Protocol):
+    async def add(self, entry: AuditEntry) -> None: ...
+
+
+class Outbox(Protocol):
+    async def add(self, event: Event) -> None:
+        """Queues an event in the unit of work; it is published only if the unit of work commits."""
+
+
+class JobLeases(Protocol):
+    """Lease operations that must share the transaction of the results they guard."""
+
+    async def fence(self, lease: Lease) -> None:
+        """Raises LeaseLost unless ``lease`` is still the job's current lease, and keeps it so until
+        the unit of work ends."""
+
+    async def complete(self, lease: Lease) -> None: ...
+
+    async def fail(self, lease: Lease, reason: str) -> None: ...
+
+    async def release(self, lease: Lease, reason: str) -> None:
+        """Gives the job back so another worker may claim it at once."""
+
+    async def reap(self, max_attempts: int) -> ReapResult:
+        """Releases expired leases claimed fewer than ``max_attempts`` times, fails the others."""
+
+
+class UnitOfWork(Protocol):
+    """One catalog transaction. ``commit`` writes the events recorded by every backup and restore
+    added or saved in it to the outbox, then commits; leaving the block without it rolls back."""
+
+    @property
+    def backups(self) -> BackupRepository: ...
+
+    @property
+    def restores(self) -> RestoreRepository: ...
+
+    @property
+    def documents(self) -> DocumentRepository: ...
+
+    @property
+    def audit(self) -> AuditLog: ...
+
+    @property
+    def leases(self) -> JobLeases: ...
+
+    @property
+    def outbox(self) -> Outbox: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None: ...
+
+    async def commit(self) -> None: ...
+
+
+UnitOfWorkFactory = Callable[[], UnitOfWork]
+Clock = Callable[[], datetime]
+
+
+class Heartbeat(Protocol):
+    """Keeps a lease alive while a job runs; records, without raising, that it was lost."""
+
+    @property
+    def lease(self) -> Lease:
+        """The lease as last extended: the one to fence writes with."""
+
+    @property
+    def lost(self) -> bool: ...
+
+    def check(self) -> None:
+        """Raises LeaseLost if the lease was found lost."""
+
+
+class Leases(Protocol):
+    """Lease operations that run in transactions of their own."""
+
+    async def claim(self, job_key: str, holder: str, payload: dict[str, Any] | None = None) -> Lease | None:
+        """Takes the job's lease; None while another holder's lease is live or the job is finished."""
+
+    def keep_alive(self, lease: Lease) -> AbstractAsyncContextManager[Heartbeat]: ...
+
+
+@dataclass(frozen=True)
+class WrappedKey:
+    """A backup's data key as stored: wrapped by the master key named ``key_id``."""
+
+    key_id: str
+    wrapped: bytes
+
+
+class KeyStore(Protocol):
+    async def data_key(self, backup_id: str) -> bytes:
+        """The backup's data key, created on first use (the same for every part of one backup)."""
+
+    async def wrapped(self, backup_id: str) -> WrappedKey | None: ...
+
+    async def destroy(self, backup_id: str) -> bool:
+        """Crypto-erases the backup; False when it had no key left."""
+
+
+class BackupStorage(Protocol):
+    """Where each backup's archives and manifests are kept."""
+
+    def directory(self, backup: Backup) -> Path: ...
+
+    async def prepare_part(self, backup: Backup, part: BackupPart) -> Path:
+        """Creates the backup's directory and clears a stale archive of the part; returns its path."""
+
+    async def write_part_manifest(self, backup: Backup, part: BackupPart, manifest: dict[str, Any]) -> None: ...
+
+    async def read_part_manifest(self, backup: Backup, part: BackupPart) -> dict[str, Any]: ...
+
+    async def write_manifest(self, backup: Backup, encryption: dict[str, Any]) -> None:
+        """Writes ``manifest.json`` from the part manifests, durably: after it, the backup is self-describing."""
+
+    async def usage(self) -> tuple[int, int] | None:
+        """Total and free bytes of the filesystem the storage is on."""
+
+
 EventHandler = Callable[[Event], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Ports:
+    """Everything a service's handlers are given: built from settings by the runtime, or from fakes."""
+
+    uow: UnitOfWorkFactory
+    leases: Leases
+    keys: KeyStore
+    storage: BackupStorage
+    clock: Clock
+    holder: str  # this process, as named in the leases it holds

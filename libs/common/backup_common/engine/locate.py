@@ -1,22 +1,26 @@
-"""Finding a backup part and its archive key, through the catalog or, without it, storage alone."""
+"""Finding a backup part in storage and its archive's password, with the master key alone."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from backup_common.adapters.mysql import db
-from backup_common.adapters.settings import Settings
 from backup_common.domain.events import BackupPart
-from backup_common.engine.crypto import KeyUnwrapError, MasterKey, archive_password
-from backup_common.engine.storage import MANIFEST, archive_name, part_manifest_name, read_json
+from backup_common.engine.crypto import MasterKey, archive_password
+from backup_common.engine.storage import (
+    MANIFEST,
+    archive_name,
+    find_backup_directory,
+    part_manifest_name,
+    read_json,
+)
 
-log = logging.getLogger(__name__)
+# Incrementals on incrementals: a longer chain means the base is missing or the manifests loop.
+MAX_CHAIN = 1000
 
 
 class BackupNotFound(Exception):
@@ -32,53 +36,37 @@ class LocatedPart:
     password: str | None
 
 
-def _find_directory(storage_dir: Path, backup_id: str) -> Path | None:
-    matches = sorted(storage_dir.glob(f"*/{backup_id}"))
-    return matches[-1] if matches else None
-
-
-async def _catalog_directory(settings: Settings, backup_id: str) -> Path | None:
-    """The directory the catalog records, or None when the catalog does not answer or know it."""
+def backup_id_of(reference: str) -> str | None:
+    """The canonical id when ``reference`` is a backup id, else None (it may be a directory)."""
     try:
-        pool = await asyncio.wait_for(db.create_pool(settings.catalog, minsize=1, maxsize=1), timeout=5)
-    except Exception as exc:
-        log.warning("catalog unreachable (%s); looking in storage alone", type(exc).__name__)
-        return None
-    try:
-        async with db.transaction(pool) as conn:
-            row = await db.fetch_one(conn, "SELECT storage_path FROM backups WHERE id = %s", (backup_id,))
-    except Exception as exc:
-        log.warning("catalog unusable (%s); looking in storage alone", type(exc).__name__)
-        return None
-    finally:
-        await db.close_pool(pool)
-    return settings.storage_dir / row["storage_path"] if row else None
-
-
-async def locate_part(settings: Settings, reference: str, part: BackupPart) -> LocatedPart:
-    """``reference`` is a backup id or a backup directory; the key comes from the part's manifest,
-    unwrapped with the configured master key, so this works with the catalog gone."""
-    try:
-        backup_id: str | None = str(uuid.UUID(reference))
+        return str(uuid.UUID(reference))
     except ValueError:
-        backup_id = None
-    recorded = await _catalog_directory(settings, backup_id) if backup_id else None
-    return await asyncio.to_thread(_locate, settings, reference, backup_id, recorded, part)
+        return None
 
 
-def _locate(
-    settings: Settings, reference: str, backup_id: str | None, recorded: Path | None, part: BackupPart
+def locate_part(
+    storage_dir: Path,
+    reference: str,
+    part: BackupPart,
+    master: Callable[[], MasterKey],
+    *,
+    recorded: Path | None = None,
 ) -> LocatedPart:
+    """``reference`` is a backup id or a backup directory; ``recorded`` is where the catalog says the
+    backup is, when it answered. The key comes from the part's manifest, unwrapped with ``master``
+    (called only for an encrypted part), so this works with the catalog gone. Blocking: run it in a
+    worker thread from async code."""
     path = Path(reference)
+    backup_id = backup_id_of(reference)
     if path.is_dir():
         directory = path
     elif backup_id is None:
         raise BackupNotFound(f"{reference} is neither a backup directory nor a backup id")
     else:
         found = recorded if recorded is not None and recorded.is_dir() else None
-        found = found or _find_directory(settings.storage_dir, backup_id)
+        found = found or find_backup_directory(storage_dir, backup_id)
         if found is None:
-            raise BackupNotFound(f"no backup {backup_id} under {settings.storage_dir}")
+            raise BackupNotFound(f"no backup {backup_id} under {storage_dir}")
         directory = found
     archive = directory / archive_name(part)
     manifest_path = directory / part_manifest_name(part)
@@ -89,17 +77,12 @@ def _locate(
     manifest = read_json(manifest_path)
     if manifest_path.name == MANIFEST:
         manifest = manifest["parts"][part.value]
-    return LocatedPart(directory.name, directory, archive, manifest, _password(settings, directory.name, manifest))
+    return LocatedPart(directory.name, directory, archive, manifest, _password(directory.name, manifest, master))
 
 
-def _password(settings: Settings, backup_id: str, manifest: dict[str, Any]) -> str | None:
+def _password(backup_id: str, manifest: dict[str, Any], master: Callable[[], MasterKey]) -> str | None:
     encryption = manifest.get("encryption") or {"scheme": "none"}
     if encryption.get("scheme") == "none":
         return None
-    master = MasterKey.from_settings(settings)
-    if encryption["key_id"] != master.key_id:
-        raise KeyUnwrapError(
-            f"backup {backup_id} was encrypted under master key {encryption['key_id']}; the configured master"
-            f" key is {master.key_id}"
-        )
-    return archive_password(master.unwrap(base64.b64decode(encryption["wrapped_key"]), backup_id))
+    wrapped = base64.b64decode(encryption["wrapped_key"])
+    return archive_password(master().unwrap_stored(encryption["key_id"], wrapped, backup_id))

@@ -7,16 +7,19 @@ manifest beside each (`database.json`, `files.json`) and, once the backup is com
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from backup_common import __version__
-from backup_common.adapters.mysql.parts import BackupRecord
 from backup_common.domain.events import BackupPart
+from backup_common.domain.model import Backup
+from backup_common.domain.ports import WrappedKey
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "backup-system/manifest"
@@ -35,13 +38,14 @@ def tool_info() -> dict[str, str]:
     return {"name": "backup-system", "version": __version__}
 
 
-def encryption_info(key_id: str | None, wrapped_key: bytes | None) -> dict[str, Any]:
-    if key_id is None or wrapped_key is None:
+def encryption_info(key: WrappedKey | None) -> dict[str, Any]:
+    """The manifest's `encryption` entry: how to open the archives given the master key."""
+    if key is None:
         return {"scheme": "none"}
     return {
         "scheme": "winzip-aes-256",
-        "key_id": key_id,
-        "wrapped_key": base64.b64encode(wrapped_key).decode(),
+        "key_id": key.key_id,
+        "wrapped_key": base64.b64encode(key.wrapped).decode(),
         "key_wrap": "AES-256-GCM, associated data: the backup id",
     }
 
@@ -67,25 +71,78 @@ def read_json(path: Path) -> dict[str, Any]:
     return document
 
 
-def backup_manifest(
-    record: BackupRecord, parts: dict[str, dict[str, Any]], encryption: dict[str, Any]
-) -> dict[str, Any]:
-    created = record.created_at
-    if isinstance(created, datetime) and created.tzinfo is None:
-        created = created.replace(tzinfo=UTC)
+def backup_manifest(backup: Backup, parts: dict[str, dict[str, Any]], encryption: dict[str, Any]) -> dict[str, Any]:
+    created = backup.created_at if backup.created_at.tzinfo else backup.created_at.replace(tzinfo=UTC)
     return {
         "format": MANIFEST_FORMAT,
         "version": MANIFEST_VERSION,
         "backup": {
-            "id": record.id,
-            "type": record.type.value,
-            "description": record.description,
-            "requested_by": record.requested_by,
-            "parent_id": record.parent_id,
-            "created_at": created.isoformat() if isinstance(created, datetime) else created,
+            "id": backup.id,
+            "type": backup.type.value,
+            "description": backup.description,
+            "requested_by": backup.requested_by,
+            "parent_id": backup.parent_id,
+            "created_at": created.isoformat(),
             "completed_at": datetime.now(UTC).isoformat(),
         },
         "encryption": encryption,
         "parts": parts,
         "tool": tool_info(),
     }
+
+
+def find_backup_directory(root: Path, backup_id: str) -> Path | None:
+    """The backup's directory below the storage root, whatever day it was made."""
+    matches = sorted(root.glob(f"*/{backup_id}"))
+    return matches[-1] if matches else None
+
+
+def filesystem_usage(directory: Path) -> tuple[int, int] | None:
+    """Total and free bytes of the filesystem ``directory`` is (or will be) on."""
+    # The storage root may not exist before the first backup: measure the filesystem it will be on.
+    for candidate in (directory, *directory.resolve().parents):
+        if candidate.exists():
+            usage = shutil.disk_usage(candidate)
+            return usage.total, usage.free
+    return None
+
+
+class LocalStorage:
+    """``BackupStorage`` on a local directory (or a mounted volume)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def directory(self, backup: Backup) -> Path:
+        return self.root / backup.storage_path
+
+    async def prepare_part(self, backup: Backup, part: BackupPart) -> Path:
+        directory = self.directory(backup)
+        archive = directory / archive_name(part)
+
+        def prepare() -> None:
+            directory.mkdir(parents=True, exist_ok=True)
+            # An archive left by an attempt whose worker died after the rename was never recorded as
+            # usable; the caller holds the part's lease now, so it replaces it.
+            archive.unlink(missing_ok=True)
+
+        await asyncio.to_thread(prepare)
+        return archive
+
+    async def write_part_manifest(self, backup: Backup, part: BackupPart, manifest: dict[str, Any]) -> None:
+        await asyncio.to_thread(write_json_durably, self.directory(backup) / part_manifest_name(part), manifest)
+
+    async def read_part_manifest(self, backup: Backup, part: BackupPart) -> dict[str, Any]:
+        return await asyncio.to_thread(read_json, self.directory(backup) / part_manifest_name(part))
+
+    async def write_manifest(self, backup: Backup, encryption: dict[str, Any]) -> None:
+        directory = self.directory(backup)
+
+        def write() -> None:
+            described = {p.part.value: read_json(directory / part_manifest_name(p.part)) for p in backup.parts}
+            write_json_durably(directory / MANIFEST, backup_manifest(backup, described, encryption))
+
+        await asyncio.to_thread(write)
+
+    async def usage(self) -> tuple[int, int] | None:
+        return await asyncio.to_thread(filesystem_usage, self.root)

@@ -2,6 +2,7 @@
 
 A service must start, and take requests, while RabbitMQ is down: the link keeps trying in the
 background and publishing fails with PublishError until it is up (the outbox keeps the events).
+Once connected, the link declares the exchanges and every service's queue (``Topology``).
 """
 
 from __future__ import annotations
@@ -13,51 +14,23 @@ import logging
 import aio_pika
 from aio_pika.abc import AbstractRobustConnection
 
-from backup_common.adapters.amqp.messaging import AmqpPublisher, PublishError, Topology
-from backup_common.domain.events import (
-    BackupCompleted,
-    BackupPartCompleted,
-    BackupPartFailed,
-    BackupRequested,
-    DeleteRequested,
-    Event,
-    RestoreRequested,
-    VerifyRequested,
-)
+from backup_common.adapters.amqp.publisher import AmqpPublisher
+from backup_common.adapters.amqp.topology import ServiceQueues, Topology
+from backup_common.domain.events import Event
+from backup_common.domain.ports import PublishError
 
 log = logging.getLogger(__name__)
 
-# Which events each service consumes. Every service declares all of these queues when it connects,
-# so an event is queued for a service that is not running yet instead of being unroutable.
-SERVICE_SUBSCRIPTIONS: dict[str, tuple[str, ...]] = {
-    "database_backup": (BackupRequested.routing_key, RestoreRequested.routing_key),
-    "file_backup": (BackupRequested.routing_key, RestoreRequested.routing_key),
-    "verification": (BackupCompleted.routing_key, VerifyRequested.routing_key),
-    "retention": (
-        BackupCompleted.routing_key,
-        DeleteRequested.routing_key,
-        BackupPartCompleted.routing_key,
-        BackupPartFailed.routing_key,
-    ),
-}
-
-
-async def declare_topology(connection: AbstractRobustConnection, topology: Topology) -> None:
-    channel = await connection.channel()
-    try:
-        await topology.declare_exchanges(channel)
-        for service, routing_keys in SERVICE_SUBSCRIPTIONS.items():
-            await topology.declare_service_queue(channel, service, routing_keys)
-    finally:
-        await channel.close()
-
 
 class BrokerLink:
-    """One robust connection, a confirming publisher on it, and the declared topology."""
+    """One robust connection and a confirming publisher on it."""
 
-    def __init__(self, url: str, topology: Topology, *, retry_seconds: float = 2.0) -> None:
+    def __init__(
+        self, url: str, topology: Topology, queues: ServiceQueues | None = None, *, retry_seconds: float = 2.0
+    ) -> None:
         self._url = url
         self._topology = topology
+        self._queues = queues or {}
         self._retry_seconds = retry_seconds
         self._connection: AbstractRobustConnection | None = None
         self._publisher: AmqpPublisher | None = None
@@ -92,7 +65,7 @@ class BrokerLink:
             connection: AbstractRobustConnection | None = None
             try:
                 connection = await aio_pika.connect_robust(self._url, timeout=10)
-                await declare_topology(connection, self._topology)
+                await self._declare(connection)
                 self._publisher = await AmqpPublisher(connection, self._topology).start()
                 self._connection = connection
                 self._up.set()
@@ -104,6 +77,14 @@ class BrokerLink:
                 log.warning("RabbitMQ not reachable (%s); retrying in %.0f s", type(exc).__name__, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
+
+    async def _declare(self, connection: AbstractRobustConnection) -> None:
+        channel = await connection.channel()
+        try:
+            await self._topology.declare_exchanges(channel)
+            await self._topology.declare_service_queues(channel, self._queues)
+        finally:
+            await channel.close()
 
     async def publish(self, event: Event) -> None:
         """The ``Publisher`` port: raises PublishError while the broker is not reachable."""

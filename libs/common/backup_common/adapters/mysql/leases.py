@@ -1,9 +1,6 @@
-"""Job leases in the catalog's ``job_leases`` table: claim, heartbeat, fence, finish, reap.
-
-A worker claims a job (a backup part, a restore part), acks the message that asked for it, and works
-while a heartbeat keeps extending the lease. Every claim bumps ``version``; the worker passes its
-lease to :meth:`LeaseStore.fence` inside the transaction that writes its results, so a worker whose
-lease was taken over (it stalled, its host was partitioned away) can no longer write anything.
+"""Job leases (see ``domain.jobs``) in the catalog's ``job_leases`` table: claim, heartbeat, fence,
+finish, reap. ``LeaseStore`` is the ``Leases`` port (its own transactions); ``MysqlJobLeases`` is the
+``JobLeases`` port, in a unit of work's transaction, so fencing and results commit together.
 
 Every time is taken from the database clock (``NOW(6)``), never the worker's, so replicas whose
 clocks disagree still agree on who holds a lease and when it expires.
@@ -15,8 +12,7 @@ import asyncio
 import json
 import logging
 import random
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC
 from types import TracebackType
 from typing import Any
 
@@ -24,6 +20,7 @@ from asyncmy.connection import Connection
 from asyncmy.errors import OperationalError
 
 from backup_common.adapters.mysql import db
+from backup_common.domain.jobs import Lease, LeaseLost, ReapedJob, ReapResult
 
 log = logging.getLogger(__name__)
 
@@ -36,43 +33,6 @@ _RETRYABLE_ERRORS = frozenset({1205, 1213})  # ER_LOCK_WAIT_TIMEOUT, ER_LOCK_DEA
 _CLAIM_TRIES = 5
 
 _COLUMNS = "job_key, holder, version, state, attempts, expires_at"
-
-
-class LeaseLost(Exception):
-    """The lease was taken over, released, reaped or finished: its holder must stop and not write."""
-
-    def __init__(self, job_key: str, detail: str) -> None:
-        super().__init__(f"lease on {job_key} lost: {detail}")
-        self.job_key = job_key
-        self.detail = detail
-
-
-@dataclass(frozen=True)
-class Lease:
-    """One holder's claim on a job; ``version`` identifies this claim among all claims of the job."""
-
-    job_key: str
-    holder: str
-    version: int
-    expires_at: datetime  # UTC, by the database clock
-    attempts: int
-
-
-@dataclass(frozen=True)
-class ReapedJob:
-    job_key: str
-    holder: str | None
-    version: int
-    attempts: int
-    payload: dict[str, Any] | None
-
-
-@dataclass(frozen=True)
-class ReapResult:
-    requeue: list[ReapedJob] = field(default_factory=list)
-    """Released again, so a worker may claim them: the caller re-emits each job from its payload."""
-    failed: list[ReapedJob] = field(default_factory=list)
-    """Lost too many times; now 'failed' with the reason in ``last_error``."""
 
 
 class LeaseStore:
@@ -358,3 +318,26 @@ class Heartbeat:
         except TimeoutError:
             return False
         return True
+
+
+class MysqlJobLeases:
+    """The lease operations of one unit of work, on its connection."""
+
+    def __init__(self, store: LeaseStore, conn: Connection) -> None:
+        self._store = store
+        self._conn = conn
+
+    async def fence(self, lease: Lease) -> None:
+        await self._store.fence(self._conn, lease)
+
+    async def complete(self, lease: Lease) -> None:
+        await self._store.complete(lease, conn=self._conn)
+
+    async def fail(self, lease: Lease, reason: str) -> None:
+        await self._store.fail(lease, reason, conn=self._conn)
+
+    async def release(self, lease: Lease, reason: str) -> None:
+        await self._store.release(lease, reason, conn=self._conn)
+
+    async def reap(self, max_attempts: int) -> ReapResult:
+        return await self._store.reap(max_attempts, conn=self._conn)

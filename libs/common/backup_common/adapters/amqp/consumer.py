@@ -1,8 +1,8 @@
-"""The aio-pika adapter: exchange and queue topology, a confirming publisher and a consumer.
+"""Feeding a service's queue to its handler table.
 
-Handlers never see aio-pika: they receive a validated ``Event`` and publish through the ``Publisher``
-port. Delivery is at least once; the consumer skips message ids it already processed, retries a
-failing handler a bounded number of times, and dead-letters whatever it cannot handle.
+Handlers never see aio-pika: they receive a validated ``Event``. Delivery is at least once; the
+consumer skips message ids it already processed, retries a failing handler a bounded number of
+times, and dead-letters whatever it cannot handle, an event its table has no handler for included.
 """
 
 from __future__ import annotations
@@ -10,16 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Iterable
-from dataclasses import dataclass
-from types import TracebackType
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 import aio_pika
-import aiormq
 from aio_pika.abc import (
     AbstractChannel,
-    AbstractExchange,
     AbstractIncomingMessage,
     AbstractQueue,
     AbstractRobustConnection,
@@ -29,201 +25,28 @@ from aio_pika.abc import (
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from pydantic import ValidationError
 
-from backup_common.adapters.settings import Settings
+from backup_common.adapters.amqp.publisher import KeyedLocks, confirmed_publish, event_type
+from backup_common.adapters.amqp.topology import Topology, routing_keys
 from backup_common.domain.events import Event, parse_event
 from backup_common.domain.ports import EventHandler, ProcessedMessages, PublishError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AmqpPublisher", "Consumer", "PublishError", "Topology"]
-
 ATTEMPTS_HEADER = "x-attempts"
 LAST_ERROR_HEADER = "x-last-error"
+DEAD_LETTER_REASON_HEADER = "x-dead-letter-reason"
 # processed_messages.message_id is VARCHAR(128); a longer id could never be remembered.
 MAX_MESSAGE_ID_LENGTH = 128
 _MAX_ERROR_TEXT = 300
 
-
-@dataclass(frozen=True)
-class Topology:
-    """Exchange and queue names of one deployment, all derived from its settings."""
-
-    settings: Settings
-
-    @property
-    def exchange(self) -> str:
-        return self.settings.amqp_exchange
-
-    @property
-    def dead_letter_exchange(self) -> str:
-        return f"{self.exchange}.dlx"
-
-    def queue_name(self, service: str) -> str:
-        return f"{self.settings.amqp_queue_prefix}.{service}"
-
-    @staticmethod
-    def dead_letter_queue_name(queue: str) -> str:
-        return f"{queue}.dead"
-
-    async def declare_exchanges(self, channel: AbstractChannel) -> AbstractExchange:
-        """Declares the event exchange and its dead-letter exchange; returns the event exchange."""
-        await channel.declare_exchange(self.dead_letter_exchange, aio_pika.ExchangeType.DIRECT, durable=True)
-        return await channel.declare_exchange(self.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
-
-    async def declare_queue(self, channel: AbstractChannel, queue: str, routing_keys: Iterable[str]) -> AbstractQueue:
-        """Declares ``queue`` with its dead-letter queue, bound to each routing key; returns ``queue``.
-
-        Expects the exchanges to exist (``declare_exchanges``).
-        """
-        dead = await channel.declare_queue(self.dead_letter_queue_name(queue), durable=True)
-        await dead.bind(self.dead_letter_exchange, routing_key=queue)
-        declared = await channel.declare_queue(
-            queue,
-            durable=True,
-            arguments={
-                "x-dead-letter-exchange": self.dead_letter_exchange,
-                "x-dead-letter-routing-key": queue,
-            },
-        )
-        for routing_key in routing_keys:
-            await declared.bind(self.exchange, routing_key=routing_key)
-        return declared
-
-    async def declare_service_queue(
-        self, channel: AbstractChannel, service: str, routing_keys: Iterable[str]
-    ) -> AbstractQueue:
-        return await self.declare_queue(channel, self.queue_name(service), routing_keys)
-
-
-class _KeyedLocks:
-    """One lock per key, kept only while a task holds or awaits it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._users: dict[str, int] = {}
-
-    @contextlib.asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        self._users[key] = self._users.get(key, 0) + 1
-        try:
-            async with lock:
-                yield
-        finally:
-            self._users[key] -= 1
-            if not self._users[key]:
-                del self._users[key], self._locks[key]
-
-
-async def _confirmed_publish(
-    exchange: AbstractExchange,
-    message: aio_pika.Message,
-    routing_key: str,
-    *,
-    what: str,
-    confirm_timeout: float,
-    same_id: _KeyedLocks,
-) -> None:
-    """Publishes on a confirming channel opened with ``on_return_raises``; raises PublishError.
-
-    aiormq matches a returned message to its publish by message_id, so two publishes of one id in
-    flight on one channel could confirm an unroutable message as delivered; those two wait for each
-    other, every other publish runs concurrently.
-    """
-    assert message.message_id is not None
-    try:
-        async with same_id.hold(message.message_id), asyncio.timeout(confirm_timeout):
-            confirmation = await exchange.publish(message, routing_key=routing_key, mandatory=True)
-    except aio_pika.exceptions.PublishError as exc:
-        raise PublishError(f"{what}: no queue is bound to routing key {routing_key!r}") from exc
-    except aio_pika.exceptions.DeliveryError as exc:
-        raise PublishError(f"{what}: the broker refused it ({type(exc.frame).__name__})") from exc
-    except TimeoutError as exc:  # before OSError, which it subclasses
-        raise PublishError(f"{what}: the broker did not confirm it within {confirm_timeout:g} s") from exc
-    except CONNECTION_EXCEPTIONS as exc:
-        raise PublishError(f"{what}: the broker is unreachable: {exc!r}") from exc
-    if not isinstance(confirmation, aiormq.spec.Basic.Ack):
-        raise PublishError(f"{what}: the broker did not confirm it: {confirmation!r}")
-
-
-class AmqpPublisher:
-    """``Publisher`` on its own confirming channel; ``publish`` returns once the broker has the event."""
-
-    def __init__(
-        self,
-        connection: AbstractRobustConnection,
-        topology: Topology,
-        *,
-        confirm_timeout: float = 30.0,
-    ) -> None:
-        self._connection = connection
-        self._topology = topology
-        self._confirm_timeout = confirm_timeout
-        self._channel: AbstractChannel | None = None
-        self._exchange: AbstractExchange | None = None
-        self._publishing_ids = _KeyedLocks()
-
-    async def start(self) -> AmqpPublisher:
-        if self._channel is not None:
-            raise RuntimeError("publisher already started")
-        channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
-        try:
-            # Publishing to a missing exchange would close the channel, so make sure it exists.
-            self._exchange = await self._topology.declare_exchanges(channel)
-        except BaseException:
-            await channel.close()
-            raise
-        self._channel = channel
-        return self
-
-    async def close(self) -> None:
-        channel, self._channel, self._exchange = self._channel, None, None
-        if channel is not None and not channel.is_closed:
-            await channel.close()
-
-    async def __aenter__(self) -> AmqpPublisher:
-        return await self.start()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    async def publish(self, event: Event) -> None:
-        if self._exchange is None:
-            raise PublishError("the publisher is not started or already closed")
-        message = aio_pika.Message(
-            event.to_json(),
-            content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=str(event.event_id),
-            correlation_id=str(event.correlation_id),
-            type=_event_type(event),
-            timestamp=event.occurred_at,
-        )
-        await _confirmed_publish(
-            self._exchange,
-            message,
-            event.routing_key,
-            what=f"{_event_type(event)} {event.event_id}",
-            confirm_timeout=self._confirm_timeout,
-            same_id=self._publishing_ids,
-        )
-
-
-def _event_type(event: Event) -> str:
-    # Every concrete event declares a ``type`` literal; the base class does not.
-    return str(getattr(event, "type", type(event).__name__))
+HandlerTable = Mapping[type[Event], EventHandler]
 
 
 class Consumer:
-    """Feeds one service queue to one handler: idempotent, bounded retries, dead-letters the rest.
+    """Feeds one service queue to its handler table: idempotent, bounded retries, dead-letters the rest.
 
-    ``name`` is the consumer's identity: its queue is ``topology.queue_name(name)`` and processed
-    message ids are remembered under it.
+    ``name`` is the consumer's identity: its queue is ``topology.queue_name(name)``, bound to the
+    routing keys of the table's events, and processed message ids are remembered under it.
     """
 
     def __init__(
@@ -231,8 +54,7 @@ class Consumer:
         connection: AbstractRobustConnection,
         topology: Topology,
         name: str,
-        routing_keys: Iterable[str],
-        handler: EventHandler,
+        handlers: HandlerTable,
         processed: ProcessedMessages,
         *,
         max_attempts: int | None = None,
@@ -249,8 +71,10 @@ class Consumer:
             raise ValueError("max_attempts and prefetch must be at least 1")
         self._connection = connection
         self._topology = topology
-        self._routing_keys = tuple(routing_keys)
-        self._handler = handler
+        if not handlers:
+            raise ValueError(f"consumer {name} has no handler: it would consume nothing")
+        self._handlers = dict(handlers)
+        self._routing_keys = routing_keys(handlers)
         self._processed = processed
         self._retry_backoff = retry_backoff
         self._max_retry_backoff = max_retry_backoff
@@ -260,8 +84,8 @@ class Consumer:
         self._consumer_tag: ConsumerTag | None = None
         self._stopping = asyncio.Event()
         self._in_flight: set[asyncio.Task[Any]] = set()
-        self._processing_ids = _KeyedLocks()
-        self._publishing_ids = _KeyedLocks()
+        self._processing_ids = KeyedLocks()
+        self._publishing_ids = KeyedLocks()
 
     async def start(self) -> None:
         if self._channel is not None:
@@ -331,36 +155,39 @@ class Consumer:
         except ValidationError as exc:
             await self._dead_letter(message, f"it is not a valid event ({_describe_invalid(exc)})")
             return
+        handler = self._handlers.get(type(event))
+        if handler is None:
+            # Bound by another routing key, or published here by hand: never acknowledged unhandled.
+            await self._dead_letter(message, f"{self.name} has no handler for {event_type(event)}")
+            return
 
         failure: Exception | None = None
         # Duplicates delivered together wait for each other, so the second one sees the first remembered.
         async with self._processing_ids.hold(message_id):
             try:
                 if await self._processed.seen(self.name, message_id):
-                    log.info(
-                        "consumer %s: skipping %s %s, already processed", self.name, _event_type(event), message_id
-                    )
+                    log.info("consumer %s: skipping %s %s, already processed", self.name, event_type(event), message_id)
                     await self._settle(message.ack())
                     return
-                await self._handler(event)
+                await handler(event)
                 await self._processed.remember(self.name, message_id)
             except Exception as exc:
                 failure = exc
         if failure is None:
-            log.debug("consumer %s: processed %s %s", self.name, _event_type(event), message_id)
+            log.debug("consumer %s: processed %s %s", self.name, event_type(event), message_id)
             await self._settle(message.ack())
         else:
-            await self._retry_or_dead_letter(message, _event_type(event), failure)
+            await self._retry_or_dead_letter(message, event_type(event), failure)
 
     async def _retry_or_dead_letter(self, message: AbstractIncomingMessage, kind: str, exc: Exception) -> None:
         attempt = _attempt_of(message)
         error = _error_text(exc)
         if attempt >= self.max_attempts:
             log.error(
-                "consumer %s: %s %s failed on attempt %d of %d, dead-lettering it: %s",
+                "consumer %s: %s %s failed on attempt %d of %d: %s",
                 self.name, kind, message.message_id, attempt, self.max_attempts, error, exc_info=exc,
             )  # fmt: skip
-            await self._settle(message.reject(requeue=False))
+            await self._dead_letter(message, f"it failed {attempt} times; the last error: {error}")
             return
         delay = min(self._retry_backoff * 2**attempt, self._max_retry_backoff)
         log.warning(
@@ -386,27 +213,9 @@ class Consumer:
         channel = self._channel
         if channel is None or channel.is_closed:
             raise PublishError("the consumer channel is closed")
-        headers: HeadersType = dict(message.headers)
-        headers[ATTEMPTS_HEADER] = attempt
-        headers[LAST_ERROR_HEADER] = error
-        copy = aio_pika.Message(
-            message.body,
-            headers=headers,
-            content_type=message.content_type,
-            content_encoding=message.content_encoding,
-            delivery_mode=message.delivery_mode or aio_pika.DeliveryMode.PERSISTENT,
-            priority=message.priority,
-            correlation_id=message.correlation_id,
-            reply_to=message.reply_to,
-            message_id=message.message_id,
-            timestamp=message.timestamp,
-            type=message.type,
-            app_id=message.app_id,
-            # user_id is left out: the broker refuses one that is not this connection's user.
-        )
-        await _confirmed_publish(
+        await confirmed_publish(
             channel.default_exchange,
-            copy,
+            _copy(message, {ATTEMPTS_HEADER: attempt, LAST_ERROR_HEADER: error}),
             self.queue_name,
             what=f"retry of message {message.message_id}",
             confirm_timeout=self._confirm_timeout,
@@ -414,11 +223,31 @@ class Consumer:
         )
 
     async def _dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
+        """Moves the message to the queue's dead-letter queue with ``reason`` in its headers, so an
+        operator reading it there knows why; if that copy cannot be queued, the broker dead-letters
+        the original (without the reason)."""
         log.error(
             "consumer %s: dead-lettering message %s (type %s) because %s",
             self.name, message.message_id, message.type, reason,
         )  # fmt: skip
-        await self._settle(message.reject(requeue=False))
+        channel = self._channel
+        try:
+            if channel is None or channel.is_closed:
+                raise PublishError("the consumer channel is closed")
+            exchange = await channel.get_exchange(self._topology.dead_letter_exchange, ensure=False)
+            await confirmed_publish(
+                exchange,
+                _copy(message, {DEAD_LETTER_REASON_HEADER: reason[:_MAX_ERROR_TEXT]}),
+                self.queue_name,
+                what=f"dead letter of message {message.message_id or '(no id)'}",
+                confirm_timeout=self._confirm_timeout,
+                same_id=self._publishing_ids,
+            )
+        except PublishError as exc:
+            log.warning("consumer %s: dead-lettering without the reason: %s", self.name, exc)
+            await self._settle(message.reject(requeue=False))
+            return
+        await self._settle(message.ack())
 
     async def _settle(self, outcome: Awaitable[Any]) -> None:
         """Awaits an ack, nack or reject; a closed channel means the broker redelivers the message."""
@@ -426,6 +255,25 @@ class Consumer:
             await outcome
         except CONNECTION_EXCEPTIONS as exc:
             log.warning("consumer %s: could not settle a message, it will be redelivered: %r", self.name, exc)
+
+
+def _copy(message: AbstractIncomingMessage, extra_headers: HeadersType) -> aio_pika.Message:
+    """The message with the same body and properties, and ``extra_headers`` added."""
+    return aio_pika.Message(
+        message.body,
+        headers={**message.headers, **extra_headers},
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        delivery_mode=message.delivery_mode or aio_pika.DeliveryMode.PERSISTENT,
+        priority=message.priority,
+        correlation_id=message.correlation_id,
+        reply_to=message.reply_to,
+        message_id=message.message_id,
+        timestamp=message.timestamp,
+        type=message.type,
+        app_id=message.app_id,
+        # user_id is left out: the broker refuses one that is not this connection's user.
+    )
 
 
 def _attempt_of(message: AbstractIncomingMessage) -> int:

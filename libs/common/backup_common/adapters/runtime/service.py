@@ -1,0 +1,221 @@
+"""The process around every service: the adapters its handlers get (catalog, leases, keys, storage),
+the broker link, the outbox relay, the consumer of its handler table, the lease reaper, and the
+/healthz, /readyz and /metrics endpoints, all opened and closed in aiohttp's cleanup_ctx.
+
+A service provides ``bootstrap(settings, ports, registry) -> Service``: its one composition root,
+which unit tests call with fakes of the ports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from backup_common.adapters.amqp.consumer import Consumer, HandlerTable
+from backup_common.adapters.amqp.link import BrokerLink
+from backup_common.adapters.amqp.topology import Topology, load_service_queues
+from backup_common.adapters.logs import configure_logging
+from backup_common.adapters.mysql import db
+from backup_common.adapters.mysql.keys import MysqlKeyStore
+from backup_common.adapters.mysql.leases import LeaseStore
+from backup_common.adapters.mysql.migrations import migrate
+from backup_common.adapters.mysql.outbox import OutboxRelay, RetryPolicy
+from backup_common.adapters.mysql.processed import MysqlProcessedMessages
+from backup_common.adapters.mysql.uow import unit_of_work_factory
+from backup_common.adapters.runtime.health import ServiceMetrics, healthz, metrics_response, readiness
+from backup_common.adapters.runtime.jobs import PartJobs
+from backup_common.adapters.settings import Settings, SettingsError, load_settings
+from backup_common.domain.events import Event
+from backup_common.domain.jobs import MAX_JOB_ATTEMPTS
+from backup_common.domain.ports import Ports
+from backup_common.engine.crypto import MasterKey
+from backup_common.engine.storage import LocalStorage
+
+log = logging.getLogger(__name__)
+
+
+async def _nothing() -> None:
+    return None
+
+
+@dataclass
+class Service:
+    """What a service's bootstrap returns: its bound handlers and what to do when it stops."""
+
+    name: str
+    handlers: HandlerTable = field(default_factory=dict)
+    stop: Callable[[], Awaitable[None]] = _nothing  # gives running jobs back, so another replica resumes them
+    reaps_leases: bool = False  # re-requests (or fails) the jobs of workers that were lost
+
+
+Bootstrap = Callable[[Settings, Ports, CollectorRegistry], Service]
+Dependencies = TypeVar("Dependencies")
+# A service's handler table: each handler takes its event and the service's dependencies.
+Handlers = Mapping[type[Event], Callable[[Any, Dependencies], Awaitable[None]]]
+
+
+def bind(handlers: Handlers[Dependencies], dependencies: Dependencies) -> HandlerTable:
+    """The table with each handler given the dependencies, as the consumer calls it."""
+
+    def bound(handler: Callable[[Any, Dependencies], Awaitable[None]]) -> Callable[[Event], Awaitable[None]]:
+        async def handle(event: Event) -> None:
+            await handler(event, dependencies)
+
+        return handle
+
+    return {event: bound(handler) for event, handler in handlers.items()}
+
+
+@dataclass
+class Running:
+    """One service process's open resources, for its endpoints and views."""
+
+    settings: Settings
+    ports: Ports
+    pool: db.Pool
+    broker: BrokerLink
+    relay: OutboxRelay
+    metrics: ServiceMetrics
+    service: Service
+
+
+RUNNING = web.AppKey("running", Running)
+
+
+def holder_name(service: str) -> str:
+    return f"{service}@{socket.gethostname()}:{os.getpid()}"
+
+
+def system_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+def lifecycle(
+    settings: Settings, name: str, bootstrap: Bootstrap, metrics: ServiceMetrics | None = None
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The cleanup_ctx that opens the service's adapters, bootstraps it and runs its loops."""
+    metrics = metrics or ServiceMetrics(name)
+
+    async def run(app: web.Application) -> AsyncIterator[None]:
+        await migrate(settings.catalog)
+        pool = await db.create_pool(settings.catalog, maxsize=10)
+        relay = OutboxRelay(
+            pool,
+            poll_seconds=settings.outbox_poll_seconds,
+            retry=RetryPolicy(max_attempts=settings.outbox_max_attempts),
+        )
+        leases = LeaseStore(pool, settings.lease_seconds)
+        ports = Ports(
+            uow=unit_of_work_factory(pool, leases, relay.wake),
+            leases=leases,
+            keys=MysqlKeyStore(pool, lambda: MasterKey(settings.load_master_key())),
+            storage=LocalStorage(settings.storage_dir),
+            clock=system_clock,
+            holder=holder_name(name),
+        )
+        queues = await asyncio.to_thread(load_service_queues)
+        broker = BrokerLink(settings.amqp_url.get_secret_value(), Topology(settings), queues)
+        broker.start()
+        service = bootstrap(settings, ports, metrics.registry)
+        running = Running(settings, ports, pool, broker, relay, metrics, service)
+        app[RUNNING] = running
+        tasks = [asyncio.create_task(relay.run(broker), name="outbox-relay")]
+        if service.reaps_leases:
+            tasks.append(asyncio.create_task(_reap_forever(running), name="lease-reaper"))
+        consuming = asyncio.create_task(_consume(running), name="consumer") if service.handlers else None
+        yield
+        consumer = await _started(consuming) if consuming is not None else None
+        if consumer is not None:
+            await consumer.stop()
+        await service.stop()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await broker.close()
+        await db.close_pool(pool)
+
+    return run
+
+
+async def _consume(running: Running) -> Consumer:
+    connection = await running.broker.wait_connected()
+    consumer = Consumer(
+        connection,
+        Topology(running.settings),
+        running.service.name,
+        running.service.handlers,
+        MysqlProcessedMessages(running.pool),
+    )
+    await consumer.start()
+    return consumer
+
+
+async def _started(task: asyncio.Task[Consumer]) -> Consumer | None:
+    """The consumer if it started; otherwise its start is cancelled (the broker never answered)."""
+    if task.done() and not task.cancelled() and task.exception() is None:
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+    return None
+
+
+async def _reap_forever(running: Running) -> None:
+    jobs = PartJobs(running.ports)
+    interval = max(1.0, running.settings.lease_seconds / 2)
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await jobs.reap(MAX_JOB_ATTEMPTS)
+        except Exception:
+            log.exception("lease reaping failed; will try again")
+
+
+async def readyz(request: web.Request) -> web.Response:
+    running = request.app[RUNNING]
+    return await readiness(running.pool, running.broker)
+
+
+async def metrics_view(request: web.Request) -> web.Response:
+    running = request.app[RUNNING]
+    return await metrics_response(running.metrics, running.broker, running.relay)
+
+
+def add_health_routes(app: web.Application) -> None:
+    app.router.add_get("/healthz", healthz, name="healthz")
+    app.router.add_get("/readyz", readyz, name="readyz")
+    app.router.add_get("/metrics", metrics_view, name="metrics")
+
+
+def worker_app(settings: Settings, name: str, bootstrap: Bootstrap) -> web.Application:
+    """A service that serves only /healthz, /readyz and /metrics besides consuming its queue."""
+    app = web.Application()
+    app.cleanup_ctx.append(lifecycle(settings, name, bootstrap))
+    add_health_routes(app)
+    return app
+
+
+def serve(
+    name: str, create_app: Callable[[Settings], web.Application], address: Callable[[Settings], tuple[str, int]]
+) -> None:
+    """The entry point of a service process: serves until SIGINT or SIGTERM, then gives its jobs back."""
+    settings = load_settings()
+    configure_logging(settings, name)
+    try:
+        app = create_app(settings)
+    except SettingsError as exc:
+        raise SystemExit(f"invalid configuration:\n{exc}") from None
+    host, port = address(settings)
+    web.run_app(app, host=host, port=port, print=None, access_log=None)

@@ -1,0 +1,36 @@
+"""The database_backup service's composition root: its handlers, given the ports and the source database."""
+
+from __future__ import annotations
+
+import functools
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from backup_common.adapters.mysql.source import AsyncmySqlServer
+from backup_common.adapters.runtime.jobs import JobMetrics, PartWorker
+from backup_common.adapters.runtime.service import Service, bind, serve, worker_app
+from backup_common.adapters.settings import Settings
+from backup_common.domain.events import BackupPart
+from backup_common.domain.ports import Ports
+from backup_common.engine.database.sql import SqlServer
+from backup_database.handlers import HANDLERS, Dependencies, dump_part
+
+NAME = "database_backup"
+
+
+def bootstrap(
+    settings: Settings, ports: Ports, registry: CollectorRegistry, *, source: SqlServer | None = None
+) -> Service:
+    source = source or AsyncmySqlServer(settings.source)
+    produce = functools.partial(dump_part, source=source)
+    worker = PartWorker(BackupPart.DATABASE, produce, ports, JobMetrics(registry, NAME))
+    return Service(NAME, bind(HANDLERS, Dependencies(ports, worker)), stop=worker.shutdown, reaps_leases=True)
+
+
+def create_app(settings: Settings) -> web.Application:
+    return worker_app(settings, NAME, bootstrap)
+
+
+def main() -> None:
+    serve(NAME, create_app, lambda settings: (settings.worker_host, settings.database_backup_port))

@@ -1,0 +1,45 @@
+"""The gateway's composition root: the admin API's routes and middlewares over the ports."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from backup_common.adapters.runtime.health import ServiceMetrics
+from backup_common.adapters.runtime.service import Service, bind, lifecycle, metrics_view, serve
+from backup_common.adapters.settings import Settings
+from backup_common.adapters.tokens import TokenVerifier
+from backup_common.domain.ports import Ports
+from backup_gateway.app_keys import HTTP_METRICS, VERIFIER
+from backup_gateway.handlers import HANDLERS
+from backup_gateway.metrics import HttpMetrics
+from backup_gateway.middleware import admin_auth, json_errors, metrics
+from backup_gateway.routes import add_routes, openapi_document
+
+NAME = "gateway"
+MAX_BODY_BYTES = 1 << 20
+
+
+def bootstrap(settings: Settings, ports: Ports, registry: CollectorRegistry) -> Service:
+    return Service(NAME, bind(HANDLERS, ports))
+
+
+def create_app(settings: Settings) -> web.Application:
+    """Raises SettingsError when no key to check admin tokens with is configured."""
+    app = web.Application(middlewares=[metrics, admin_auth, json_errors], client_max_size=MAX_BODY_BYTES)
+    service_metrics = ServiceMetrics(NAME)
+    app[VERIFIER] = TokenVerifier(settings)
+    app[HTTP_METRICS] = HttpMetrics(service_metrics.registry)
+    add_routes(app)
+    app.router.add_get("/metrics", metrics_view, name="metrics")
+    app.router.add_get("/api/openapi.json", serve_openapi, name="openapi")
+    app.cleanup_ctx.append(lifecycle(settings, NAME, bootstrap, service_metrics))
+    return app
+
+
+async def serve_openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document())
+
+
+def main() -> None:
+    serve(NAME, create_app, lambda settings: (settings.gateway_host, settings.gateway_port))
