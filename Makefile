@@ -20,10 +20,14 @@ $(STAMP): requirements.lock pyproject.toml
 run: setup
 	$(BIN)/backupctl run
 
+# lint-imports checks the import contracts in pyproject.toml's [tool.importlinter]: the layers of
+# backup_common (cli -> adapters -> engine -> domain), services independent of each other and
+# unknown to backup_common, and MySQL/AMQP/HTTP libraries kept out of domain, engine and handlers.
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-logo
 
 unit: setup
 	$(BIN)/pytest tests/unit
@@ -56,4 +60,4 @@ bench: setup
 	$(BIN)/python -m bench.files $(BENCH_FILES_ARGS)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .import_linter_cache

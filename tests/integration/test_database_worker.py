@@ -190,3 +190,34 @@ async def test_a_full_disk_fails_the_backup_with_the_reason_and_leaves_nothing_b
     assert "No space left on device" in backup["error"], backup["error"]
     assert backup["parts"][0]["error"]
     assert [str(path) for path in full_disk.rglob("*") if path.is_file()] == []
+
+
+async def test_after_a_hundred_and_ten_failed_backups_a_new_one_is_still_requested_and_completed(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # Every failure announces BackupFailed, which no service consumes. The first relay published each
+    # as mandatory, could never send it, and took the same 100 oldest rows every pass: a backup
+    # requested after 110 failures stayed pending for ever.
+    source_url = settings.mysql_url.get_secret_value().rsplit("/", 1)[0] + f"/backup_src_{secrets.token_hex(4)}"
+    overrides: dict[str, Any] = {
+        "source_mysql_url": source_url,  # not created yet: every backup fails
+        "master_key": base64.b64encode(secrets.token_bytes(32)).decode(),
+        "storage_dir": tmp_path / "storage",
+    }
+    async with running_gateway(settings, **overrides) as gateway, running_workers(gateway, "database_backup"):
+        failed = [await gateway.create("database") for _ in range(110)]
+        for backup in failed:
+            assert (await wait_finished(gateway, backup["id"]))["status"] == "failed"
+        source = await make_source(source_url)
+        try:
+            backup = await wait_finished(gateway, (await gateway.create("database"))["id"])
+        finally:
+            await db.drop_database(source)
+        assert backup["status"] == "completed", backup["error"]
+        for _ in range(150):  # every BackupFailed is sent too, within 30 s
+            unsent = await gateway.rows("SELECT event_type FROM outbox WHERE sent_at IS NULL")
+            if not unsent:
+                break
+            await asyncio.sleep(0.2)
+        assert unsent == []
+        assert await gateway.rows("SELECT event_type FROM outbox WHERE parked_at IS NOT NULL") == []

@@ -13,19 +13,31 @@ from backup_common.adapters.runtime.service import Service, bind, serve, worker_
 from backup_common.adapters.settings import Settings
 from backup_common.domain.events import BackupPart
 from backup_common.domain.ports import Ports
+from backup_common.engine.database.dump import dump_database
 from backup_common.engine.database.sql import SqlServer
-from backup_database.handlers import HANDLERS, Dependencies, dump_part
+from backup_database.handlers import HANDLERS, Dependencies, Dump, dump_part
 
 NAME = "database_backup"
 
 
 def bootstrap(
-    settings: Settings, ports: Ports, registry: CollectorRegistry, *, source: SqlServer | None = None
+    settings: Settings,
+    ports: Ports,
+    registry: CollectorRegistry,
+    *,
+    source: SqlServer | None = None,
+    dump: Dump = dump_database,
 ) -> Service:
-    source = source or AsyncmySqlServer(settings.source)
-    produce = functools.partial(dump_part, source=source)
+    """``source`` and ``dump`` default to the configured database and the engine's dump."""
+    produce = functools.partial(dump_part, source=source or AsyncmySqlServer(settings.source), dump=dump)
     worker = PartWorker(BackupPart.DATABASE, produce, ports, JobMetrics(registry, NAME))
-    return Service(NAME, bind(HANDLERS, Dependencies(ports, worker)), stop=worker.shutdown, reaps_leases=True)
+    return Service(
+        NAME,
+        bind(HANDLERS, Dependencies(ports, worker)),
+        stop=worker.shutdown,
+        wait_idle=worker.wait_idle,
+        reaps_leases=True,
+    )
 
 
 def create_app(settings: Settings) -> web.Application:

@@ -9,6 +9,7 @@ than being acknowledged and forgotten.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 
 from backup_common.adapters.runtime.jobs import PartFailure, PartJob, PartWorker, fail_restore
@@ -18,7 +19,7 @@ from backup_common.domain.model import PartResult
 from backup_common.domain.ports import Ports
 from backup_common.engine.database.dump import DumpError, dump_database
 from backup_common.engine.database.manifest import database_part_manifest, dump_progress
-from backup_common.engine.database.model import DumpOptions, DumpProgress
+from backup_common.engine.database.model import DumpOptions, DumpProgress, DumpResult
 from backup_common.engine.database.sql import SqlServer
 
 
@@ -49,7 +50,10 @@ HANDLERS: Handlers[Dependencies] = {
 }
 
 
-async def dump_part(job: PartJob, source: SqlServer) -> PartResult:
+Dump = Callable[..., Awaitable[DumpResult]]  # the signature of engine.database.dump.dump_database
+
+
+async def dump_part(job: PartJob, source: SqlServer, dump: Dump = dump_database) -> PartResult:
     """Dumps the source database into the part's archive and writes its part manifest."""
     options = DumpOptions(
         keep_definers=job.settings.database.keep_definers, compression_level=job.settings.compression.level
@@ -60,7 +64,7 @@ async def dump_part(job: PartJob, source: SqlServer) -> PartResult:
 
     started = time.time()
     try:
-        result = await dump_database(source, job.archive, password=job.password, options=options, progress=report)
+        result = await dump(source, job.archive, password=job.password, options=options, progress=report)
     except DumpError as exc:
         raise PartFailure(str(exc)) from exc
     manifest = database_part_manifest(

@@ -25,7 +25,13 @@ def trees(settings: Settings) -> dict[str, Path]:
 def bootstrap(settings: Settings, ports: Ports, registry: CollectorRegistry) -> Service:
     produce = functools.partial(archive_part, roots=trees(settings))
     worker = PartWorker(BackupPart.FILES, produce, ports, JobMetrics(registry, NAME))
-    return Service(NAME, bind(HANDLERS, Dependencies(ports, worker)), stop=worker.shutdown, reaps_leases=True)
+    return Service(
+        NAME,
+        bind(HANDLERS, Dependencies(ports, worker)),
+        stop=worker.shutdown,
+        wait_idle=worker.wait_idle,
+        reaps_leases=True,
+    )
 
 
 def create_app(settings: Settings) -> web.Application:

@@ -55,6 +55,7 @@ class Service:
     name: str
     handlers: HandlerTable = field(default_factory=dict)
     stop: Callable[[], Awaitable[None]] = _nothing  # gives running jobs back, so another replica resumes them
+    wait_idle: Callable[[], Awaitable[None]] = _nothing  # returns once no job of this process runs
     reaps_leases: bool = False  # re-requests (or fails) the jobs of workers that were lost
 
 

@@ -1,0 +1,419 @@
+"""In-memory fakes of the ports (``domain.ports``), for running handlers through their bootstrap
+without MySQL or RabbitMQ.
+
+The fake unit of work keeps the catalog's transactional promises that the handlers rely on: reads are
+copies, nothing is visible to others before ``commit``, and ``commit`` moves the events recorded by
+every saved aggregate to the outbox together with the state.
+"""
+
+from __future__ import annotations
+
+import copy
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from backup_common.adapters.mysql.documents import default_document
+from backup_common.domain.documents import Document
+from backup_common.domain.events import BackupPart, BackupType, Event
+from backup_common.domain.jobs import Lease, LeaseLost, ReapedJob, ReapResult
+from backup_common.domain.model import (
+    AuditEntry,
+    Backup,
+    BackupFilter,
+    BackupStatus,
+    CatalogStats,
+    Idempotency,
+    LastSuccess,
+    Outcomes,
+    PartStatus,
+    Restore,
+)
+from backup_common.domain.ports import DuplicateRequest, Ports, StoredDocument, WrappedKey
+from backup_common.engine.crypto import MasterKey, new_data_key
+from backup_common.engine.storage import LocalStorage
+
+LEASE_SECONDS = 60.0
+
+
+class FakeClock:
+    """A clock that moves only when told to."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@dataclass
+class StoredLease:
+    holder: str | None = None
+    version: int = 0
+    state: str = "released"
+    attempts: int = 0
+    payload: dict[str, Any] | None = None
+    expires_at: datetime | None = None
+    last_error: str | None = None
+
+
+@dataclass
+class FakeCatalog:
+    """What the catalog holds once committed."""
+
+    clock: FakeClock
+    backups: dict[str, Backup] = field(default_factory=dict)
+    idempotency: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
+    restores: dict[str, Restore] = field(default_factory=dict)
+    documents: dict[str, StoredDocument] = field(default_factory=dict)
+    audit: list[AuditEntry] = field(default_factory=list)
+    outbox: list[Event] = field(default_factory=list)
+    leases: dict[str, StoredLease] = field(default_factory=dict)
+    commits: int = 0
+
+    def events(self, kind: type[Event]) -> list[Any]:
+        return [event for event in self.outbox if isinstance(event, kind)]
+
+
+def _fresh(aggregate: Any) -> Any:
+    """A copy as a read gives it: the stored state, with no events pending."""
+    copied = copy.deepcopy(aggregate)
+    copied.events = []
+    return copied
+
+
+class _Backups:
+    def __init__(self, uow: FakeUnitOfWork) -> None:
+        self._uow = uow
+        self._catalog = uow.catalog
+
+    async def add(self, backup: Backup, idempotency: Idempotency | None = None) -> None:
+        if idempotency is not None:
+            key = (backup.requested_by, idempotency.key)
+            if key in self._catalog.idempotency or key in self._uow.staged_idempotency:
+                raise DuplicateRequest(idempotency.key)
+            self._uow.staged_idempotency[key] = (backup.id, idempotency.request_hash)
+        self._uow.stage(backup)
+
+    async def get(self, backup_id: str, *, for_update: bool = False) -> Backup | None:
+        staged = self._uow.staged.get(backup_id)
+        if isinstance(staged, Backup):
+            return staged
+        found = self._catalog.backups.get(backup_id)
+        return _fresh(found) if found else None
+
+    async def by_idempotency_key(self, requested_by: str, key: str) -> tuple[Backup, str | None] | None:
+        found = self._catalog.idempotency.get((requested_by, key))
+        if found is None:
+            return None
+        backup = await self.get(found[0])
+        assert backup is not None
+        return backup, found[1]
+
+    async def save(self, backup: Backup) -> None:
+        self._uow.stage(backup)
+
+    async def record_progress(self, lease: Lease, backup_id: str, part: BackupPart, progress: dict[str, Any]) -> None:
+        stored = self._catalog.leases.get(lease.job_key)
+        if stored is None or (stored.holder, stored.version, stored.state) != (lease.holder, lease.version, "held"):
+            return
+        self._uow.staged_progress.append((backup_id, part, progress))
+
+    async def list(self, query: BackupFilter) -> tuple[list[Backup], int]:
+        matching = [
+            backup
+            for backup in self._catalog.backups.values()
+            if (not query.types or backup.type in query.types)
+            and (not query.statuses or backup.status in query.statuses)
+        ]
+        matching.sort(key=lambda backup: (backup.created_at, backup.id), reverse=True)
+        page = matching[query.offset : query.offset + query.limit]
+        return [_fresh(backup) for backup in page], len(matching)
+
+    async def stats(self) -> CatalogStats:
+        backups = list(self._catalog.backups.values())
+        by_status: dict[str, int] = {}
+        for backup in backups:
+            by_status[backup.status.value] = by_status.get(backup.status.value, 0) + 1
+        last: dict[str, LastSuccess | None] = {t.value: None for t in BackupType}
+        for backup in sorted(backups, key=lambda b: b.completed_at or b.created_at):
+            if backup.status is BackupStatus.COMPLETED and backup.completed_at:
+                last[backup.type.value] = LastSuccess(backup.id, backup.completed_at, backup.size_bytes)
+        return CatalogStats(
+            by_type={t.value: sum(1 for b in backups if b.type is t) for t in BackupType},
+            by_status=by_status,
+            bytes_by_type={
+                t.value: sum(b.size_bytes for b in backups if b.type is t and b.status is BackupStatus.COMPLETED)
+                for t in BackupType
+            },
+            last_success=last,
+            last_30_days=Outcomes(
+                sum(1 for b in backups if b.status is BackupStatus.COMPLETED),
+                sum(1 for b in backups if b.status is BackupStatus.FAILED),
+            ),
+        )
+
+    async def previous_with_files(self, backup: Backup) -> Backup | None:
+        candidates = [
+            other
+            for other in self._catalog.backups.values()
+            if other.status is BackupStatus.COMPLETED
+            and other.created_at < backup.created_at
+            and other.has_part(BackupPart.FILES)
+            and other.part(BackupPart.FILES).status is PartStatus.COMPLETED
+        ]
+        newest = max(candidates, key=lambda other: (other.created_at, other.id), default=None)
+        return _fresh(newest) if newest else None
+
+
+class _Restores:
+    def __init__(self, uow: FakeUnitOfWork) -> None:
+        self._uow = uow
+
+    async def add(self, restore: Restore) -> None:
+        self._uow.stage(restore)
+
+    async def get(self, restore_id: str, *, for_update: bool = False) -> Restore | None:
+        found = self._uow.catalog.restores.get(restore_id)
+        return _fresh(found) if found else None
+
+    async def save(self, restore: Restore) -> None:
+        self._uow.stage(restore)
+
+
+class _Documents:
+    def __init__(self, uow: FakeUnitOfWork) -> None:
+        self._uow = uow
+
+    async def get(self, name: str) -> StoredDocument:
+        stored = self._uow.staged_documents.get(name) or self._uow.catalog.documents.get(name)
+        if stored is None:
+            stored = StoredDocument(name, default_document(name), 1, "defaults", self._uow.catalog.clock())
+            self._uow.staged_documents[name] = stored
+        return stored
+
+    async def put(self, name: str, document: Document, updated_by: str) -> StoredDocument:
+        previous = await self.get(name)
+        stored = StoredDocument(name, document, previous.revision + 1, updated_by, self._uow.catalog.clock())
+        self._uow.staged_documents[name] = stored
+        return stored
+
+
+class _Audit:
+    def __init__(self, uow: FakeUnitOfWork) -> None:
+        self._uow = uow
+
+    async def add(self, entry: AuditEntry) -> None:
+        self._uow.staged_audit.append(entry)
+
+
+class _Outbox:
+    def __init__(self, uow: FakeUnitOfWork) -> None:
+        self._uow = uow
+
+    async def add(self, event: Event) -> None:
+        self._uow.staged_events.append(event)
+
+
+class _JobLeases:
+    def __init__(self, uow: FakeUnitOfWork) -> None:
+        self._uow = uow
+
+    def _current(self, job_key: str) -> StoredLease:
+        staged = self._uow.staged_leases.get(job_key)
+        if staged is not None:
+            return staged
+        stored = self._uow.catalog.leases.get(job_key)
+        if stored is None:
+            raise LeaseLost(job_key, "the lease row is gone")
+        self._uow.staged_leases[job_key] = replace(stored)
+        return self._uow.staged_leases[job_key]
+
+    async def fence(self, lease: Lease) -> None:
+        current = self._current(lease.job_key)
+        if (current.holder, current.version) != (lease.holder, lease.version):
+            raise LeaseLost(lease.job_key, f"taken over by {current.holder} (version {current.version})")
+        if current.state != "held":
+            raise LeaseLost(lease.job_key, f"it is {current.state}")
+
+    async def _finish(self, lease: Lease, state: str, reason: str | None) -> None:
+        await self.fence(lease)
+        current = self._current(lease.job_key)
+        current.state, current.last_error, current.expires_at = state, reason, None
+
+    async def complete(self, lease: Lease) -> None:
+        await self._finish(lease, "done", None)
+
+    async def fail(self, lease: Lease, reason: str) -> None:
+        await self._finish(lease, "failed", reason)
+
+    async def release(self, lease: Lease, reason: str) -> None:
+        await self._finish(lease, "released", reason)
+
+    async def reap(self, max_attempts: int) -> ReapResult:
+        result = ReapResult()
+        now = self._uow.catalog.clock()
+        for job_key, stored in self._uow.catalog.leases.items():
+            if stored.state != "held" or stored.expires_at is None or stored.expires_at > now:
+                continue
+            current = self._current(job_key)
+            job = ReapedJob(job_key, current.holder, current.version, current.attempts, current.payload)
+            if current.attempts < max_attempts:
+                current.state = "released"
+                result.requeue.append(job)
+            else:
+                current.state = "failed"
+                result.failed.append(job)
+            current.expires_at = None
+        return result
+
+
+class FakeUnitOfWork:
+    """One transaction of the fake catalog: ``staged_*`` is what ``commit`` makes visible."""
+
+    def __init__(self, catalog: FakeCatalog) -> None:
+        self.catalog = catalog
+        self.staged: dict[str, Backup | Restore] = {}
+        self.staged_idempotency: dict[tuple[str, str], tuple[str, str]] = {}
+        self.staged_documents: dict[str, StoredDocument] = {}
+        self.staged_audit: list[AuditEntry] = []
+        self.staged_events: list[Event] = []
+        self.staged_leases: dict[str, StoredLease] = {}
+        self.staged_progress: list[tuple[str, BackupPart, dict[str, Any]]] = []
+        self.backups = _Backups(self)
+        self.restores = _Restores(self)
+        self.documents = _Documents(self)
+        self.audit = _Audit(self)
+        self.outbox = _Outbox(self)
+        self.leases = _JobLeases(self)
+
+    def stage(self, aggregate: Backup | Restore) -> None:
+        self.staged[aggregate.id] = aggregate
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.staged.clear()
+
+    async def commit(self) -> None:
+        catalog = self.catalog
+        for aggregate in self.staged.values():
+            self.staged_events.extend(aggregate.events)
+            aggregate.events.clear()
+            if isinstance(aggregate, Backup):
+                catalog.backups[aggregate.id] = _fresh(aggregate)
+            else:
+                catalog.restores[aggregate.id] = _fresh(aggregate)
+        for backup_id, part, progress in self.staged_progress:
+            if backup_id in catalog.backups:
+                catalog.backups[backup_id].part(part).progress = progress
+        catalog.idempotency.update(self.staged_idempotency)
+        catalog.documents.update(self.staged_documents)
+        catalog.audit.extend(self.staged_audit)
+        catalog.outbox.extend(self.staged_events)
+        catalog.leases.update(self.staged_leases)
+        catalog.commits += 1
+        self.staged.clear()
+        self.staged_events, self.staged_audit, self.staged_progress = [], [], []
+        self.staged_idempotency, self.staged_documents, self.staged_leases = {}, {}, {}
+
+
+class FakeHeartbeat:
+    """Never extends the lease by itself; reports it lost when the catalog says another holds it."""
+
+    def __init__(self, catalog: FakeCatalog, lease: Lease) -> None:
+        self._catalog = catalog
+        self._lease = lease
+
+    @property
+    def lease(self) -> Lease:
+        return self._lease
+
+    @property
+    def lost(self) -> bool:
+        stored = self._catalog.leases.get(self._lease.job_key)
+        return stored is None or (stored.holder, stored.version, stored.state) != (
+            self._lease.holder,
+            self._lease.version,
+            "held",
+        )
+
+    def check(self) -> None:
+        if self.lost:
+            raise LeaseLost(self._lease.job_key, "taken over")
+
+
+class FakeLeases:
+    def __init__(self, catalog: FakeCatalog) -> None:
+        self._catalog = catalog
+
+    async def claim(self, job_key: str, holder: str, payload: dict[str, Any] | None = None) -> Lease | None:
+        stored = self._catalog.leases.setdefault(job_key, StoredLease())
+        now = self._catalog.clock()
+        expired = stored.state == "held" and stored.expires_at is not None and stored.expires_at <= now
+        if stored.state != "released" and not expired:
+            return None
+        stored.holder, stored.state = holder, "held"
+        stored.version += 1
+        stored.attempts += 1
+        stored.payload = payload if payload is not None else stored.payload
+        stored.expires_at = now + timedelta(seconds=LEASE_SECONDS)
+        return Lease(job_key, holder, stored.version, stored.expires_at, stored.attempts)
+
+    @asynccontextmanager
+    async def keep_alive(self, lease: Lease) -> AsyncIterator[FakeHeartbeat]:
+        yield FakeHeartbeat(self._catalog, lease)
+
+
+class FakeKeyStore:
+    def __init__(self, master: MasterKey | None = None) -> None:
+        self.master = master or MasterKey(secrets.token_bytes(32))
+        self.keys: dict[str, bytes] = {}
+
+    async def data_key(self, backup_id: str) -> bytes:
+        return self.keys.setdefault(backup_id, new_data_key())
+
+    async def wrapped(self, backup_id: str) -> WrappedKey | None:
+        key = self.keys.get(backup_id)
+        return WrappedKey(self.master.key_id, self.master.wrap(key, backup_id)) if key else None
+
+    async def destroy(self, backup_id: str) -> bool:
+        return self.keys.pop(backup_id, None) is not None
+
+
+@dataclass
+class FakeSystem:
+    """The ports of one service process, all in memory but storage (a real directory)."""
+
+    catalog: FakeCatalog
+    keys: FakeKeyStore
+    storage: LocalStorage
+    clock: FakeClock
+    ports: Ports
+
+
+def fake_ports(storage: Path, holder: str = "test-worker") -> FakeSystem:
+    clock = FakeClock()
+    catalog = FakeCatalog(clock)
+    keys = FakeKeyStore()
+    local = LocalStorage(storage)
+    ports = Ports(
+        uow=lambda: FakeUnitOfWork(catalog),
+        leases=FakeLeases(catalog),
+        keys=keys,
+        storage=local,
+        clock=clock,
+        holder=holder,
+    )
+    return FakeSystem(catalog, keys, local, clock, ports)

@@ -1,0 +1,128 @@
+"""The file_backup service's handlers, run through its bootstrap with fakes of the ports, on real
+(small) trees and the real file engine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from backup_common.adapters.runtime.service import Service
+from backup_common.adapters.settings import Settings
+from backup_common.domain.documents import RestoreLimits
+from backup_common.domain.events import BackupPart, BackupRequested, BackupType, RestoreRequested
+from backup_common.domain.model import Backup, BackupStatus, Restore, RestoreStatus
+from backup_common.engine.files.restore import ChainLink, restore_chain
+from backup_common.engine.locate import locate_part
+from backup_files.bootstrap import bootstrap
+from tests.unit.fakes import FakeSystem, fake_ports
+
+
+@pytest.fixture
+def trees(tmp_path: Path) -> Path:
+    root = tmp_path / "app"
+    for tree in ("uploads", "configs", "logs"):
+        (root / tree).mkdir(parents=True)
+    (root / "uploads" / "photo.jpg").write_bytes(b"\xff\xd8" + bytes(range(256)) * 4)
+    (root / "configs" / "app.ini").write_text("[app]\nname = shop\n")
+    (root / "logs" / "app.log").write_text("started\n")
+    return root
+
+
+@pytest.fixture
+def system(tmp_path: Path) -> FakeSystem:
+    return fake_ports(tmp_path / "storage")
+
+
+def service_with(system: FakeSystem, trees: Path) -> Service:
+    settings = Settings(uploads_dir=trees / "uploads", configs_dir=trees / "configs", logs_dir=trees / "logs")
+    return bootstrap(settings, system.ports, CollectorRegistry())
+
+
+async def back_up(system: FakeSystem, service: Service, backup_type: BackupType) -> Backup:
+    backup = Backup.request(backup_type, requested_by="alice", now=system.ports.clock())
+    async with system.ports.uow() as uow:
+        await uow.backups.add(backup)
+        await uow.commit()
+    event = system.catalog.events(BackupRequested)[-1]
+    await service.handlers[BackupRequested](event)
+    await service.wait_idle()
+    system.clock.advance(60)  # the fake clock: the next backup comes later
+    return system.catalog.backups[backup.id]
+
+
+def restored(system: FakeSystem, *backups: Backup, into: Path) -> dict[str, bytes]:
+    links = []
+    for backup in backups:
+        located = locate_part(system.storage.root, backup.id, BackupPart.FILES, lambda: system.keys.master)
+        links.append(ChainLink(located.backup_id, located.archive, located.password, located.manifest))
+    restore_chain(links, into, RestoreLimits())
+    return {str(path.relative_to(into)): path.read_bytes() for path in sorted(into.rglob("*")) if path.is_file()}
+
+
+async def test_a_files_backup_archives_the_three_trees_and_restores_to_the_same_files(
+    system: FakeSystem, trees: Path, tmp_path: Path
+) -> None:
+    service = service_with(system, trees)
+
+    backup = await back_up(system, service, BackupType.FILES)
+
+    assert backup.status is BackupStatus.COMPLETED, backup.error
+    assert backup.part(BackupPart.FILES).item_count == 3
+    assert restored(system, backup, into=tmp_path / "out") == {
+        "configs/app.ini": b"[app]\nname = shop\n",
+        "logs/app.log": b"started\n",
+        "uploads/photo.jpg": (trees / "uploads" / "photo.jpg").read_bytes(),
+    }
+
+
+async def test_an_incremental_carries_what_changed_since_the_last_files_part_and_names_it_its_parent(
+    system: FakeSystem, trees: Path, tmp_path: Path
+) -> None:
+    service = service_with(system, trees)
+    full = await back_up(system, service, BackupType.FILES)
+    (trees / "logs" / "app.log").write_text("started\nstopped\n")
+    (trees / "configs" / "app.ini").unlink()
+
+    incremental = await back_up(system, service, BackupType.INCREMENTAL)
+
+    assert incremental.status is BackupStatus.COMPLETED, incremental.error
+    assert incremental.parent_id == full.id
+    directory = system.storage.root / incremental.storage_path
+    manifest = json.loads((directory / "files.json").read_text())
+    assert [entry["path"] for entry in manifest["entries"]] == ["logs/app.log"]
+    assert manifest["deleted"] == ["configs/app.ini"]
+    assert restored(system, full, incremental, into=tmp_path / "out")["logs/app.log"] == b"started\nstopped\n"
+
+
+async def test_an_incremental_with_no_earlier_files_part_is_complete_and_says_so(
+    system: FakeSystem, trees: Path
+) -> None:
+    service = service_with(system, trees)
+
+    incremental = await back_up(system, service, BackupType.INCREMENTAL)
+
+    assert incremental.parent_id is None
+    manifest = json.loads((system.storage.root / incremental.storage_path / "files.json").read_text())
+    assert manifest["kind"] == "complete"
+    assert "this incremental is a complete files backup" in manifest["note"]
+
+
+async def test_a_restore_request_fails_the_restore_with_how_to_rebuild_the_trees_by_hand(
+    system: FakeSystem, trees: Path
+) -> None:
+    service = service_with(system, trees)
+    backup = await back_up(system, service, BackupType.FILES)
+    restore = Restore.request(backup, None, requested_by="bob", now=system.ports.clock())
+    async with system.ports.uow() as uow:
+        await uow.restores.add(restore)
+        await uow.commit()
+
+    await service.handlers[RestoreRequested](system.catalog.events(RestoreRequested)[-1])
+
+    stored = system.catalog.restores[restore.id]
+    assert stored.status is RestoreStatus.FAILED
+    assert stored.error is not None
+    assert f"backupctl files-restore {backup.id} --into <directory>" in stored.error

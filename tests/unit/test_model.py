@@ -1,0 +1,196 @@
+"""The backup, part and restore state machine: which changes are allowed and which events they record."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from backup_common.domain.errors import Conflict
+from backup_common.domain.events import (
+    BackupCompleted,
+    BackupFailed,
+    BackupPart,
+    BackupRequested,
+    BackupType,
+    DeleteRequested,
+    RestoreRequested,
+)
+from backup_common.domain.jobs import parse_part_job_key, part_job_key
+from backup_common.domain.model import (
+    BACKUP_TRANSITIONS,
+    Backup,
+    BackupStatus,
+    InvalidTransition,
+    PartResult,
+    PartStatus,
+    Restore,
+    RestoreStatus,
+)
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+LATER = NOW + timedelta(minutes=5)
+
+
+def result(size: int = 100) -> PartResult:
+    return PartResult("part.zip", size, "0" * 64, 3, {"done": True})
+
+
+def running(backup_type: BackupType = BackupType.FULL) -> Backup:
+    backup = Backup.request(backup_type, requested_by="alice", now=NOW)
+    backup.events.clear()
+    for part in backup_type.parts:
+        backup.start_part(part, 1, NOW)
+    return backup
+
+
+def completed(backup_type: BackupType = BackupType.FULL) -> Backup:
+    backup = running(backup_type)
+    for part in backup_type.parts:
+        backup.complete_part(part, result(), LATER)
+    backup.events.clear()
+    return backup
+
+
+@pytest.mark.parametrize("backup_type", list(BackupType))
+def test_a_requested_backup_is_pending_with_a_pending_part_per_part_of_its_type_and_asks_for_them(
+    backup_type: BackupType,
+) -> None:
+    backup = Backup.request(backup_type, requested_by="alice", now=NOW, description="before the upgrade")
+
+    assert backup.status is BackupStatus.PENDING
+    assert [(part.part, part.status) for part in backup.parts] == [(p, PartStatus.PENDING) for p in backup_type.parts]
+    assert backup.storage_path == f"2026-12-01/{backup.id}"
+    [event] = backup.events
+    assert isinstance(event, BackupRequested)
+    assert (str(event.backup_id), event.parts, event.description) == (
+        backup.id,
+        backup_type.parts,
+        "before the upgrade",
+    )
+
+
+def test_starting_a_part_runs_the_backup_and_keeps_the_first_start_time() -> None:
+    backup = Backup.request(BackupType.FULL, requested_by="alice", now=NOW)
+
+    backup.start_part(BackupPart.DATABASE, 1, NOW)
+    backup.start_part(BackupPart.DATABASE, 2, LATER)
+
+    assert backup.status is BackupStatus.RUNNING
+    part = backup.part(BackupPart.DATABASE)
+    assert (part.status, part.attempts, part.started_at) == (PartStatus.RUNNING, 2, NOW)
+    assert backup.started_at == NOW
+
+
+def test_the_backup_completes_with_its_last_part_only_and_announces_its_total_size() -> None:
+    backup = running()
+
+    assert backup.complete_part(BackupPart.DATABASE, result(100), LATER) is False
+    assert (backup.status.value, backup.events) == ("running", [])
+    assert backup.complete_part(BackupPart.FILES, result(250), LATER) is True
+
+    assert backup.status is BackupStatus.COMPLETED
+    assert (backup.size_bytes, backup.completed_at) == (350, LATER)
+    [event] = backup.events
+    assert isinstance(event, BackupCompleted)
+    assert event.size_bytes == 350
+
+
+def test_a_failed_part_fails_the_backup_once_with_the_reason_and_a_later_completion_does_not_revive_it() -> None:
+    backup = running()
+
+    backup.fail_part(BackupPart.DATABASE, "disk full", LATER)
+    backup.fail_part(BackupPart.DATABASE, "disk full again", LATER)
+    completed_now = backup.complete_part(BackupPart.FILES, result(), LATER)
+
+    assert completed_now is False
+    assert backup.status is BackupStatus.FAILED
+    assert backup.error == "database part failed: disk full"
+    assert backup.part(BackupPart.DATABASE).error == "disk full again"
+    assert [type(event) for event in backup.events] == [BackupFailed]
+
+
+def test_a_finished_part_cannot_be_started_again() -> None:
+    backup = completed(BackupType.DATABASE)
+
+    with pytest.raises(InvalidTransition, match="already completed"):
+        backup.start_part(BackupPart.DATABASE, 2, LATER)
+
+
+def test_a_reason_longer_than_the_catalog_keeps_is_cut() -> None:
+    backup = running(BackupType.DATABASE)
+
+    backup.fail_part(BackupPart.DATABASE, "x" * 10_000, LATER)
+
+    assert backup.error is not None
+    assert len(backup.error) == 4000
+
+
+def test_no_status_leaves_deleted_and_every_status_is_reached_from_pending() -> None:
+    reached = {BackupStatus.PENDING}
+    frontier = [BackupStatus.PENDING]
+    while frontier:
+        for following in BACKUP_TRANSITIONS[frontier.pop()]:
+            if following not in reached:
+                reached.add(following)
+                frontier.append(following)
+
+    assert reached == set(BackupStatus)
+    assert BACKUP_TRANSITIONS[BackupStatus.DELETED] == frozenset()
+
+
+def test_a_restore_takes_every_part_by_default_and_asks_for_it() -> None:
+    backup = completed()
+
+    restore = Restore.request(backup, None, requested_by="bob", now=LATER)
+
+    assert restore.status is RestoreStatus.PENDING
+    assert restore.parts == (BackupPart.DATABASE, BackupPart.FILES)
+    [event] = restore.events
+    assert isinstance(event, RestoreRequested)
+    assert (str(event.restore_id), str(event.backup_id)) == (restore.id, backup.id)
+
+
+@pytest.mark.parametrize(
+    ("backup", "parts", "code"),
+    [
+        (running(), None, "backup_not_restorable"),
+        (completed(BackupType.DATABASE), [BackupPart.FILES], "part_not_in_backup"),
+    ],
+)
+def test_a_restore_is_refused_unless_the_backup_is_completed_and_has_the_parts(
+    backup: Backup, parts: list[BackupPart] | None, code: str
+) -> None:
+    with pytest.raises(Conflict) as refused:
+        Restore.request(backup, parts, requested_by="bob", now=LATER)
+
+    assert refused.value.code == code
+
+
+def test_a_failed_restore_keeps_its_first_reason() -> None:
+    restore = Restore.request(completed(), None, requested_by="bob", now=LATER)
+
+    assert restore.fail("first", LATER) is True
+    assert restore.fail("second", LATER) is False
+
+    assert (restore.status, restore.error) == (RestoreStatus.FAILED, "first")
+
+
+def test_deleting_is_refused_while_the_backup_runs_and_asked_for_once() -> None:
+    with pytest.raises(Conflict, match="wait until it completes or fails"):
+        running().request_delete("alice", LATER)
+    backup = completed()
+
+    backup.request_delete("alice", LATER)
+    backup.request_delete("alice", LATER)
+
+    assert backup.status is BackupStatus.DELETING
+    assert [type(event) for event in backup.events] == [DeleteRequested]
+
+
+def test_a_part_job_key_names_its_backup_and_part_and_nothing_else_parses_as_one() -> None:
+    key = part_job_key("b1", BackupPart.FILES)
+
+    assert parse_part_job_key(key) == ("b1", BackupPart.FILES)
+    assert parse_part_job_key("restore:r1:files") is None
+    assert parse_part_job_key("backup:b1:tapes") is None
