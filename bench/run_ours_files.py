@@ -26,12 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from backup_common.domain.documents import RestoreLimits
-from backup_common.engine.archive import ArchiveWriter
-from backup_common.engine.files.archiver import write_files_archive
-from backup_common.engine.files.incremental import append_bases, next_state, plan_incremental
+from backup_common.engine.files.backup import Parent, files_part_manifest, plan_files, write_files_part
 from backup_common.engine.files.model import TREES
 from backup_common.engine.files.restore import ChainLink, restore_chain
-from backup_common.engine.files.scan import compile_excludes, scan_trees
 from bench.run_ours import DEFAULT_PASSWORD, PASSWORD_VARIABLE
 
 COMPRESSION_LEVEL = 3
@@ -42,38 +39,27 @@ def manifest_path(archive: Path) -> Path:
 
 
 def _backup(root: Path, out: Path, password: str, parent: Path | None) -> dict[str, Any]:
-    """As the files worker does it (services/file_backup/backup_files/service.py), minus the messaging."""
-    parent_state: list[dict[str, Any]] = [] if parent is None else json.loads(parent.read_text())["state"]
-
+    """As the file_backup service does it (engine.files.backup), minus the catalog and the broker."""
+    parent_link = None if parent is None else Parent(parent.stem, json.loads(parent.read_text()))
     started = time.monotonic()
-    roots = {tree: root / tree for tree in TREES}
-    entries, skipped = scan_trees(roots, compile_excludes([]))
+    plan = plan_files({tree: root / tree for tree in TREES}, [], parent_link)
     scanned = time.monotonic() - started
-    planned, deleted = (entries, []) if parent is None else plan_incremental(parent_state, entries)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with ArchiveWriter(out, password=password, compression_level=COMPRESSION_LEVEL) as writer:
-        result = write_files_archive(writer, planned, roots, bases=append_bases(parent_state))
-        info = writer.commit()
-    records = [asdict(record) for record in result.records]
-    state = next_state(parent_state, result.records, entries)
-    skipped_records = [asdict(item) for item in [*skipped, *result.skipped]]
-    manifest = {
-        "kind": "incremental" if parent is not None else "complete",
-        "parent_id": parent.stem if parent is not None else None,
-        "entries": records,
-        "deleted": deleted,
-        "state": state,
-        "skipped": skipped_records,
-    }
+    result, info = write_files_part(
+        out, plan, password=password, compression_level=COMPRESSION_LEVEL, progress=lambda _bytes, _entries: None
+    )
+    manifest = files_part_manifest(
+        plan, result, info, file_name=out.name, incremental_requested=parent is not None, encryption={}
+    )
     manifest_path(out).write_text(json.dumps(manifest) + "\n")
     return {
         "seconds": time.monotonic() - started,
         "scan_seconds": scanned,
-        "entries": len(entries),
-        "archived": len(records),
-        "deleted": len(deleted),
-        "skipped": len(skipped_records),
-        "skipped_first": skipped_records[:3],
+        "entries": len(plan.entries),
+        "archived": len(result.records),
+        "deleted": len(plan.deleted),
+        "skipped": len(manifest["skipped"]),
+        "skipped_first": manifest["skipped"][:3],
         "bytes_read": result.bytes_read,
         "archive_bytes": info.size,
         "manifest_bytes": manifest_path(out).stat().st_size,

@@ -15,6 +15,7 @@ from backup_common.adapters.mysql.leases import LeaseStore
 from backup_common.adapters.mysql.outbox import OutboxRelay, RetryPolicy, add_to_outbox, parked_events, retry_parked
 from backup_common.adapters.mysql.uow import MysqlUnitOfWork
 from backup_common.adapters.settings import Settings
+from backup_common.cli import main as backupctl
 from backup_common.domain.events import BackupDeleted, DeleteRequested, Event
 from backup_common.domain.ports import EventRefused, PublishError, StoredDocument
 from backup_common.engine.database.target import MysqlTarget
@@ -78,15 +79,25 @@ async def test_a_migration_whose_run_stopped_before_it_was_recorded_is_finished_
 
 
 class RecordingPublisher:
-    def __init__(self, *, fail: bool = False) -> None:
+    """A broker that takes every event, or none while ``fail`` (unreachable), and refuses those of the
+    routing keys in ``unbound``, as RabbitMQ refuses a mandatory message no queue is bound for."""
+
+    def __init__(self, *, fail: bool = False, unbound: set[str] | None = None) -> None:
         self.events: list[Event] = []
+        self.refused: list[Event] = []
         self.fail = fail
+        self.unbound = unbound or set()
+        self.published = asyncio.Event()
 
     async def publish(self, event: Event) -> None:
         await asyncio.sleep(0.001)
         if self.fail:
             raise PublishError("broker unreachable")
+        if event.routing_key in self.unbound:
+            self.refused.append(event)
+            raise EventRefused(f"no queue is bound to routing key {event.routing_key!r}")
         self.events.append(event)
+        self.published.set()
 
 
 async def write_events(pool: db.Pool, count: int) -> list[str]:
@@ -206,24 +217,6 @@ async def test_new_events_are_queued_while_the_relay_waits_for_the_broker(catalo
     assert await unsent(catalog_pool, first + second) == []
 
 
-class RefusingBroker:
-    """Takes every event but those of the routing keys nobody binds, which it refuses, as RabbitMQ does."""
-
-    def __init__(self, unbound: set[str]) -> None:
-        self.unbound = unbound
-        self.events: list[Event] = []
-        self.refused: list[Event] = []
-        self.published = asyncio.Event()
-
-    async def publish(self, event: Event) -> None:
-        await asyncio.sleep(0.001)
-        if event.routing_key in self.unbound:
-            self.refused.append(event)
-            raise EventRefused(f"no queue is bound to routing key {event.routing_key!r}")
-        self.events.append(event)
-        self.published.set()
-
-
 async def write_requests(pool: db.Pool, count: int) -> list[str]:
     ids = []
     async with db.transaction(pool) as conn:
@@ -244,7 +237,7 @@ async def outbox_rows(pool: db.Pool, ids: list[str]) -> list[dict[str, object]]:
         )
 
 
-async def drain(relay: OutboxRelay, broker: RefusingBroker) -> int:
+async def drain(relay: OutboxRelay, broker: RecordingPublisher) -> int:
     """Runs relay passes back to back, as ``run`` does while passes fill their batch; returns how many."""
     passes = 1
     while (await relay.relay_once(broker)).batch_full:
@@ -259,7 +252,7 @@ async def test_an_event_written_after_hundreds_the_broker_refuses_is_sent_before
     # again and again, and backed off, so nothing written after them was ever published.
     refused = await write_requests(catalog_pool, 300)
     [good] = await write_events(catalog_pool, 1)
-    broker = RefusingBroker({DeleteRequested.routing_key})
+    broker = RecordingPublisher(unbound={DeleteRequested.routing_key})
     relay = OutboxRelay(catalog_pool, batch_size=100)
 
     await drain(relay, broker)
@@ -276,7 +269,7 @@ async def test_a_refused_event_is_retried_later_then_parked_with_its_reason_and_
     catalog_pool: db.Pool,
 ) -> None:
     [refused] = await write_requests(catalog_pool, 1)
-    broker = RefusingBroker({DeleteRequested.routing_key})
+    broker = RecordingPublisher(unbound={DeleteRequested.routing_key})
     relay = OutboxRelay(catalog_pool, retry=RetryPolicy(max_attempts=3, first_delay=0.0, max_delay=0.0))
 
     for expected_attempts in (1, 2):
@@ -319,7 +312,7 @@ async def test_a_broker_that_is_down_parks_nothing(catalog_pool: db.Pool) -> Non
 
 async def test_waking_the_relay_cuts_its_wait_short(catalog_pool: db.Pool) -> None:
     relay = OutboxRelay(catalog_pool, poll_seconds=3600)
-    broker = RefusingBroker(set())
+    broker = RecordingPublisher()
     running = asyncio.create_task(relay.run(broker))
     try:
         await asyncio.sleep(0.2)  # the first pass is done; the relay waits for its next poll, an hour away
@@ -335,3 +328,27 @@ async def test_waking_the_relay_cuts_its_wait_short(catalog_pool: db.Pool) -> No
         running.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await running
+
+
+async def test_backupctl_outbox_lists_parked_events_with_their_reason_and_makes_them_due_again(
+    settings: Settings,
+    catalog_pool: db.Pool,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    [refused] = await write_requests(catalog_pool, 1)
+    relay = OutboxRelay(catalog_pool, retry=RetryPolicy(max_attempts=1))
+    await drain(relay, RecordingPublisher(unbound={DeleteRequested.routing_key}))
+    monkeypatch.setenv("BACKUP_MYSQL_URL", settings.mysql_url.get_secret_value())
+
+    # In a thread: the command runs its own event loop.
+    assert await asyncio.to_thread(backupctl, ["outbox"]) == 0
+    listed = capsys.readouterr().out
+    assert await asyncio.to_thread(backupctl, ["outbox", "retry"]) == 0
+    retried = capsys.readouterr().out
+
+    assert f"DeleteRequested {refused} (backup.delete.requested, 1 attempts)" in listed
+    assert "no queue is bound to routing key 'backup.delete.requested'" in listed
+    assert "parked events are due again" in retried
+    [row] = await outbox_rows(catalog_pool, [refused])
+    assert (row["parked_at"], row["attempts"]) == (None, 0)

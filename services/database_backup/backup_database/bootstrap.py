@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry
 
 from backup_common.adapters.mysql.source import AsyncmySqlServer
 from backup_common.adapters.runtime.jobs import JobMetrics, PartWorker
-from backup_common.adapters.runtime.service import Service, bind, serve, worker_app
+from backup_common.adapters.runtime.service import Service, bind, part_worker_service, serve, worker_app
 from backup_common.adapters.settings import Settings
 from backup_common.domain.events import BackupPart
 from backup_common.domain.ports import Ports
@@ -31,13 +31,7 @@ def bootstrap(
     """``source`` and ``dump`` default to the configured database and the engine's dump."""
     produce = functools.partial(dump_part, source=source or AsyncmySqlServer(settings.source), dump=dump)
     worker = PartWorker(BackupPart.DATABASE, produce, ports, JobMetrics(registry, NAME))
-    return Service(
-        NAME,
-        bind(HANDLERS, Dependencies(ports, worker)),
-        stop=worker.shutdown,
-        wait_idle=worker.wait_idle,
-        reaps_leases=True,
-    )
+    return part_worker_service(NAME, bind(HANDLERS, Dependencies(ports, worker)), worker)
 
 
 def create_app(settings: Settings) -> web.Application:

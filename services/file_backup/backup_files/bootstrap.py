@@ -9,7 +9,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from backup_common.adapters.runtime.jobs import JobMetrics, PartWorker
-from backup_common.adapters.runtime.service import Service, bind, serve, worker_app
+from backup_common.adapters.runtime.service import Service, bind, part_worker_service, serve, worker_app
 from backup_common.adapters.settings import Settings
 from backup_common.domain.events import BackupPart
 from backup_common.domain.ports import Ports
@@ -25,13 +25,7 @@ def trees(settings: Settings) -> dict[str, Path]:
 def bootstrap(settings: Settings, ports: Ports, registry: CollectorRegistry) -> Service:
     produce = functools.partial(archive_part, roots=trees(settings))
     worker = PartWorker(BackupPart.FILES, produce, ports, JobMetrics(registry, NAME))
-    return Service(
-        NAME,
-        bind(HANDLERS, Dependencies(ports, worker)),
-        stop=worker.shutdown,
-        wait_idle=worker.wait_idle,
-        reaps_leases=True,
-    )
+    return part_worker_service(NAME, bind(HANDLERS, Dependencies(ports, worker)), worker)
 
 
 def create_app(settings: Settings) -> web.Application:

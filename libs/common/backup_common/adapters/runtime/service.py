@@ -33,7 +33,7 @@ from backup_common.adapters.mysql.outbox import OutboxRelay, RetryPolicy
 from backup_common.adapters.mysql.processed import MysqlProcessedMessages
 from backup_common.adapters.mysql.uow import unit_of_work_factory
 from backup_common.adapters.runtime.health import ServiceMetrics, healthz, metrics_response, readiness
-from backup_common.adapters.runtime.jobs import PartJobs
+from backup_common.adapters.runtime.jobs import PartJobs, PartWorker
 from backup_common.adapters.settings import Settings, SettingsError, load_settings
 from backup_common.domain.events import Event
 from backup_common.domain.jobs import MAX_JOB_ATTEMPTS
@@ -57,6 +57,12 @@ class Service:
     stop: Callable[[], Awaitable[None]] = _nothing  # gives running jobs back, so another replica resumes them
     wait_idle: Callable[[], Awaitable[None]] = _nothing  # returns once no job of this process runs
     reaps_leases: bool = False  # re-requests (or fails) the jobs of workers that were lost
+
+
+def part_worker_service(name: str, handlers: HandlerTable, worker: PartWorker) -> Service:
+    """A service whose handlers start part jobs: it gives them back when it stops, and reaps the
+    leases of lost workers."""
+    return Service(name, handlers, stop=worker.shutdown, wait_idle=worker.wait_idle, reaps_leases=True)
 
 
 Bootstrap = Callable[[Settings, Ports, CollectorRegistry], Service]
