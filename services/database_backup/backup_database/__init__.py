@@ -1,1 +1,1 @@
-"""The database backup service: consistent dumps of the application database, and their loader."""
+"""The database backup service: consistent dumps of the application database into each backup."""

@@ -98,11 +98,11 @@ async def _parent(job: PartJob) -> Parent | None:
     """An incremental's parent and its files manifest; None for a complete files part."""
     if job.backup.type is not BackupType.INCREMENTAL:
         return None
-    found = await job.jobs.previous_with_files(job.backup)
+    found = await job.previous_with_files()
     if found is None:
         return None
     try:
-        manifest = await job.jobs.storage.read_part_manifest(found, BackupPart.FILES)
+        manifest = await job.part_manifest(found, BackupPart.FILES)
     except OSError as exc:
         raise PartFailure(
             f"the parent backup {found.id} has no readable files manifest ({exc.strerror}); "

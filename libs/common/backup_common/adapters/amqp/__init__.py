@@ -1,0 +1,1 @@
+"""RabbitMQ: topology, a confirming publisher, the consumer of a handler table, the broker link."""

@@ -1,0 +1,1 @@
+"""The process around a service: its lifecycle, part jobs, health and metrics."""

@@ -216,6 +216,14 @@ class PartJob:
         """Writes the part manifest beside the archive, durably."""
         await self.jobs.storage.write_part_manifest(self.backup, self.part, manifest)
 
+    async def previous_with_files(self) -> Backup | None:
+        """The backup an incremental is made on: the newest completed one with a files part."""
+        return await self.jobs.previous_with_files(self.backup)
+
+    async def part_manifest(self, backup: Backup, part: BackupPart) -> dict[str, Any]:
+        """Another backup's part manifest (OSError when storage lost it)."""
+        return await self.jobs.storage.read_part_manifest(backup, part)
+
 
 # Writes the part's archive and its part manifest durably; returns what the catalog records.
 Producer = Callable[[PartJob], Awaitable[PartResult]]

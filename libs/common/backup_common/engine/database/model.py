@@ -1,4 +1,4 @@
-"""The dump and load entry points, their options and results (implemented in dump.py and load.py)."""
+"""What a dump and a load take and give: options, progress and results."""
 
 from __future__ import annotations
 
