@@ -15,7 +15,7 @@ import secrets
 import shutil
 import subprocess
 import zipfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from itertools import pairwise
@@ -31,10 +31,11 @@ from backup_common.adapters.mysql.source import AsyncmySqlServer
 from backup_common.engine.database.dump import dump_database
 from backup_common.engine.database.load import load_database
 from backup_common.engine.database.model import DumpOptions, DumpProgress, DumpResult
-from backup_common.engine.database.sql import SqlError, SqlServer, quote_identifier
+from backup_common.engine.database.sql import quote_identifier
 from backup_common.engine.database.target import MysqlTarget
 from tests.integration import source_db
 from tests.integration.bank_db import bank_inconsistencies, build_bank, ledger_count, transfer_storm
+from tests.integration.conftest import NewDatabase
 from tests.integration.source_db import BIG_TABLE, CHECKED_VIEW, FIXTURE_DEFINER, FIXTURE_DEFINER_USER
 from tests.integration.source_snapshot import behaviour, object_definers, objects, snapshot, snapshot_differences
 from tests.services import ServiceEndpoints
@@ -46,25 +47,6 @@ PASSWORD = "correct horse; battery 'staple' \\ 42"
 SMALL_PIECES = DumpOptions(member_bytes=1 << 20, statement_bytes=64 << 10)
 ACCOUNTS = 200
 BALANCE = 1000
-
-NewDatabase = Callable[[str], MysqlTarget]
-
-
-@pytest.fixture
-async def new_database(servers: ServiceEndpoints) -> AsyncIterator[NewDatabase]:
-    """Makes unique database names (``backup_<role>_<hex>``); every one is dropped at the end."""
-    made: list[MysqlTarget] = []
-
-    def make(role: str) -> MysqlTarget:
-        target = MysqlTarget(servers.mysql_url(f"backup_{role}_{secrets.token_hex(5)}"))
-        made.append(target)
-        return target
-
-    try:
-        yield make
-    finally:
-        for target in made:
-            await db.drop_database(target)
 
 
 @pytest.fixture(scope="module")
@@ -447,69 +429,3 @@ async def test_a_dump_from_a_source_it_cannot_reach_or_log_in_to_raises_and_leav
     assert list(directory.iterdir()) == []
     assert wrong_password not in str(caught.value)
     assert PASSWORD not in str(caught.value)
-
-
-# --- the asyncmy side of the engine's SQL port --------------------------------------------------------
-
-
-async def test_the_asyncmy_server_reports_every_driver_error_as_an_sql_error_with_the_server_code(
-    new_database: NewDatabase,
-) -> None:
-    target = new_database("src")
-    await source_db.recreate_database(target, charset="utf8mb4", collation="utf8mb4_bin")
-    user = quote(target.user)
-    unreachable: SqlServer = AsyncmySqlServer(MysqlTarget(f"mysql://{user}@{target.host}:1/{target.database}"))
-    denied = AsyncmySqlServer(
-        MysqlTarget(f"mysql://{user}:wrong-{secrets.token_hex(4)}@{target.host}:{target.port}/{target.database}")
-    )
-
-    with pytest.raises(SqlError) as caught:
-        await unreachable.connect(target.database)
-    assert caught.value.code == 2003
-    with pytest.raises(SqlError) as caught:
-        await denied.connect(target.database)
-    assert caught.value.code == 1045
-    assert "denied" in caught.value.message.lower()
-
-    conn = await AsyncmySqlServer(target).connect(target.database)
-    try:
-        for sql, code in (("SELEKT 1", 1064), ("SELECT * FROM no_such_table", 1146)):
-            with pytest.raises(SqlError) as caught:
-                await conn.fetch_one(sql)
-            assert caught.value.code == code, sql
-        with pytest.raises(SqlError) as caught:
-            async for _ in conn.stream("SELECT * FROM no_such_table", 10):
-                pass
-        assert caught.value.code == 1146
-    finally:
-        conn.close()
-
-
-async def test_an_asyncmy_connection_starts_in_utc_without_autocommit_and_streams_rows_in_batches(
-    new_database: NewDatabase,
-) -> None:
-    target = new_database("src")
-    await source_db.recreate_database(target, charset="utf8mb4", collation="utf8mb4_bin")
-    digits = "(" + " UNION ALL ".join(f"SELECT {d} AS d" for d in range(10)) + ")"
-    numbers = f"SELECT a.d + 10 * b.d + 100 * c.d + 1000 * e.d AS n FROM {digits} a, {digits} b, {digits} c, {digits} e"
-
-    conn = await AsyncmySqlServer(target).connect(target.database)
-    try:
-        session = await conn.fetch_one(
-            "SELECT @@session.time_zone AS tz, @@autocommit AS autocommit, @@character_set_client AS charset,"
-            " DATABASE() AS db"
-        )
-        assert session == {"tz": "+00:00", "autocommit": 0, "charset": "utf8mb4", "db": target.database}
-        assert await conn.execute("CREATE TABLE t (n INT NOT NULL PRIMARY KEY)") == 0
-        assert await conn.execute(f"INSERT INTO t (n) {numbers}") == 10_000
-        await conn.rollback()  # DDL committed on its own; the insert is undone
-        assert await conn.fetch_all("SELECT COUNT(*) AS rows_left FROM t") == [{"rows_left": 0}]
-        assert await conn.execute(b"INSERT INTO t (n) " + numbers.encode()) == 10_000
-        await conn.commit()
-
-        batches = [list(batch) async for batch in conn.stream("SELECT n FROM t ORDER BY n", 3000)]
-        assert [len(batch) for batch in batches] == [3000, 3000, 3000, 1000]
-        assert [row for batch in batches for row in batch] == [(n,) for n in range(10_000)]
-        assert await conn.fetch_one("SELECT 1 AS still_usable") == {"still_usable": 1}
-    finally:
-        conn.close()

@@ -1,259 +1,33 @@
-"""The aio-pika adapter and the processed-message store against a real RabbitMQ and MariaDB."""
+"""The consumer of a handler table and the processed-message store against a real RabbitMQ and MariaDB."""
 
 from __future__ import annotations
 
 import asyncio
-import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from uuid import uuid4
 
-import aio_pika
 import pytest
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 from backup_common.adapters.amqp.consumer import Consumer
 from backup_common.adapters.amqp.publisher import AmqpPublisher
 from backup_common.adapters.amqp.topology import Topology
-from backup_common.adapters.mysql import db
 from backup_common.adapters.mysql.processed import MysqlProcessedMessages
-from backup_common.adapters.settings import Settings
-from backup_common.domain.events import BackupCompleted, BackupPart, BackupRequested, BackupType, Event
-from backup_common.domain.ports import EventRefused, PublishError
-from tests.conftest import DECLARED_QUEUES
+from backup_common.domain.events import BackupCompleted, BackupRequested, BackupType, Event
+from tests.integration.messaging_support import (
+    TIMEOUT,
+    CountingProcessed,
+    RecordingHandler,
+    backup_requested,
+    consumer_for,
+    eventually,
+    next_message,
+    ready_count,
+    running,
+    send,
+)
 
 pytestmark = pytest.mark.integration
-
-TIMEOUT = 10.0
-FAST_RETRY = 0.01
-
-
-def backup_requested() -> BackupRequested:
-    backup_id = uuid4()
-    return BackupRequested(
-        backup_id=backup_id,
-        backup_type=BackupType.FULL,
-        parts=(BackupPart.DATABASE, BackupPart.FILES),
-        requested_by="admin",
-    )
-
-
-@pytest.fixture
-async def topology(settings: Settings, amqp_connection: AbstractRobustConnection) -> AsyncIterator[Topology]:
-    """The run's names on an exchange of this test's own, so no other test's binding routes its events."""
-    exchange = f"{settings.amqp_exchange}.{secrets.token_hex(3)}"
-    own = Topology(settings.model_copy(update={"amqp_exchange": exchange}))
-    yield own
-    channel = await amqp_connection.channel()
-    for name in (own.exchange, own.dead_letter_exchange):
-        await channel.exchange_delete(name)
-    await channel.close()
-
-
-@pytest.fixture
-def service_name(
-    settings: Settings, topology: Topology, declare_queue_name: Callable[[str], str]
-) -> Callable[[str], str]:
-    """A consumer name whose queue and dead-letter queue are deleted at the end of the run."""
-
-    def make(label: str) -> str:
-        queue = declare_queue_name(label)
-        DECLARED_QUEUES.append(topology.dead_letter_queue_name(queue))
-        name = queue.removeprefix(f"{settings.amqp_queue_prefix}.")
-        assert topology.queue_name(name) == queue
-        return name
-
-    return make
-
-
-@pytest.fixture
-async def channel(amqp_connection: AbstractRobustConnection) -> AsyncIterator[AbstractChannel]:
-    """A plain channel for the test's own declarations, sends and reads."""
-    opened = await amqp_connection.channel()
-    yield opened
-    await opened.close()
-
-
-@pytest.fixture
-def processed(catalog_pool: db.Pool) -> MysqlProcessedMessages:
-    return MysqlProcessedMessages(catalog_pool)
-
-
-class CountingProcessed:
-    """Counts ``seen`` checks, so a test can tell when a skipped duplicate was settled."""
-
-    def __init__(self, inner: MysqlProcessedMessages) -> None:
-        self.inner = inner
-        self.checks = 0
-
-    async def seen(self, consumer: str, message_id: str) -> bool:
-        found = await self.inner.seen(consumer, message_id)
-        self.checks += 1
-        return found
-
-    async def remember(self, consumer: str, message_id: str) -> None:
-        await self.inner.remember(consumer, message_id)
-
-
-class RecordingHandler:
-    """Records each event; fails the first ``failures`` calls (all of them with ``failures=-1``)."""
-
-    def __init__(self, failures: int = 0) -> None:
-        self.events: list[Event] = []
-        self.failures = failures
-
-    async def __call__(self, event: Event) -> None:
-        self.events.append(event)
-        if self.failures < 0 or len(self.events) <= self.failures:
-            raise RuntimeError(f"handler failure number {len(self.events)}")
-
-
-async def eventually(condition: Callable[[], bool | Awaitable[bool]], what: str) -> None:
-    async def poll() -> None:
-        while True:
-            result = condition()
-            if result if isinstance(result, bool) else await result:
-                return
-            await asyncio.sleep(0.02)
-
-    try:
-        await asyncio.wait_for(poll(), TIMEOUT)
-    except TimeoutError:
-        pytest.fail(f"timed out after {TIMEOUT} s waiting until {what}")
-
-
-async def next_message(channel: AbstractChannel, queue: str) -> AbstractIncomingMessage:
-    """The next message in ``queue``, taken (acked) within the timeout."""
-    declared = await channel.get_queue(queue)
-    got: list[AbstractIncomingMessage] = []
-
-    async def arrived() -> bool:
-        message = await declared.get(no_ack=True, fail=False)
-        if message is not None:
-            got.append(message)
-        return bool(got)
-
-    await eventually(arrived, f"a message arrives in {queue}")
-    return got[0]
-
-
-async def ready_count(channel: AbstractChannel, queue: str) -> int:
-    """Messages ready in ``queue``, asked afresh (a robust channel answers a passive declare from cache)."""
-    underlay = await channel.get_underlay_channel()
-    declared = await underlay.queue_declare(queue, passive=True)
-    assert declared.message_count is not None
-    return declared.message_count
-
-
-async def send(channel: AbstractChannel, queue: str, body: bytes, *, message_id: str | None = None) -> None:
-    """Puts a raw message straight into ``queue``, as a misbehaving producer might."""
-    await channel.default_exchange.publish(
-        aio_pika.Message(body, message_id=message_id or uuid4().hex, content_type="application/json"),
-        routing_key=queue,
-    )
-
-
-@asynccontextmanager
-async def running(consumer: Consumer) -> AsyncIterator[Consumer]:
-    await consumer.start()
-    try:
-        yield consumer
-    finally:
-        await consumer.stop()
-
-
-@asynccontextmanager
-async def consumer_for(
-    amqp_connection: AbstractRobustConnection,
-    topology: Topology,
-    name: str,
-    handler: RecordingHandler,
-    processed: MysqlProcessedMessages | CountingProcessed,
-) -> AsyncIterator[Consumer]:
-    consumer = Consumer(
-        amqp_connection,
-        topology,
-        name,
-        {BackupRequested: handler},
-        processed,
-        max_attempts=3,
-        retry_backoff=FAST_RETRY,
-    )
-    async with running(consumer):
-        yield consumer
-
-
-async def test_a_published_event_reaches_a_bound_queue_persistent_and_with_its_ids(
-    amqp_connection: AbstractRobustConnection,
-    topology: Topology,
-    service_name: Callable[[str], str],
-    channel: AbstractChannel,
-) -> None:
-    await topology.declare_exchanges(channel)
-    queue = topology.queue_name(service_name("bound"))
-    await topology.declare_queue(channel, queue, [BackupRequested.routing_key])
-    event = backup_requested()
-
-    async with AmqpPublisher(amqp_connection, topology) as publisher:
-        await publisher.publish(event)
-
-    message = await next_message(channel, queue)
-    assert BackupRequested.model_validate_json(message.body) == event
-    assert message.message_id == str(event.event_id)
-    assert message.correlation_id == str(event.backup_id)
-    assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
-    assert message.type == "BackupRequested"
-    assert message.content_type == "application/json"
-    assert message.routing_key == BackupRequested.routing_key
-
-
-async def test_concurrent_publishes_are_each_confirmed_and_delivered(
-    amqp_connection: AbstractRobustConnection,
-    topology: Topology,
-    service_name: Callable[[str], str],
-    channel: AbstractChannel,
-) -> None:
-    await topology.declare_exchanges(channel)
-    queue = topology.queue_name(service_name("concurrent"))
-    await topology.declare_queue(channel, queue, ["backup.#"])
-    events = [backup_requested() for _ in range(20)]
-
-    async with AmqpPublisher(amqp_connection, topology) as publisher:
-        await asyncio.gather(*(publisher.publish(event) for event in events))
-
-    assert await ready_count(channel, queue) == len(events)
-
-
-async def test_publishing_an_event_no_queue_is_bound_to_raises_publish_error(
-    amqp_connection: AbstractRobustConnection, topology: Topology
-) -> None:
-    async with AmqpPublisher(amqp_connection, topology) as publisher:
-        with pytest.raises(PublishError, match="no queue is bound"):
-            await publisher.publish(backup_requested())
-        # The channel survives an unroutable message.
-        with pytest.raises(PublishError, match="no queue is bound"):
-            await publisher.publish(backup_requested())
-
-
-async def test_an_announcement_no_queue_is_bound_to_is_confirmed_and_a_request_is_refused(
-    amqp_connection: AbstractRobustConnection, topology: Topology
-) -> None:
-    announcement = BackupCompleted(backup_id=uuid4(), backup_type=BackupType.FULL, size_bytes=1)
-
-    async with AmqpPublisher(amqp_connection, topology) as publisher:
-        await publisher.publish(announcement)
-        with pytest.raises(EventRefused, match=r"no queue is bound to routing key 'backup\.requested'"):
-            await publisher.publish(backup_requested())
-
-
-async def test_publishing_on_a_closed_publisher_raises_publish_error(
-    amqp_connection: AbstractRobustConnection, topology: Topology
-) -> None:
-    publisher = await AmqpPublisher(amqp_connection, topology).start()
-    await publisher.close()
-
-    with pytest.raises(PublishError):
-        await publisher.publish(backup_requested())
 
 
 async def test_a_consumer_hands_a_published_event_to_its_handler_and_acks_it(
