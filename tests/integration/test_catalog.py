@@ -100,11 +100,17 @@ class RecordingPublisher:
         self.published.set()
 
 
-async def write_events(pool: db.Pool, count: int) -> list[str]:
+async def write_events(pool: db.Pool, count: int, *, requests: bool = False) -> list[str]:
+    """Writes ``count`` announcements (BackupDeleted), or requests (DeleteRequested), to the outbox."""
     ids = []
     async with db.transaction(pool) as conn:
         for _ in range(count):
-            event = BackupDeleted(backup_id=uuid.uuid4())
+            backup_id = uuid.uuid4()
+            event: Event = (
+                DeleteRequested(backup_id=backup_id, requested_by="alice")
+                if requests
+                else BackupDeleted(backup_id=backup_id)
+            )
             await add_to_outbox(conn, event)
             ids.append(str(event.event_id))
     return ids
@@ -217,16 +223,6 @@ async def test_new_events_are_queued_while_the_relay_waits_for_the_broker(catalo
     assert await unsent(catalog_pool, first + second) == []
 
 
-async def write_requests(pool: db.Pool, count: int) -> list[str]:
-    ids = []
-    async with db.transaction(pool) as conn:
-        for _ in range(count):
-            event = DeleteRequested(backup_id=uuid.uuid4(), requested_by="alice")
-            await add_to_outbox(conn, event)
-            ids.append(str(event.event_id))
-    return ids
-
-
 async def outbox_rows(pool: db.Pool, ids: list[str]) -> list[dict[str, object]]:
     async with db.transaction(pool) as conn:
         return await db.fetch_all(
@@ -250,7 +246,7 @@ async def test_an_event_written_after_hundreds_the_broker_refuses_is_sent_before
 ) -> None:
     # Reproduces the starvation of the first relay: it took the 100 oldest unsent rows, all refused,
     # again and again, and backed off, so nothing written after them was ever published.
-    refused = await write_requests(catalog_pool, 300)
+    refused = await write_events(catalog_pool, 300, requests=True)
     [good] = await write_events(catalog_pool, 1)
     broker = RecordingPublisher(unbound={DeleteRequested.routing_key})
     relay = OutboxRelay(catalog_pool, batch_size=100)
@@ -268,7 +264,7 @@ async def test_an_event_written_after_hundreds_the_broker_refuses_is_sent_before
 async def test_a_refused_event_is_retried_later_then_parked_with_its_reason_and_sent_again_on_request(
     catalog_pool: db.Pool,
 ) -> None:
-    [refused] = await write_requests(catalog_pool, 1)
+    [refused] = await write_events(catalog_pool, 1, requests=True)
     broker = RecordingPublisher(unbound={DeleteRequested.routing_key})
     relay = OutboxRelay(catalog_pool, retry=RetryPolicy(max_attempts=3, first_delay=0.0, max_delay=0.0))
 
@@ -336,7 +332,7 @@ async def test_backupctl_outbox_lists_parked_events_with_their_reason_and_makes_
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    [refused] = await write_requests(catalog_pool, 1)
+    [refused] = await write_events(catalog_pool, 1, requests=True)
     relay = OutboxRelay(catalog_pool, retry=RetryPolicy(max_attempts=1))
     await drain(relay, RecordingPublisher(unbound={DeleteRequested.routing_key}))
     monkeypatch.setenv("BACKUP_MYSQL_URL", settings.mysql_url.get_secret_value())

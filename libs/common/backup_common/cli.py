@@ -25,9 +25,9 @@ from backup_common.adapters.mysql.source import AsyncmySqlServer
 from backup_common.adapters.mysql.uow import unit_of_work_factory
 from backup_common.adapters.settings import ENV_PREFIX, Settings, SettingsError, load_settings
 from backup_common.adapters.tokens import ADMIN_ROLE, issue_token
-from backup_common.domain.documents import RestoreLimits, SettingsDocument
+from backup_common.domain.documents import RestoreLimits
 from backup_common.domain.events import BackupPart, event_schemas
-from backup_common.domain.ports import UnitOfWorkFactory
+from backup_common.domain.ports import UnitOfWorkFactory, read_settings
 from backup_common.engine.archive import ArchiveError
 from backup_common.engine.crypto import KeyUnwrapError, MasterKey
 from backup_common.engine.database.load import LoadError, load_database
@@ -258,13 +258,7 @@ async def _chain(settings: Settings, reference: str) -> tuple[list[ChainLink], R
             current = parent if isinstance(parent, str) else None
             if len(links) > MAX_CHAIN:
                 raise BackupNotFound(f"the chain of {reference} is longer than {MAX_CHAIN} backups")
-        limits = RestoreLimits()
-        if uow is not None:
-            async with uow() as work:
-                stored = await work.documents.get("settings")
-                await work.commit()
-            assert isinstance(stored.document, SettingsDocument)
-            limits = stored.document.restore_limits
+        limits = (await read_settings(uow)).restore_limits if uow is not None else RestoreLimits()
     return links[::-1], limits
 
 

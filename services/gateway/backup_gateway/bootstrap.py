@@ -27,7 +27,7 @@ def bootstrap(settings: Settings, ports: Ports, registry: CollectorRegistry) -> 
 def create_app(settings: Settings) -> web.Application:
     """Raises SettingsError when no key to check admin tokens with is configured."""
     app = web.Application(middlewares=[metrics, admin_auth, json_errors], client_max_size=MAX_BODY_BYTES)
-    service_metrics = ServiceMetrics(NAME)
+    service_metrics = ServiceMetrics()
     app[VERIFIER] = TokenVerifier(settings)
     app[HTTP_METRICS] = HttpMetrics(service_metrics.registry)
     add_routes(app)

@@ -25,6 +25,7 @@ from backup_common.domain.model import (
     Trigger,
 )
 from backup_common.domain.ports import DuplicateRequest, Ports, StoredDocument
+from backup_common.domain.ports import read_document as read_stored_document
 
 HANDLERS: Handlers[Ports] = {}
 
@@ -119,10 +120,7 @@ async def request_delete(ports: Ports, backup_id: str, *, requested_by: str) -> 
 
 
 async def read_document(ports: Ports, name: str) -> StoredDocument:
-    async with ports.uow() as uow:
-        stored = await uow.documents.get(name)
-        await uow.commit()  # keeps the seeded default, if this read seeded it
-    return stored
+    return await read_stored_document(ports.uow, name)
 
 
 async def replace_document(ports: Ports, name: str, body: dict[str, Any], *, updated_by: str) -> StoredDocument:

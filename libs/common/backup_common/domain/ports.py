@@ -12,7 +12,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self
 
-from backup_common.domain.documents import Document
+from backup_common.domain.documents import Document, SettingsDocument
 from backup_common.domain.events import BackupPart, Event
 from backup_common.domain.jobs import Lease, ReapResult
 from backup_common.domain.model import AuditEntry, Backup, BackupFilter, CatalogStats, Idempotency, Restore
@@ -156,6 +156,20 @@ class UnitOfWork(Protocol):
 
 UnitOfWorkFactory = Callable[[], UnitOfWork]
 Clock = Callable[[], datetime]
+
+
+async def read_document(uow: UnitOfWorkFactory, name: str) -> StoredDocument:
+    """The named document, read in a unit of work that commits: a default the read seeded stays."""
+    async with uow() as work:
+        stored = await work.documents.get(name)
+        await work.commit()
+    return stored
+
+
+async def read_settings(uow: UnitOfWorkFactory) -> SettingsDocument:
+    document = (await read_document(uow, "settings")).document
+    assert isinstance(document, SettingsDocument)
+    return document
 
 
 class Heartbeat(Protocol):

@@ -60,15 +60,14 @@ class MysqlUnitOfWork:
     async def __aenter__(self) -> Self:
         if self._conn is not None:
             raise RuntimeError("a unit of work is entered once")
-        stack = AsyncExitStack()
-        conn = await stack.enter_async_context(self._pool.acquire())
+        conn = await self._stack.enter_async_context(self._pool.acquire())
         try:
             await db.execute(conn, "SET TRANSACTION ISOLATION LEVEL READ COMMITTED")  # the next transaction only
             await conn.begin()
         except BaseException:
-            await stack.aclose()
+            await self._stack.aclose()
             raise
-        self._stack, self._conn = stack, conn
+        self._conn = conn
         self.backups = MysqlBackups(conn, self._seen.append)
         self.restores = MysqlRestores(conn, self._seen.append)
         self.documents = MysqlDocuments(conn)

@@ -16,8 +16,7 @@ from backup_common.adapters.mysql.outbox import OutboxRelay
 class ServiceMetrics:
     """The metrics every service exposes, in a registry of its own (one per application)."""
 
-    def __init__(self, service: str) -> None:
-        self.service = service
+    def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.broker_connected = Gauge(
             "backup_broker_connected", "1 while the connection to RabbitMQ is up.", registry=self.registry

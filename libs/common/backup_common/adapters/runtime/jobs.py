@@ -26,7 +26,7 @@ from backup_common.domain.documents import SettingsDocument
 from backup_common.domain.events import BackupPart, BackupRequested, parse_event
 from backup_common.domain.jobs import Lease, LeaseLost, parse_part_job_key, part_job_key
 from backup_common.domain.model import Backup, PartResult
-from backup_common.domain.ports import BackupStorage, Ports
+from backup_common.domain.ports import BackupStorage, Ports, read_settings
 from backup_common.engine.archive import ArchiveError
 from backup_common.engine.crypto import KeyUnwrapError, archive_password
 from backup_common.engine.storage import encryption_info
@@ -74,13 +74,6 @@ class PartJobs:
     async def previous_with_files(self, backup: Backup) -> Backup | None:
         async with self._ports.uow() as uow:
             return await uow.backups.previous_with_files(backup)
-
-    async def settings(self) -> SettingsDocument:
-        async with self._ports.uow() as uow:
-            stored = await uow.documents.get("settings")
-            await uow.commit()  # keeps the seeded default, if this read seeded it
-        assert isinstance(stored.document, SettingsDocument)
-        return stored.document
 
     async def claim(self, event: BackupRequested, part: BackupPart) -> Lease | None:
         """Takes the part's job unless it is finished, held by a live worker, or its backup is over."""
@@ -301,7 +294,7 @@ class PartWorker:
         backup = await self.jobs.backup(backup_id)
         if backup is None:
             raise PartFailure(f"backup {backup_id} is not in the catalog")
-        settings = await self.jobs.settings()
+        settings = await read_settings(self._ports.uow)
         password: str | None = None
         encryption = encryption_info(None)
         if settings.encryption.enabled:

@@ -111,7 +111,7 @@ def lifecycle(
     settings: Settings, name: str, bootstrap: Bootstrap, metrics: ServiceMetrics | None = None
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     """The cleanup_ctx that opens the service's adapters, bootstraps it and runs its loops."""
-    metrics = metrics or ServiceMetrics(name)
+    metrics = metrics or ServiceMetrics()
 
     async def run(app: web.Application) -> AsyncIterator[None]:
         await migrate(settings.catalog)
