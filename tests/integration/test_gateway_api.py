@@ -293,6 +293,29 @@ async def test_restore_of_a_completed_backup_answers_202_and_requests_it(gateway
     assert str(event.restore_id) == body["restore"]["id"]
 
 
+async def test_a_requested_restore_is_read_back_alone_and_in_the_list_newest_first(gateway: Gateway) -> None:
+    backup = await gateway.create("database")
+    await gateway.complete(backup)
+    made = []
+    for _ in range(2):
+        status, body = await gateway.call("POST", f"{API}/{backup['id']}/restore", {"confirm": backup["id"]})
+        assert status == 202, body
+        made.append(body["restore"])
+
+    status, one = await gateway.call("GET", f"{API}/restores/{made[0]['id']}")
+    assert status == 200, one
+    assert one["restore"] == made[0]
+    status, page = await gateway.call("GET", f"{API}/restores?limit=1")
+    assert status == 200, page
+    assert (page["total"], [r["id"] for r in page["restores"]]) == (2, [made[1]["id"]])
+    for missing in (str(uuid.uuid4()), "not-a-uuid"):
+        status, body = await gateway.call("GET", f"{API}/restores/{missing}")
+        assert status == 404
+        assert body["error"]["message"] == f"no restore with id {missing}"
+    status, body = await gateway.call("GET", f"{API}/restores?page=2")
+    assert status == 400
+
+
 async def test_restore_of_one_part_or_a_part_the_backup_lacks(gateway: Gateway) -> None:
     backup = await gateway.create("database")
     await gateway.complete(backup)

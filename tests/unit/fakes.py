@@ -188,6 +188,10 @@ class _Restores:
     async def save(self, restore: Restore) -> None:
         self._uow.stage(restore)
 
+    async def list(self, limit: int, offset: int) -> tuple[list[Restore], int]:
+        restores = sorted(self._uow.catalog.restores.values(), key=lambda r: (r.created_at, r.id), reverse=True)
+        return [_fresh(restore) for restore in restores[offset : offset + limit]], len(restores)
+
 
 class _Documents:
     def __init__(self, uow: FakeUnitOfWork) -> None:

@@ -87,6 +87,10 @@ async def test_a_restore_is_recorded_with_its_request_and_refused_for_a_backup_s
         await handlers.request_restore(system.ports, running.id, None, requested_by="bob")
     with pytest.raises(NotFound):
         await handlers.request_restore(system.ports, "no-such-backup", None, requested_by="bob")
+    assert (await handlers.read_restore(system.ports, restore.id)).parts == (BackupPart.DATABASE,)
+    assert [r.id for r in (await handlers.list_restores(system.ports, 10, 0))[0]] == [restore.id]
+    with pytest.raises(NotFound, match="no restore with id gone"):
+        await handlers.read_restore(system.ports, "gone")
 
 
 async def test_deleting_marks_the_backup_deleting_once_and_refuses_one_in_progress(system: FakeSystem) -> None:

@@ -107,6 +107,19 @@ async def request_restore(
     return restore
 
 
+async def read_restore(ports: Ports, restore_id: str) -> Restore:
+    async with ports.uow() as uow:
+        restore = await uow.restores.get(restore_id)
+    if restore is None:
+        raise NotFound(f"no restore with id {restore_id}")
+    return restore
+
+
+async def list_restores(ports: Ports, limit: int, offset: int) -> tuple[list[Restore], int]:
+    async with ports.uow() as uow:
+        return await uow.restores.list(limit, offset)
+
+
 async def request_delete(ports: Ports, backup_id: str, *, requested_by: str) -> Backup:
     """Marks the backup `deleting` and asks for its deletion (Conflict while it is in progress)."""
     async with ports.uow() as uow:

@@ -33,6 +33,11 @@ class ListQuery(_Body):
     offset: int = Field(0, ge=0)
 
 
+class PageQuery(_Body):
+    limit: int = Field(50, ge=1, le=500)
+    offset: int = Field(0, ge=0)
+
+
 class PartOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -85,6 +90,8 @@ class BackupPage(BaseModel):
 
 
 class RestoreOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: str
     backup_id: str
     status: RestoreStatus
@@ -97,6 +104,13 @@ class RestoreOut(BaseModel):
 
 class RestoreEnvelope(BaseModel):
     restore: RestoreOut
+
+
+class RestorePage(BaseModel):
+    restores: list[RestoreOut]
+    total: int
+    limit: int
+    offset: int
 
 
 class LastSuccess(BaseModel):

@@ -20,14 +20,16 @@ from backup_gateway.models import (
     DocumentOut,
     ErrorBody,
     ListQuery,
+    PageQuery,
     RestoreEnvelope,
+    RestorePage,
     RestoreRequest,
     Stats,
 )
 
 API = "/api/admin/backup"
 # Named routes under API take precedence over a backup id in the same position.
-_RESERVED = ("list", "stats", "schedule", "settings", "create")
+_RESERVED = ("list", "stats", "schedule", "settings", "create", "restores")
 BACKUP_ID = "{backup_id:(?!(?:" + "|".join(_RESERVED) + ")$)[^/]+}"
 
 
@@ -86,6 +88,13 @@ ROUTES: tuple[Route, ...] = (
         "Delete a backup (its files and its key); refused while it is in progress.",
         status=202, response=BackupEnvelope, errors=(404, 409),
     ),
+    Route(
+        "GET", f"{API}/restores", views.list_restores, "restore.list",
+        "Restores, newest first, with their status and, when one failed, the reason.",
+        response=RestorePage, query=PageQuery, errors=(400,),
+    ),
+    Route("GET", f"{API}/restores/{{restore_id}}", views.get_restore, "restore.read",
+          "One restore with its status and, when it failed, the reason.", response=RestoreEnvelope, errors=(404,)),
     Route("GET", "/healthz", healthz, "healthz", "The process is alive.", public=True),
     Route("GET", "/readyz", readyz, "readyz", "MySQL and RabbitMQ are reachable.", public=True, errors=(503,)),
 )  # fmt: skip
@@ -104,7 +113,7 @@ _ERROR_TEXT = {
     400: "Invalid request",
     401: "No valid bearer token",
     403: "The token lacks the admin role",
-    404: "No such backup",
+    404: "No such backup or restore",
     409: "Conflicts with the backup's state",
     410: "The backup's files are missing from storage",
     503: "Not ready",
@@ -129,10 +138,11 @@ def openapi_document() -> dict[str, Any]:
             operation["security"] = []
         path = openapi_path(route.path)
         parameters: list[dict[str, Any]] = []
-        if "{backup_id}" in path:
-            parameters.append(
-                {"name": "backup_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
-            )
+        for name in ("backup_id", "restore_id"):
+            if f"{{{name}}}" in path:
+                parameters.append(
+                    {"name": name, "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
+                )
         if route.query is not None:
             for name, info in route.query.model_fields.items():
                 parameters.append(

@@ -22,8 +22,10 @@ from backup_gateway.models import (
     BackupPage,
     CreateBackupRequest,
     ListQuery,
+    PageQuery,
     RestoreEnvelope,
     RestoreOut,
+    RestorePage,
     RestoreRequest,
     backup_out,
     document_out,
@@ -54,13 +56,17 @@ def ports(request: web.Request) -> Ports:
     return request.app[RUNNING].ports
 
 
-def backup_id_of(request: web.Request) -> str:
-    """The canonical form of the id in the path; a malformed id names no backup (404)."""
-    raw = request.match_info["backup_id"]
+def _id_in_path(request: web.Request, kind: str) -> str:
+    """The canonical form of the id in the path; a malformed id names nothing (404)."""
+    raw = request.match_info[f"{kind}_id"]
     try:
         return str(uuid.UUID(raw))
     except ValueError:
-        raise NotFound(f"no backup with id {raw}") from None
+        raise NotFound(f"no {kind} with id {raw}") from None
+
+
+def backup_id_of(request: web.Request) -> str:
+    return _id_in_path(request, "backup")
 
 
 async def create_backup(request: web.Request) -> web.Response:
@@ -137,7 +143,28 @@ async def restore_backup(request: web.Request) -> web.Response:
     restore = await handlers.request_restore(
         ports(request), backup_id, parsed.parts, requested_by=request[PRINCIPAL].subject
     )
-    return respond(RestoreEnvelope(restore=RestoreOut.model_validate(restore, from_attributes=True)), 202)
+    return respond(RestoreEnvelope(restore=RestoreOut.model_validate(restore)), 202)
+
+
+async def list_restores(request: web.Request) -> web.Response:
+    unknown = set(request.query) - set(PageQuery.model_fields)
+    if unknown:
+        raise InvalidRequest(f"unknown query parameter(s): {', '.join(sorted(unknown))}")
+    query = PageQuery.model_validate(dict(request.query))
+    restores, total = await handlers.list_restores(ports(request), query.limit, query.offset)
+    return respond(
+        RestorePage(
+            restores=[RestoreOut.model_validate(restore) for restore in restores],
+            total=total,
+            limit=query.limit,
+            offset=query.offset,
+        )
+    )
+
+
+async def get_restore(request: web.Request) -> web.Response:
+    restore = await handlers.read_restore(ports(request), _id_in_path(request, "restore"))
+    return respond(RestoreEnvelope(restore=RestoreOut.model_validate(restore)))
 
 
 async def delete_backup(request: web.Request) -> web.Response:

@@ -87,6 +87,9 @@ class RestoreRepository(Protocol):
 
     async def save(self, restore: Restore) -> None: ...
 
+    async def list(self, limit: int, offset: int) -> tuple[list[Restore], int]:
+        """One page of restores, newest first, and how many there are."""
+
 
 class DocumentRepository(Protocol):
     async def get(self, name: str) -> StoredDocument:

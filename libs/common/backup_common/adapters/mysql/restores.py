@@ -71,3 +71,12 @@ class MysqlRestores:
             ),
         )
         self._seen(restore)
+
+    async def list(self, limit: int, offset: int) -> tuple[list[Restore], int]:
+        total = await db.fetch_one(self._conn, "SELECT COUNT(*) AS n FROM restores")
+        rows = await db.fetch_all(
+            self._conn,
+            f"SELECT {_COLUMNS} FROM restores ORDER BY created_at DESC, id DESC LIMIT %s OFFSET %s",
+            (limit, offset),
+        )
+        return [_restore(row) for row in rows], int(total["n"]) if total else 0
