@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
@@ -15,9 +16,27 @@ from backup_common.adapters.mysql.processed import MysqlProcessedMessages
 from backup_common.adapters.settings import Settings
 from backup_common.engine.database.target import MysqlTarget
 from tests.conftest import DECLARED_QUEUES
+from tests.integration import source_db
+from tests.integration.source_snapshot import snapshot
 from tests.services import ServiceEndpoints
 
 NewDatabase = Callable[[str], MysqlTarget]
+
+
+@pytest.fixture(scope="module")
+async def feature_source(servers: ServiceEndpoints) -> AsyncIterator[MysqlTarget]:
+    """The feature database (tests/integration/source_db.py), built once per module; tests only read it."""
+    target = MysqlTarget(servers.mysql_url(f"backup_src_{secrets.token_hex(5)}"))
+    try:
+        await source_db.build_feature_database(target)
+        yield target
+    finally:
+        await db.drop_database(target)
+
+
+@pytest.fixture(scope="module")
+async def feature_snapshot(feature_source: MysqlTarget) -> dict[str, Any]:
+    return await snapshot(feature_source)
 
 
 @pytest.fixture

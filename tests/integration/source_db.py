@@ -54,6 +54,15 @@ async def run(conn: Any, *statements: str) -> None:
             await cursor.execute(statement)
 
 
+async def run_on(target: MysqlTarget, *statements: str) -> None:
+    """Runs the statements on a connection of their own to the target database."""
+    conn = await connect(target)
+    try:
+        await run(conn, *statements)
+    finally:
+        await conn.ensure_closed()
+
+
 async def rows(conn: Any, sql: str, args: Any = None) -> list[dict[str, Any]]:
     return await db.fetch_all(conn, sql, args)
 

@@ -26,7 +26,6 @@ from urllib.parse import quote
 import pytest
 import pyzipper
 
-from backup_common.adapters.mysql import db
 from backup_common.adapters.mysql.source import AsyncmySqlServer
 from backup_common.engine.database.dump import dump_database
 from backup_common.engine.database.load import load_database
@@ -47,22 +46,6 @@ PASSWORD = "correct horse; battery 'staple' \\ 42"
 SMALL_PIECES = DumpOptions(member_bytes=1 << 20, statement_bytes=64 << 10)
 ACCOUNTS = 200
 BALANCE = 1000
-
-
-@pytest.fixture(scope="module")
-async def feature_source(servers: ServiceEndpoints) -> AsyncIterator[MysqlTarget]:
-    """The feature database, built once for the module; the tests only read it."""
-    target = MysqlTarget(servers.mysql_url(f"backup_src_{secrets.token_hex(5)}"))
-    try:
-        await source_db.build_feature_database(target)
-        yield target
-    finally:
-        await db.drop_database(target)
-
-
-@pytest.fixture(scope="module")
-async def feature_snapshot(feature_source: MysqlTarget) -> dict[str, Any]:
-    return await snapshot(feature_source)
 
 
 @dataclass(frozen=True)

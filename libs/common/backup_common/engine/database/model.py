@@ -1,4 +1,4 @@
-"""What a dump and a load take and give: options, progress and results."""
+"""What a dump, a load and a restore take and give: options, progress and results."""
 
 from __future__ import annotations
 
@@ -62,4 +62,34 @@ class LoadSummary:
     seconds: float
 
 
+@dataclass(frozen=True)
+class DatabaseRestoreProgress:
+    """Where a load or a restore is; a load reports the phases "checking", "loading" and "done", a
+    restore also "swapping" (moving the loaded tables in and recreating the other objects)."""
+
+    phase: str
+    bytes_done: int  # uncompressed SQL bytes of the members loaded so far
+    bytes_total: int
+    tables_done: int
+    tables_total: int
+    rows_done: int
+
+
+@dataclass(frozen=True)
+class DatabaseRestoreSummary:
+    """What a restore put in place: the tables it swapped in and the rows they hold, the views,
+    routines, triggers and events it (re)created, and the tables of the target it removed."""
+
+    database: str
+    tables: int
+    rows: int
+    views: int
+    routines: int
+    triggers: int
+    events: int
+    dropped_tables: list[str]  # tables the target had and the backup does not (full restore only)
+    seconds: float
+
+
 ProgressCallback = Callable[[DumpProgress], Awaitable[None]]
+RestoreProgressCallback = Callable[[DatabaseRestoreProgress], Awaitable[None]]
