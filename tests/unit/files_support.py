@@ -89,9 +89,17 @@ def write_archive(archive: Path, content: list[tuple[str, bytes, int]]) -> None:
 
 
 def write_link(
-    directory: Path, backup_id: str, carried: Tree, *, state: Tree, deleted: list[str], packed: bool = False
+    directory: Path,
+    backup_id: str,
+    carried: Tree,
+    *,
+    state: Tree,
+    deleted: list[str],
+    packed: bool = False,
+    roots: dict[str, Dir] | None = None,
 ) -> ChainLink:
-    """A files part and its manifest: every carried path in a member of its own, or ``packed``."""
+    """A files part and its manifest: every carried path in a member of its own, or ``packed``; with
+    ``roots``, the manifest records the tree roots as the archiver does."""
     archive = directory / f"{backup_id}.zip"
     entries = [record(path, node) for path, node in carried.items()]
     if packed:
@@ -100,11 +108,13 @@ def write_link(
             entry.update(placements.get(entry["path"], {}))
     else:
         write_archive(archive, members(sorted(carried.items())))
-    manifest = {
+    manifest: dict[str, Any] = {
         "entries": entries,
         "deleted": deleted,
         "state": [record(path, node) for path, node in state.items()],
     }
+    if roots is not None:
+        manifest["roots"] = {tree: {"mode": root.mode, "mtime_ns": root.mtime_ns} for tree, root in roots.items()}
     return ChainLink(backup_id, archive, PASSWORD, manifest)
 
 
@@ -130,14 +140,53 @@ def write_packed_archive(archive: Path, items: list[tuple[str, Node]]) -> dict[s
     return placements
 
 
-def full(directory: Path, backup_id: str, tree: Tree, *, packed: bool = False) -> ChainLink:
-    return write_link(directory, backup_id, tree, state=tree, deleted=[], packed=packed)
+def full(
+    directory: Path, backup_id: str, tree: Tree, *, packed: bool = False, roots: dict[str, Dir] | None = None
+) -> ChainLink:
+    return write_link(directory, backup_id, tree, state=tree, deleted=[], packed=packed, roots=roots)
 
 
-def incremental(directory: Path, backup_id: str, before: Tree, after: Tree, *, packed: bool = False) -> ChainLink:
+def incremental(
+    directory: Path,
+    backup_id: str,
+    before: Tree,
+    after: Tree,
+    *,
+    packed: bool = False,
+    roots: dict[str, Dir] | None = None,
+) -> ChainLink:
     carried = {path: node for path, node in after.items() if before.get(path) != node}
     deleted = sorted(path for path in before if path not in after)
-    return write_link(directory, backup_id, carried, state=after, deleted=deleted, packed=packed)
+    return write_link(directory, backup_id, carried, state=after, deleted=deleted, packed=packed, roots=roots)
+
+
+def write_tree(target: Path, tree: Tree, roots: dict[str, Dir] | None = None) -> None:
+    """Puts ``tree`` on disk below ``target`` (``<target>/<tree>/...``), modes and times included,
+    and gives the tree roots in ``roots`` theirs."""
+    for tree_name in roots or {}:
+        (target / tree_name).mkdir(parents=True, exist_ok=True)
+    for path, node in sorted(tree.items()):
+        where = target / path
+        where.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(node, Dir):
+            where.mkdir(exist_ok=True)
+        elif isinstance(node, File):
+            where.write_bytes(node.content)
+        else:
+            where.symlink_to(node.target)
+    nodes: list[tuple[str, Node]] = [*tree.items(), *(roots or {}).items()]
+    # Deepest first: setting a directory's time must come after everything written in it.
+    for path, node in sorted(nodes, key=lambda item: -item[0].count("/")):
+        where = target / path
+        if not isinstance(node, Link):
+            where.chmod(node.mode)
+        os.utime(where, ns=(node.mtime_ns, node.mtime_ns), follow_symlinks=False)
+
+
+def root_of(directory: Path) -> Dir:
+    """A tree root as it is on disk."""
+    st = os.lstat(directory)
+    return Dir(stat.S_IMODE(st.st_mode), st.st_mtime_ns)
 
 
 def write_raw_link(directory: Path, backup_id: str, items: list[tuple[str, Node]], *, type_bits: int = 0) -> ChainLink:

@@ -14,7 +14,8 @@ import pyzipper
 
 from backup_common.domain.documents import RestoreLimits
 from backup_common.engine.archive import ArchiveReader, ArchiveWriter, MemberInfo, WrongPassword
-from backup_common.engine.files.model import FileRecord
+from backup_common.engine.files.backup import Parent, files_part_manifest, plan_files, write_files_part
+from backup_common.engine.files.model import TREES, FileRecord
 from backup_common.engine.files.restore import (
     ChainLink,
     IntegrityError,
@@ -38,9 +39,11 @@ from tests.unit.files_support import (
     incremental,
     members,
     record,
+    root_of,
     snapshot,
     write_link,
     write_raw_link,
+    write_tree,
 )
 
 SAMPLE: Tree = {
@@ -384,3 +387,74 @@ def test_a_wrong_password_is_reported_before_anything_is_written(tmp_path: Path,
     with pytest.raises(WrongPassword):
         restore_chain([link], tmp_path / "restored", LIMITS)
     assert not (tmp_path / "restored").exists()
+
+
+# --- tree roots ----------------------------------------------------------------------------------------
+
+
+def back_up_files(trees: Path, archive: Path, parent: ChainLink | None = None) -> ChainLink:
+    """A files part made as the files worker makes it."""
+    roots = {tree: trees / tree for tree in TREES}
+    plan = plan_files(roots, [], Parent(parent.backup_id, parent.manifest) if parent else None)
+    result, info = write_files_part(archive, plan, password=PASSWORD, compression_level=1, progress=lambda *_: None)
+    manifest = files_part_manifest(
+        plan, result, info, file_name=archive.name, incremental_requested=parent is not None, encryption={}
+    )
+    return ChainLink(archive.stem, archive, PASSWORD, manifest)
+
+
+def test_a_backup_records_its_tree_roots_and_a_restore_gives_them_back_last(tmp_path: Path, archives: Path) -> None:
+    trees = tmp_path / "app"
+    roots = {"uploads": Dir(0o751, T0 + 1), "configs": Dir(0o750, T0 + 2)}  # no logs tree
+    tree: Tree = {"uploads/a.txt": File(b"a"), "uploads/d": Dir(0o700, T0 + 3), "configs/app.ini": File(b"c")}
+    write_tree(trees, tree, roots)
+    base = back_up_files(trees, archives / "b0.zip")
+    (trees / "uploads").chmod(0o755)  # an incremental records the roots it found
+    os.utime(trees / "uploads", ns=(T0, T0 + 10))
+    later = back_up_files(trees, archives / "b1.zip", base)
+
+    assert base.manifest["roots"] == {
+        "uploads": {"mode": 0o751, "mtime_ns": T0 + 1},
+        "configs": {"mode": 0o750, "mtime_ns": T0 + 2},
+    }
+    assert later.manifest["roots"]["uploads"] == {"mode": 0o755, "mtime_ns": T0 + 10}
+    restore_chain([base], tmp_path / "first", LIMITS)
+    restore_chain([base, later], tmp_path / "second", LIMITS)
+    assert {name: root_of(tmp_path / "first" / name) for name in roots} == roots
+    assert root_of(tmp_path / "second" / "uploads") == Dir(0o755, T0 + 10)
+    assert snapshot(tmp_path / "second") == tree
+
+
+def test_an_empty_tree_root_the_backup_found_is_restored(tmp_path: Path, archives: Path) -> None:
+    link = full(archives, "b1", {"uploads/a.txt": File(b"a")}, roots={"uploads": Dir(), "logs": Dir(0o750, T0 + 7)})
+
+    restore_chain([link], tmp_path / "restored", LIMITS)
+
+    assert sorted(os.listdir(tmp_path / "restored")) == ["logs", "uploads"]
+    assert root_of(tmp_path / "restored" / "logs") == Dir(0o750, T0 + 7)
+
+
+def test_a_root_of_a_backup_that_recorded_none_is_left_readable_not_0700(tmp_path: Path, archives: Path) -> None:
+    restore_chain([full(archives, "b1", SAMPLE)], tmp_path / "restored", LIMITS)
+
+    for tree in TREES:
+        assert stat.S_IMODE(os.stat(tmp_path / "restored" / tree).st_mode) == 0o755
+
+
+@pytest.mark.parametrize(
+    ("roots", "rule"),
+    [
+        ({"etc": {"mode": 0o755, "mtime_ns": T0}}, "manifest root 'etc' is refused"),
+        ({"uploads": {"mode": stat.S_IFIFO | 0o755, "mtime_ns": T0}}, "it is a FIFO"),
+        ({"uploads": {"mode": 0o755}}, "its mode and mtime_ns must be integers"),
+        ({"uploads": 0o755}, "manifest root 'uploads' is refused"),
+        ([], "the manifest roots are not an object"),
+    ],
+)
+def test_manifest_roots_that_make_no_sense_are_refused(
+    tmp_path: Path, archives: Path, roots: object, rule: str
+) -> None:
+    link = full(archives, "b1", {"uploads/a.txt": File(b"a")})
+    link.manifest["roots"] = roots
+
+    assert_refused_without_writing(tmp_path, [link], rule)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from backup_common.engine.files.model import Entry, Skipped
-from backup_common.engine.files.scan import compile_excludes, scan_trees
+from backup_common.engine.files.scan import compile_excludes, scan, scan_trees
 
 NOTHING = compile_excludes([])
 
@@ -338,3 +338,29 @@ def test_modes_and_mtimes_are_exactly_those_on_disk(tmp_path: Path) -> None:
     assert (found["configs/run.sh"].mode, found["configs/run.sh"].mtime_ns) == (0o4755, 987_654_321)
     assert (found["configs/d"].mode, found["configs/d"].mtime_ns) == (0o2750, 1_700_000_000_000_000_001)
     assert found["configs/secret.env"].size == 3
+
+
+def test_each_tree_root_is_recorded_apart_from_the_entries_with_its_mode_and_time(tmp_path: Path) -> None:
+    roots = make_trees(tmp_path, "uploads", "configs", "logs")
+    (roots["uploads"] / "a.txt").write_text("a")
+    roots["uploads"].chmod(0o751)
+    os.utime(roots["uploads"], ns=(1_000_000_000, 1_700_000_000_000_000_007))
+    real_configs = tmp_path / "volume"
+    real_configs.mkdir(mode=0o700)
+    os.utime(real_configs, ns=(1_000_000_000, 1_600_000_000_000_000_003))
+    roots["configs"].rmdir()
+    roots["configs"].symlink_to(real_configs)  # a configured root may be a link: its directory counts
+
+    found = scan({**roots, "logs": tmp_path / "missing"}, compile_excludes([]))
+
+    assert paths(found.entries) == ["uploads/a.txt"]
+    assert found.roots == {
+        "uploads": Entry("uploads", "dir", 0o751, 1_700_000_000_000_000_007, 0),
+        "configs": Entry("configs", "dir", 0o700, 1_600_000_000_000_000_003, 0),
+    }
+
+
+def test_an_excluded_tree_has_no_root_recorded(tmp_path: Path) -> None:
+    roots = make_trees(tmp_path, "uploads", "logs")
+
+    assert set(scan(roots, compile_excludes(["logs"])).roots) == {"uploads"}

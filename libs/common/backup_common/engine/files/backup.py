@@ -14,7 +14,7 @@ from backup_common.engine.archive import ArchiveInfo, ArchiveWriter
 from backup_common.engine.files.archiver import write_files_archive
 from backup_common.engine.files.incremental import append_bases, next_state, plan_incremental
 from backup_common.engine.files.model import ArchiveResult, Entry, Skipped
-from backup_common.engine.files.scan import compile_excludes, scan_trees
+from backup_common.engine.files.scan import compile_excludes, scan
 from backup_common.engine.storage import tool_info
 
 
@@ -43,16 +43,18 @@ class FilesPlan:
     parent: Parent | None
     deleted: list[str] = field(default_factory=list)
     started_at: float = field(default_factory=time.time)
+    tree_roots: dict[str, Entry] = field(default_factory=dict)  # each tree root as the scan found it
 
 
 def plan_files(roots: dict[str, Path], exclude: list[str], parent: Parent | None) -> FilesPlan:
     """Scans the trees (blocking: run it in a worker thread)."""
     started = time.time()
-    entries, skipped = scan_trees(roots, compile_excludes(exclude))
+    found = scan(roots, compile_excludes(exclude))
+    entries = found.entries
     if parent is None:
-        return FilesPlan(roots, exclude, entries, entries, skipped, None, started_at=started)
+        return FilesPlan(roots, exclude, entries, entries, found.skipped, None, [], started, found.roots)
     planned, deleted = plan_incremental(parent.state, entries)
-    return FilesPlan(roots, exclude, entries, planned, skipped, parent, deleted, started)
+    return FilesPlan(roots, exclude, entries, planned, found.skipped, parent, deleted, started, found.roots)
 
 
 def write_files_part(
@@ -94,6 +96,9 @@ def files_part_manifest(
         "parent_id": parent.backup_id if parent else None,
         "note": note,
         "trees": {name: str(path) for name, path in plan.roots.items()},
+        # The roots found, each with its own mode and time (an incremental records those it found):
+        # a restore gives them back, where it would otherwise leave its own.
+        "roots": {name: {"mode": root.mode, "mtime_ns": root.mtime_ns} for name, root in plan.tree_roots.items()},
         "exclude": plan.exclude,
         "entries": [asdict(record) for record in result.records],
         "deleted": plan.deleted,

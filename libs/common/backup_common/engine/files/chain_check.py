@@ -12,7 +12,7 @@ import os
 import re
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeGuard
 
@@ -83,6 +83,7 @@ class Plan:
     entries: list[FileRecord]  # parents before children
     sizes: dict[str, int]  # member name -> uncompressed size its archive declares
     state: list[FileRecord]
+    roots: dict[str, FileRecord] = field(default_factory=dict)  # tree -> its root's mode and time
 
 
 def check_chain(chain: list[ChainLink], limits: RestoreLimits) -> list[Plan]:
@@ -110,7 +111,8 @@ def _check_link(link: ChainLink, limits: RestoreLimits, totals: dict[str, int]) 
         raise UnsafeArchive(f"{where}: the manifest is not an object")
     entries = [_parse_record(raw, f"{where} manifest entry", entry=True) for raw in _list(manifest, "entries", where)]
     state = [_parse_record(raw, f"{where} manifest state", entry=False) for raw in _list(manifest, "state", where)]
-    deleted = [_check_path(path, f"{where} manifest deleted path") for path in _list(manifest, "deleted", where)]
+    deleted = [check_path(path, f"{where} manifest deleted path") for path in _list(manifest, "deleted", where)]
+    roots = _parse_roots(manifest.get("roots", {}), where)
     for items, what in ((entries, "entries"), (state, "state")):
         paths = [item.path for item in items]
         if len(set(paths)) != len(paths):
@@ -159,7 +161,38 @@ def _check_link(link: ChainLink, limits: RestoreLimits, totals: dict[str, int]) 
     sizes = {name: info.size for name, info in by_name.items()}
     _check_spans(entries, sizes, where)
     ordered = sorted(entries, key=lambda item: item.path.split("/"))
-    return Plan(link, deleted, ordered, sizes, state)
+    return Plan(link, deleted, ordered, sizes, state, roots)
+
+
+def _parse_roots(raw: object, where: str) -> dict[str, FileRecord]:
+    """The manifest's ``roots``: tree name -> {"mode", "mtime_ns"}, checked as a state's directory is."""
+    if not isinstance(raw, dict):
+        raise UnsafeArchive(f"{where}: the manifest roots are not an object")
+    roots: dict[str, FileRecord] = {}
+    for tree, attributes in raw.items():
+        if tree not in TREES or not isinstance(attributes, dict):
+            raise UnsafeArchive(f"{where}: manifest root {tree!r} is refused: not a tree with its mode and time")
+        record = {"mode": attributes.get("mode"), "mtime_ns": attributes.get("mtime_ns")}
+        roots[tree] = _parse_record({**record, "path": tree, "kind": "dir"}, f"{where} manifest root", entry=False)
+    return roots
+
+
+def backup_trees(manifest: Mapping[str, Any]) -> list[str]:
+    """The trees a backup has, in TREES order: those its state has paths in, and those it found (its
+    ``roots``; a manifest written before roots were recorded has its configured ``trees`` instead).
+
+    A tree configured but absent when the backup ran is not one of them: a restore leaves it alone.
+    """
+    found = manifest.get("roots")
+    if not isinstance(found, dict):
+        found = manifest.get("trees")
+    names = set(found) if isinstance(found, dict) else set()
+    state = manifest.get("state")
+    for item in state if isinstance(state, list) else []:
+        path = item.get("path") if isinstance(item, dict) else None
+        if isinstance(path, str):
+            names.add(path.partition("/")[0])
+    return [tree for tree in TREES if tree in names]
 
 
 def _abandoned_members(manifest: dict[str, Any]) -> set[str]:
@@ -178,7 +211,7 @@ def _list(manifest: dict[str, Any], key: str, where: str) -> list[Any]:
     return value
 
 
-def _check_path(path: object, where: str) -> str:
+def check_path(path: object, where: str) -> str:
     """``path`` when it is a safe relative path inside one of the trees; raises UnsafeArchive otherwise."""
     if not isinstance(path, str):
         raise UnsafeArchive(f"{where} {path!r} is not a string")
@@ -208,7 +241,7 @@ def _check_path(path: object, where: str) -> str:
 def _parse_record(raw: object, where: str, *, entry: bool) -> FileRecord:
     if not isinstance(raw, dict):
         raise UnsafeArchive(f"{where} {raw!r} is not an object")
-    path = _check_path(raw.get("path"), where)
+    path = check_path(raw.get("path"), where)
     where = f"{where} {path!r}"
     kind = raw.get("kind")
     if kind not in KINDS:
@@ -329,7 +362,7 @@ def _check_member(info: MemberInfo, file_type: int, where: str, limits: RestoreL
     is_dir = name.endswith("/")
     if not PACK_NAME.fullmatch(name):
         path = name[:-1] if is_dir else name.removeprefix(APPENDED_PREFIX)
-        _check_path(path, f"{where}: member")
+        check_path(path, f"{where}: member")
     special = _SPECIAL_TYPES.get(file_type)
     if special is not None:
         raise UnsafeArchive(f"{where}: member {name!r} is refused: it is {special}")

@@ -9,7 +9,9 @@ size of the version it extends.
 
 Its manifest (`files.json`) lists the `state` of every tree at that backup (what a restore of it must
 reproduce), the `entries` this archive carries (all of them for a complete backup; new and changed
-ones for an incremental) and the `deleted` paths since the parent.
+ones for an incremental) and the `deleted` paths since the parent. Tree roots are no entries: the
+manifest's `roots` gives the mode and mtime_ns of each root the backup found (manifests written
+before it have none).
 """
 
 from __future__ import annotations
@@ -100,3 +102,15 @@ class RestoreSummary:
     deleted: int
     bytes_written: int
     backups_applied: list[str]
+
+
+@dataclass(frozen=True)
+class FilesRestoreProgress:
+    """How far a restore of the trees is: its phase ("checking", "writing", "swapping", "done") and the
+    files and bytes written so far, of those it will write."""
+
+    phase: str
+    bytes_done: int
+    bytes_total: int
+    files_done: int
+    files_total: int

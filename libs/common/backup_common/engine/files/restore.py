@@ -4,7 +4,11 @@ Two phases. First the whole chain is checked without writing anything (chain_che
 is it replayed into the target, backup by backup: deletions, directories, links, then files, each
 streamed to a temporary name from its own member or from its pack, checked against its SHA-256 and
 renamed into place (target_writer.py); the target is then compared with the last backup's recorded
-state, and modes and times are set last, directories deepest first.
+state, and modes and times are set last, directories deepest first, the tree roots after them all.
+
+A restore may take some paths only (a tree, or a path of the backup's state, with everything below
+it): those alone are written and verified, with the directories above them. in_place.py restores
+over the live trees by rebuilding each beside it with :func:`rebuild` and swapping it in.
 
 Every path is reached through directory file descriptors opened with ``O_NOFOLLOW`` from the target
 down, so nothing is ever created, replaced or removed through a symbolic link, whatever the archive or
@@ -16,14 +20,18 @@ Synchronous and I/O-heavy: callers run it in a worker thread.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
 import stat
 import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from pathlib import Path
+from typing import Any
 
 from backup_common.domain.documents import RestoreLimits
 from backup_common.engine.archive import ArchiveReader
@@ -34,14 +42,17 @@ from backup_common.engine.files.chain_check import (
     RestoreError,
     TargetNotEmpty,
     UnsafeArchive,
+    backup_trees,
     check_chain,
+    check_path,
     without_unlisted_roots,
 )
 from backup_common.engine.files.dirfd import DIRECTORY_FLAGS, FILE_FLAGS
-from backup_common.engine.files.model import KINDS, TREES, FileRecord, RestoreSummary
+from backup_common.engine.files.model import KINDS, TREES, FileRecord, FilesRestoreProgress, RestoreSummary
 from backup_common.engine.files.target_writer import (
     WriteProgress,
     directory,
+    lstat_in,
     make_directory,
     parent_directories,
     remove,
@@ -57,51 +68,50 @@ __all__ = [
     "TargetNotEmpty",
     "UnsafeArchive",
     "restore_chain",
+    "unknown_paths",
 ]
 
 log = logging.getLogger(__name__)
 
 RESTORE_THREADS = min(4, os.cpu_count() or 1)  # reading, inflating, hashing and writing release the GIL
+REPORT_SECONDS = 0.25  # the least time between two reports of bytes written
+# The mode of a tree root a restore created when its backup recorded none (manifests written before
+# roots were): a web server must be able to read the tree, which the 0700 of new directories forbids.
+DEFAULT_ROOT_MODE = 0o755
 
 
 def restore_chain(
-    chain: list[ChainLink], target: Path, limits: RestoreLimits, *, force: bool = False
+    chain: list[ChainLink],
+    target: Path,
+    limits: RestoreLimits,
+    *,
+    force: bool = False,
+    paths: Sequence[str] | None = None,
+    progress: Callable[[FilesRestoreProgress], None] | None = None,
 ) -> RestoreSummary:
     """Rebuilds the trees of the chain's last backup into ``target`` and says what it wrote.
 
-    ``target`` is created when absent; an existing directory must be empty unless ``force``. Raises
-    UnsafeArchive (nothing written) for a hostile or oversized chain, IntegrityError when content does
-    not match its manifest, TargetNotEmpty, and ArchiveError (WrongPassword, CorruptArchive) from the
-    archives. After an error raised while writing, the target holds a partial restore.
+    ``target`` is created when absent; an existing directory must be empty unless ``force``. With
+    ``paths`` (see :func:`unknown_paths`), only those are restored. Raises UnsafeArchive (nothing
+    written) for a hostile or oversized chain, IntegrityError when content does not match its
+    manifest, TargetNotEmpty, RestoreError for unknown paths, and ArchiveError (WrongPassword,
+    CorruptArchive) from the archives. After an error raised while writing, the target holds a
+    partial restore.
     """
     if not chain:
         raise RestoreError("nothing to restore: the chain is empty")
+    selection = select(chain[-1].manifest, paths)
     target_was_empty = _check_target(target, force=force)
+    report = ProgressReporter(progress)
     plans = check_chain(chain, limits)
+    written = report.writing(plans, selection, limits)
     created = _open_target(target)
-    progress = WriteProgress(limits)
-    deleted = 0
-    applied: list[str] = []
     try:
-        for plan in plans:
-            _replay(created, plan, progress)
-            deleted += len(plan.deleted)
-            applied.append(plan.link.backup_id)
-        final = plans[-1].state
-        _verify(created, target, final, exact=target_was_empty)
-        _set_attributes(created, final, progress.attributes)
+        deleted = rebuild(created, target, plans, selection, written, exact=target_was_empty)
     finally:
         os.close(created)
-    counts = {kind: sum(1 for item in final if item.kind == kind) for kind in KINDS}
-    summary = RestoreSummary(
-        target=str(target),
-        files=counts["file"],
-        directories=counts["dir"],
-        symlinks=counts["symlink"],
-        deleted=deleted,
-        bytes_written=progress.bytes_written,
-        backups_applied=applied,
-    )
+    summary = summarize(str(target), plans, selection, written, deleted)
+    report.phase("done")
     log.info(
         "restored backup %s into %s (chain of %d): %d files, %d directories, %d links, %d bytes",
         chain[-1].backup_id,
@@ -113,6 +123,168 @@ def restore_chain(
         summary.bytes_written,
     )
     return summary
+
+
+def rebuild(
+    root: int, target: Path, plans: list[Plan], selection: Selection, written: WriteProgress, *, exact: bool
+) -> int:
+    """Replays the checked chain's selected paths into the directory ``root`` (``target``, for
+    messages), verifies them against the last backup's state (nothing else may be there when
+    ``exact``) and sets their modes and times, the tree roots' last. Returns the deletions replayed."""
+    last = plans[-1]
+    trees = selection.trees(last.link.manifest)
+    created = {tree for tree in trees if lstat_in(tree, root) is None}
+    for tree in trees:
+        # Even a tree without paths: the backup found its root.
+        with directory(root, tree, create=True):
+            pass
+    deleted = 0
+    for plan in plans:
+        deleted += _replay(root, plan, written, selection)
+    final = [item for item in last.state if selection.covers(item.path)]
+    _verify(root, target, final, selection, exact=exact)
+    _set_attributes(root, final, written.attributes)
+    _set_root_attributes(root, trees, final, last.roots, created)
+    return deleted
+
+
+def summarize(
+    target: str, plans: list[Plan], selection: Selection, written: WriteProgress, deleted: int
+) -> RestoreSummary:
+    final = [item for item in plans[-1].state if selection.covers(item.path)]
+    counts = {kind: sum(1 for item in final if item.kind == kind) for kind in KINDS}
+    return RestoreSummary(
+        target=target,
+        files=counts["file"],
+        directories=counts["dir"],
+        symlinks=counts["symlink"],
+        deleted=deleted,
+        bytes_written=written.bytes_written,
+        backups_applied=[plan.link.backup_id for plan in plans],
+    )
+
+
+# --- selected paths ------------------------------------------------------------------------------
+
+
+def unknown_paths(manifest: dict[str, Any], paths: Sequence[str]) -> list[str]:
+    """The ``paths`` a restore of this backup cannot take: those that are not a relative path inside
+    one of the trees (empty, absolute, with a '..' or an empty component...), and those naming
+    neither a path of the backup's final state nor a tree the backup has."""
+    state = manifest.get("state")
+    known = {item.get("path") for item in state if isinstance(item, dict)} if isinstance(state, list) else set()
+    known.update(backup_trees(manifest))
+    unknown = []
+    for path in paths:
+        try:
+            check_path(path, "path")
+        except UnsafeArchive:
+            unknown.append(path)
+            continue
+        if path not in known:
+            unknown.append(path)
+    return unknown
+
+
+class Selection:
+    """The paths a restore writes: all of them, or those equal to or below some prefixes.
+
+    The directories above a prefix are written too (as directories only), so that it has somewhere
+    to be; they are "above" the selection, not in it.
+    """
+
+    def __init__(self, prefixes: Sequence[str] | None = None) -> None:
+        # The outermost prefixes only: one below another adds nothing.
+        self.prefixes: list[str] | None = None
+        if prefixes is not None:
+            unique = set(prefixes)
+            ordered = sorted(unique, key=lambda path: path.split("/"))
+            self.prefixes = [path for path in ordered if not self._below(path, unique)]
+        self._set = set(self.prefixes or ())
+        self._above = {prefix[:index] for prefix in self._set for index, char in enumerate(prefix) if char == "/"}
+
+    @staticmethod
+    def _below(path: str, prefixes: set[str]) -> bool:
+        """Whether a directory ``path`` lies in is one of ``prefixes``."""
+        index = path.find("/")
+        while index >= 0:
+            if path[:index] in prefixes:
+                return True
+            index = path.find("/", index + 1)
+        return False
+
+    def selected(self, path: str) -> bool:
+        """Whether ``path`` is a prefix or below one."""
+        return self.prefixes is None or path in self._set or self._below(path, self._set)
+
+    def above(self, path: str) -> bool:
+        """Whether ``path`` is a directory some prefix lies in."""
+        return path in self._above
+
+    def covers(self, path: str) -> bool:
+        return self.selected(path) or self.above(path)
+
+    def trees(self, manifest: Mapping[str, Any]) -> list[str]:
+        """The trees whose roots the restore makes: those the backup has, or those of the prefixes."""
+        if self.prefixes is None:
+            return backup_trees(manifest)
+        wanted = {prefix.partition("/")[0] for prefix in self.prefixes}
+        return [tree for tree in TREES if tree in wanted]
+
+
+def select(manifest: dict[str, Any], paths: Sequence[str] | None) -> Selection:
+    """The selection of ``paths`` (all paths for None); RestoreError when one names nothing."""
+    if paths is None:
+        return Selection()
+    if not paths:
+        raise RestoreError("nothing to restore: no paths were given")
+    unknown = unknown_paths(manifest, paths)
+    if unknown:
+        raise RestoreError(f"the backup has no such paths: {', '.join(repr(path) for path in unknown[:10])}")
+    return Selection(paths)
+
+
+# --- progress ----------------------------------------------------------------------------------------
+
+
+class ProgressReporter:
+    """Passes a restore's progress on: each phase as it starts, and the bytes and files written at
+    most every REPORT_SECONDS (they are counted by the writing threads, whichever reports)."""
+
+    def __init__(self, callback: Callable[[FilesRestoreProgress], None] | None) -> None:
+        self._callback = callback
+        self._lock = threading.Lock()
+        self._last = float("-inf")
+        self._progress = FilesRestoreProgress("checking", 0, 0, 0, 0)
+        self._emit()
+
+    def writing(self, plans: list[Plan], selection: Selection, limits: RestoreLimits) -> WriteProgress:
+        """Enters the "writing" phase; the WriteProgress its writers report through."""
+        files = [
+            item for plan in plans for item in plan.entries if item.kind == "file" and selection.selected(item.path)
+        ]
+        with self._lock:
+            self._progress = FilesRestoreProgress("writing", 0, sum(item.size for item in files), 0, len(files))
+            self._emit()
+        return WriteProgress(limits, listener=self._wrote)
+
+    def phase(self, phase: str) -> None:
+        with self._lock:
+            self._progress = dataclasses.replace(self._progress, phase=phase)
+            self._emit()
+
+    def _wrote(self, bytes_done: int, files_done: int) -> None:
+        with self._lock:
+            if bytes_done < self._progress.bytes_done:
+                return  # a later count was reported already
+            self._progress = dataclasses.replace(self._progress, bytes_done=bytes_done, files_done=files_done)
+            if time.monotonic() - self._last >= REPORT_SECONDS:
+                self._emit()
+
+    def _emit(self) -> None:
+        self._last = time.monotonic()
+        if self._callback is not None:
+            self._callback(self._progress)
 
 
 # --- the target ---------------------------------------------------------------------------------
@@ -153,15 +325,21 @@ def _open_target(target: Path) -> int:
 # --- replaying one backup ----------------------------------------------------------------------------
 
 
-def _replay(root: int, plan: Plan, progress: WriteProgress) -> None:
-    """Deletions, then directories (parents first), links, and files.
+def _replay(root: int, plan: Plan, progress: WriteProgress, selection: Selection) -> int:
+    """Deletions, then directories (parents first), links, and files; returns the deletions replayed.
 
     Files never lie below a link or a file of the same backup (the chain check saw to it), so they
     are written in any order: each pack and each file of its own is a unit of work, and units are
     shared among a few threads, each reading the archive through its own reader.
+
+    Only selected paths are written, and directories above them. Whatever else a backup puts where
+    such a directory is (a file, a link) is not written, but removes what was there, as writing it
+    would have.
     """
     where = f"backup {plan.link.backup_id}"
-    for path in plan.deleted:
+    removed = [path for path in plan.deleted if selection.covers(path)]
+    replaced = [item.path for item in plan.entries if item.kind != "dir" and selection.above(item.path)]
+    for path in [*removed, *replaced]:
         parent_path, _, name = path.rpartition("/")
         try:
             with directory(root, parent_path, create=False) as parent:
@@ -170,22 +348,22 @@ def _replay(root: int, plan: Plan, progress: WriteProgress) -> None:
             pass  # gone with a deleted directory above it
     with parent_directories(root, create=True) as parents:
         for item in plan.entries:
-            if item.kind == "dir":
+            if item.kind == "dir" and selection.covers(item.path):
                 make_directory(*parents.of(item.path))
     units: dict[str, list[FileRecord]] = {}
     for item in plan.entries:
-        if item.kind == "file":
+        if item.kind == "file" and selection.selected(item.path):
             units.setdefault(item.member, []).append(item)
     # Largest first, so that the threads finish together.
     queue = sorted(units, key=lambda member: -plan.sizes[member])
-    links = [item for item in plan.entries if item.kind == "symlink"]
+    links = [item for item in plan.entries if item.kind == "symlink" and selection.selected(item.path)]
     workers = max(1, min(RESTORE_THREADS, len(queue)))
     if links:
         with _reader(plan) as reader, parent_directories(root, create=True) as parents:
             for item in links:
                 write_link(reader, *parents.of(item.path), item, where)
     if not queue:
-        return
+        return len(removed)
     pending = iter(queue)
     take = threading.Lock()
     failed = threading.Event()
@@ -207,6 +385,7 @@ def _replay(root: int, plan: Plan, progress: WriteProgress) -> None:
         futures = [pool.submit(work) for _ in range(workers)]
     for future in futures:
         future.result()
+    return len(removed)
 
 
 def _reader(plan: Plan) -> ArchiveReader:
@@ -216,8 +395,9 @@ def _reader(plan: Plan) -> ArchiveReader:
 # --- finishing -------------------------------------------------------------------------------------
 
 
-def _verify(root: int, target: Path, state: list[FileRecord], *, exact: bool) -> None:
-    """The target holds the paths of ``state``, each of its kind; nothing else when it started empty.
+def _verify(root: int, target: Path, state: list[FileRecord], selection: Selection, *, exact: bool) -> None:
+    """The target holds the paths of ``state``, each of its kind; nothing else when it started empty
+    (of the selected paths and the directories above them).
 
     Tree roots are not part of a state: they are left out of the comparison unless the state has them.
     """
@@ -243,7 +423,7 @@ def _verify(root: int, target: Path, state: list[FileRecord], *, exact: bool) ->
                     actual[child] = "other"
     if not exact:
         actual = {path: kind for path, kind in actual.items() if path in expected}
-    actual = without_unlisted_roots(actual, expected)
+    actual = without_unlisted_roots({path: kind for path, kind in actual.items() if selection.covers(path)}, expected)
     if actual != expected:
         differing = sorted(set(actual.items()) ^ set(expected.items()))
         raise IntegrityError(
@@ -274,3 +454,21 @@ def _set_attributes(root: int, state: list[FileRecord], written: dict[str, tuple
     for item in directories:
         with directory(root, item.path, create=False) as fd:
             set_mode_and_time(fd, item)
+
+
+def _set_root_attributes(
+    root: int, trees: list[str], state: list[FileRecord], recorded: dict[str, FileRecord], created: set[str]
+) -> None:
+    """The mode and time of each tree root the state does not list (it never does, unless written by
+    hand), as its backup found it; a root this restore created, of a backup that recorded none, gets
+    DEFAULT_ROOT_MODE. After everything below them: writing there changes a directory's time."""
+    listed = {item.path for item in state}
+    for tree in trees:
+        record = recorded.get(tree)
+        if tree in listed or (record is None and tree not in created):
+            continue
+        with directory(root, tree, create=False) as fd:
+            if record is None:
+                os.fchmod(fd, DEFAULT_ROOT_MODE)
+            else:
+                set_mode_and_time(fd, record)

@@ -1,4 +1,5 @@
-"""Finds what a files backup holds: the entries of the uploads, configs and logs trees.
+"""Finds what a files backup holds: the entries of the uploads, configs and logs trees, and the mode
+and time of each tree root.
 
 The walk never follows symbolic links (they are entries of their own) and never reads file content.
 Anything that cannot go into a ZIP archive and a JSON manifest (sockets, FIFOs, device files, names
@@ -13,6 +14,7 @@ import os
 import re
 import stat
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from backup_common.engine.archive import check_member_name
@@ -110,41 +112,60 @@ def _segment_to_regex(segment: str) -> str:
     return "".join(out)
 
 
-def scan_trees(roots: dict[str, Path], exclude: Callable[[str], bool]) -> tuple[list[Entry], list[Skipped]]:
-    """The entries of every tree in ``roots`` (in TREES order, then by path) and what was skipped.
+@dataclass
+class Scan:
+    """What a scan found: the entries of every tree, what it skipped, and the tree roots themselves."""
+
+    entries: list[Entry]
+    skipped: list[Skipped]
+    # Each tree root found, as a directory entry whose path is the tree name: a restore gives the
+    # roots their mode and time back, but a root is never an entry (nothing archives it).
+    roots: dict[str, Entry] = field(default_factory=dict)
+
+
+def scan(roots: dict[str, Path], exclude: Callable[[str], bool]) -> Scan:
+    """The entries of every tree in ``roots`` (in TREES order, then by path), what was skipped, and the roots.
 
     A tree missing from ``roots`` or from the disk yields nothing. Directories are entries of their
     own (so empty ones are kept), the tree root excepted. An excluded path, or the tree name itself,
     is left out with everything below it.
     """
-    entries: list[Entry] = []
-    skipped: list[Skipped] = []
+    found = Scan([], [])
     for tree in TREES:
         root = roots.get(tree)
         if root is None or exclude(tree):
             continue
         tree_entries: list[Entry] = []
         tree_skipped: list[Skipped] = []
-        _scan_tree(tree, root, exclude, tree_entries, tree_skipped)
-        entries.extend(sorted(tree_entries, key=lambda entry: entry.path))
-        skipped.extend(sorted(tree_skipped, key=lambda item: item.path))
-    return entries, skipped
+        root_entry = _scan_tree(tree, root, exclude, tree_entries, tree_skipped)
+        if root_entry is not None:
+            found.roots[tree] = root_entry
+        found.entries.extend(sorted(tree_entries, key=lambda entry: entry.path))
+        found.skipped.extend(sorted(tree_skipped, key=lambda item: item.path))
+    return found
+
+
+def scan_trees(roots: dict[str, Path], exclude: Callable[[str], bool]) -> tuple[list[Entry], list[Skipped]]:
+    """:func:`scan`'s entries and what it skipped, for callers that need no roots."""
+    found = scan(roots, exclude)
+    return found.entries, found.skipped
 
 
 def _scan_tree(
     tree: str, root: Path, exclude: Callable[[str], bool], entries: list[Entry], skipped: list[Skipped]
-) -> None:
+) -> Entry | None:
+    """Adds the entries of one tree; returns its root, as found before it was listed."""
     try:
         # The root itself may be a link (a mounted volume, say): the operator configured it.
         root_stat = os.stat(root)
     except FileNotFoundError:
-        return
+        return None
     except OSError as exc:
         skipped.append(Skipped(tree, f"unreadable: {exc.strerror}"))
-        return
+        return None
     if not stat.S_ISDIR(root_stat.st_mode):
         skipped.append(Skipped(tree, "not a directory"))
-        return
+        return None
     # An explicit stack rather than recursion: trees can be deeper than Python's recursion limit.
     pending: list[tuple[str, str, os.stat_result | None]] = [(os.fspath(root), tree, None)]
     while pending:
@@ -180,6 +201,7 @@ def _scan_tree(
                 else:
                     reason = next((name for test, name in _SPECIAL_KINDS if test(mode)), "unsupported file type")
                     skipped.append(Skipped(child, reason))
+    return Entry(tree, "dir", stat.S_IMODE(root_stat.st_mode), root_stat.st_mtime_ns, 0)
 
 
 def _child_path(parent: str, name: str, skipped: list[Skipped]) -> str | None:

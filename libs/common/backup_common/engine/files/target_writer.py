@@ -16,7 +16,7 @@ import secrets
 import shutil
 import stat
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from functools import partial
@@ -24,7 +24,13 @@ from functools import partial
 from backup_common.domain.documents import RestoreLimits
 from backup_common.engine.archive import ArchiveReader
 from backup_common.engine.files.chain_check import IntegrityError, UnsafeArchive, check_link_member
-from backup_common.engine.files.dirfd import FILE_FLAGS, NotADirectoryOnPath, ParentDirectories, open_below
+from backup_common.engine.files.dirfd import (
+    DIRECTORY_FLAGS,
+    FILE_FLAGS,
+    NotADirectoryOnPath,
+    ParentDirectories,
+    open_below,
+)
 from backup_common.engine.files.model import FileRecord
 from backup_common.engine.files.packs import PackReader
 
@@ -39,17 +45,24 @@ class WriteProgress:
 
     limits: RestoreLimits
     bytes_written: int = 0
+    files_written: int = 0
     # path -> (mode, mtime_ns) a file was written with: only those that differ are set again at the end
     attributes: dict[str, tuple[int, int]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Told (bytes, files) written so far after each file, in the writer's thread.
+    listener: Callable[[int, int], None] | None = None
 
     def wrote(self, item: FileRecord, count: int, *, settled: bool) -> None:
         with self.lock:
             self.bytes_written += count
+            self.files_written += 1
             if settled:
                 self.attributes[item.path] = (item.mode, item.mtime_ns)
             else:
                 self.attributes.pop(item.path, None)
+            done = (self.bytes_written, self.files_written)
+        if self.listener is not None:
+            self.listener(*done)
 
 
 # --- reaching directories ----------------------------------------------------------------------------
@@ -87,7 +100,8 @@ def parent_directories(root: int, *, create: bool) -> ParentDirectories:
 # --- writing ---------------------------------------------------------------------------------------
 
 
-def _lstat(name: str, parent: int) -> os.stat_result | None:
+def lstat_in(name: str, parent: int) -> os.stat_result | None:
+    """What ``name`` in the directory ``parent`` is (a link itself, not what it leads to); None if nothing."""
     try:
         return os.stat(name, dir_fd=parent, follow_symlinks=False)
     except FileNotFoundError:
@@ -96,19 +110,65 @@ def _lstat(name: str, parent: int) -> os.stat_result | None:
 
 def remove(parent: int, name: str) -> bool:
     """Removes ``name``, whatever it is; whether there was anything to remove."""
-    st = _lstat(name, parent)
+    st = lstat_in(name, parent)
     if st is None:
         return False
-    if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(name, dir_fd=parent)  # never follows links: it works on descriptors too
-    else:
+    if not stat.S_ISDIR(st.st_mode):
         os.unlink(name, dir_fd=parent)
+        return True
+    try:
+        shutil.rmtree(name, dir_fd=parent)  # never follows links: it works on descriptors too
+    except PermissionError:
+        # A directory its owner may not change (restored read-only, say) keeps what is in it.
+        unlock(parent, name)
+        shutil.rmtree(name, dir_fd=parent)
     return True
+
+
+def unlock(parent: int, name: str) -> None:
+    """Gives every directory of the tree ``name`` its owner's read, write and search permissions, so
+    that everything in it can be removed; each is reached through descriptors, parents first."""
+    pending = [[name]]
+    while pending:
+        components = pending.pop()
+        try:
+            holder = open_below(parent, components[:-1])
+        except (FileNotFoundError, NotADirectoryOnPath):
+            continue  # gone, or replaced, meanwhile
+        try:
+            fd = _open_for_owner(holder, components[-1])
+        finally:
+            os.close(holder)
+        if fd is None:
+            continue
+        try:
+            with os.scandir(fd) as listing:
+                pending.extend([*components, entry.name] for entry in listing if entry.is_dir(follow_symlinks=False))
+        finally:
+            os.close(fd)
+
+
+def _open_for_owner(parent: int, name: str) -> int | None:
+    """The directory ``name``, made readable, writable and searchable by its owner; None if it is not one."""
+    st = lstat_in(name, parent)
+    if st is None or not stat.S_ISDIR(st.st_mode):
+        return None
+    owner = stat.S_IRWXU
+    try:
+        fd = os.open(name, DIRECTORY_FLAGS, dir_fd=parent)
+    except PermissionError:
+        # Not even readable: changed by name, which lstat just found a directory (there is no
+        # chmod that refuses to follow a link).
+        os.chmod(name, stat.S_IMODE(st.st_mode) | owner, dir_fd=parent)
+        return os.open(name, DIRECTORY_FLAGS, dir_fd=parent)
+    if st.st_mode & owner != owner:
+        os.fchmod(fd, stat.S_IMODE(st.st_mode) | owner)
+    return fd
 
 
 def make_directory(parent: int, name: str) -> None:
     """A directory ``name``, in place of anything else there."""
-    st = _lstat(name, parent)
+    st = lstat_in(name, parent)
     if st is not None and not stat.S_ISDIR(st.st_mode):
         os.unlink(name, dir_fd=parent)
         st = None
@@ -178,14 +238,14 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _temp_name() -> str:
+def temp_name() -> str:
     return f"{TEMP_PREFIX}{secrets.token_hex(8)}{TEMP_SUFFIX}"
 
 
 def _put_in_place(parent: int, temp: str, name: str) -> None:
     """Renames ``temp`` over ``name``; a directory there goes first (a rename replaces anything else,
     a link included, without following it)."""
-    st = _lstat(name, parent)
+    st = lstat_in(name, parent)
     if st is not None and stat.S_ISDIR(st.st_mode):
         shutil.rmtree(name, dir_fd=parent)
     os.replace(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
@@ -196,7 +256,7 @@ def write_link(reader: ArchiveReader, parent: int, name: str, item: FileRecord, 
     if item.pack is None:
         # Read again rather than trusting the check: the archive is read a second time.
         check_link_member(reader, item, where)
-    temp = _temp_name()
+    temp = temp_name()
     os.symlink(item.target, temp, dir_fd=parent)
     try:
         _put_in_place(parent, temp, name)
@@ -221,7 +281,7 @@ def _write_file(
     A grown file's chunks follow the version already restored under its name, which is copied first.
     """
     limits = progress.limits
-    temp = _temp_name()
+    temp = temp_name()
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent)
     try:
         digest = hashlib.sha256()
