@@ -42,6 +42,21 @@ def register_service_queues(settings: Settings) -> None:
                 DECLARED_QUEUES.append(name)
 
 
+# What Gateway.complete describes each part as holding: one table, one config file.
+PART_MANIFESTS: dict[str, dict[str, Any]] = {
+    "database": {"part": "database", "tables": [{"name": "accounts", "rows": 3, "sql_bytes": 10, "members": []}]},
+    "files": {
+        "part": "files",
+        "trees": {"configs": "/srv/app/configs"},
+        "entries": [],
+        "deleted": [],
+        "state": [
+            {"path": "configs/app.ini", "kind": "file", "mode": 384, "mtime_ns": 0, "size": 3, "sha256": "0" * 64}
+        ],
+    },
+}
+
+
 @dataclass
 class Gateway:
     client: TestClient[Any, Any]
@@ -75,7 +90,8 @@ class Gateway:
             return await db.fetch_all(conn, sql, args)
 
     async def complete(self, backup: dict[str, Any], *, content: bytes = b"archive bytes") -> Path:
-        """Does what the workers will do: writes each part's archive and the manifest, marks it completed."""
+        """Does what the workers do: writes each part's archive, its part manifest and the manifest, and
+        marks it completed (the archives hold nothing a restore could read)."""
         directory: Path = self.settings.storage_dir / backup["storage_path"]
         directory.mkdir(parents=True, exist_ok=True)
         total = 0
@@ -85,6 +101,8 @@ class Gateway:
             (directory / f"{part['part']}.zip").write_bytes(data)
             digest = hashlib.sha256(data).hexdigest()
             parts.append({"part": part["part"], "file": f"{part['part']}.zip", "sha256": digest})
+            described = PART_MANIFESTS[part["part"]] | {"file": f"{part['part']}.zip", "sha256": digest}
+            (directory / f"{part['part']}.json").write_text(json.dumps(described))
             total += len(data)
             async with db.transaction(self.pool) as conn:
                 await db.execute(

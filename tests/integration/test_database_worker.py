@@ -69,26 +69,6 @@ async def test_a_database_backup_requested_through_the_api_completes_with_an_enc
     assert [p.name for p in directory.iterdir() if p.name.startswith(".")] == []
 
 
-async def test_a_restore_request_fails_at_once_and_the_api_says_how_to_load_the_backup_by_hand(
-    system: Gateway,
-) -> None:
-    backup = await wait_finished(system, (await system.create("database"))["id"])
-    status, body = await system.call("POST", f"{API}/{backup['id']}/restore", {"confirm": backup["id"]})
-    assert status == 202, body
-
-    async with asyncio.timeout(30):
-        while True:
-            status, read = await system.call("GET", f"{API}/restores/{body['restore']['id']}")
-            assert status == 200, read
-            if read["restore"]["status"] != "pending":
-                break
-            await asyncio.sleep(0.1)
-
-    assert read["restore"]["status"] == "failed"
-    assert f"backupctl db-load {backup['id']} --into <database>" in read["restore"]["error"]
-    assert read["restore"]["completed_at"] is not None
-
-
 async def test_a_redelivered_backup_request_does_not_make_a_second_archive(system: Gateway) -> None:
     created = await system.create("database")
     backup = await wait_finished(system, created["id"])

@@ -7,7 +7,6 @@ import base64
 import json
 import os
 import secrets
-import stat
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +18,11 @@ from backup_common.adapters.mysql import db
 from backup_common.adapters.settings import Settings
 from backup_common.cli import main as backupctl
 from tests.integration.gateway_support import Gateway, make_source, running_gateway, running_workers, wait_finished
+from tests.integration.trees import TREES, trees
 
 pytestmark = pytest.mark.integration
 
 API = "/api/admin/backup"
-TREES = ("uploads", "configs", "logs")
 
 
 @dataclass
@@ -60,25 +59,6 @@ async def backup(system: System, backup_type: str) -> dict[str, Any]:
     return await wait_finished(system.gateway, created["id"])
 
 
-def snapshot(root: Path) -> dict[str, tuple[Any, ...]]:
-    """Every path below the trees with its kind, bytes or link target, mode and modification time."""
-    found: dict[str, tuple[Any, ...]] = {}
-    for tree in TREES:
-        base = root / tree
-        for directory, dirs, files in os.walk(base):
-            for name in dirs + files:
-                path = Path(directory) / name
-                info = path.lstat()
-                relative = path.relative_to(root).as_posix()
-                if stat.S_ISLNK(info.st_mode):
-                    found[relative] = ("link", os.readlink(path))
-                elif stat.S_ISDIR(info.st_mode):
-                    found[relative] = ("dir", stat.S_IMODE(info.st_mode), info.st_mtime_ns)
-                else:
-                    found[relative] = ("file", path.read_bytes(), stat.S_IMODE(info.st_mode), info.st_mtime_ns)
-    return found
-
-
 def write(path: Path, data: bytes, mode: int = 0o644) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
@@ -108,7 +88,7 @@ async def test_each_backup_of_a_chain_restores_its_tree_exactly(
     write(access_log, b"GET /a 200\n" * 150_000)  # 1.6 MB: grows in each incremental
     (app / "uploads" / "empty").mkdir()
     os.symlink("photos/cat.jpg", app / "uploads" / "latest.jpg")
-    states = [snapshot(app)]
+    states = [trees(app)]
     chain = [await backup(system, "files")]
 
     write(app / "configs" / "app.ini", b"[db]\nhost = db.internal\n", 0o600)  # modified
@@ -120,7 +100,7 @@ async def test_each_backup_of_a_chain_restores_its_tree_exactly(
     (app / "logs" / "archive" / "2026").mkdir(parents=True)  # new empty directories
     with access_log.open("ab") as out:  # grown
         out.write(b"GET /b 404\n" * 1000)
-    states.append(snapshot(app))
+    states.append(trees(app))
     chain.append(await backup(system, "incremental"))
 
     write(app / "logs" / "app.log", b"restarted\n")
@@ -129,7 +109,7 @@ async def test_each_backup_of_a_chain_restores_its_tree_exactly(
     (app / "uploads" / "empty").rmdir()
     with access_log.open("ab") as out:
         out.write(b"GET /c 500\n" * 1000)
-    states.append(snapshot(app))
+    states.append(trees(app))
     chain.append(await backup(system, "incremental"))
 
     assert [b["status"] for b in chain] == ["completed"] * 3, [b["error"] for b in chain]
@@ -143,7 +123,7 @@ async def test_each_backup_of_a_chain_restores_its_tree_exactly(
     for index, (made, state) in enumerate(zip(chain, states, strict=True)):
         into = tmp_path / f"restored-{index}"
         await restore(system, made["id"], into, monkeypatch)
-        assert snapshot(into) == state, f"backup {index} of the chain"
+        assert trees(into) == state, f"backup {index} of the chain"
 
 
 async def test_an_incremental_without_an_earlier_files_backup_is_complete_and_says_so(system: System) -> None:

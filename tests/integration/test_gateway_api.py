@@ -280,27 +280,42 @@ async def test_restore_needs_the_backup_id_repeated_as_confirmation(gateway: Gat
     assert await gateway.rows("SELECT id FROM restores") == []
 
 
-async def test_restore_of_a_completed_backup_answers_202_and_requests_it(gateway: Gateway) -> None:
+async def test_restore_in_place_answers_202_and_requests_its_safety_backup_first(gateway: Gateway) -> None:
     backup = await gateway.create("full")
     await gateway.complete(backup)
     status, body = await gateway.call("POST", f"{API}/{backup['id']}/restore", {"confirm": backup["id"]})
     assert status == 202, body
-    assert body["restore"]["status"] == "pending"
-    assert body["restore"]["parts"] == ["database", "files"]
+    restore = body["restore"]
+    assert (restore["status"], restore["safety_backup"]) == ("pending", True)
+    assert [(p["part"], p["status"]) for p in restore["parts"]] == [("database", "pending"), ("files", "pending")]
+    assert restore["target"]["kind"] == "in_place"
+    rows = await gateway.rows("SELECT type, trigger_source FROM backups WHERE id = %s", (restore["safety_backup_id"],))
+    assert rows == [{"type": "full", "trigger_source": "pre-restore"}]
+    assert await gateway.rows("SELECT 1 FROM outbox WHERE routing_key = 'restore.requested'") == []
+
+
+async def test_a_restore_elsewhere_is_requested_at_once(gateway: Gateway) -> None:
+    backup = await gateway.create("database")
+    await gateway.complete(backup)
+    body = {"confirm": backup["id"], "target": {"database": f"backup_copy_{uuid.uuid4().hex[:8]}"}}
+    status, answer = await gateway.call("POST", f"{API}/{backup['id']}/restore", body)
+    assert status == 202, answer
     rows = await gateway.rows("SELECT payload FROM outbox WHERE routing_key = 'restore.requested'")
     event = parse_event(rows[0]["payload"])
     assert isinstance(event, RestoreRequested)
-    assert str(event.restore_id) == body["restore"]["id"]
+    assert str(event.restore_id) == answer["restore"]["id"]
+    assert answer["restore"]["safety_backup_id"] is None
 
 
-async def test_a_requested_restore_is_read_back_alone_and_in_the_list_newest_first(gateway: Gateway) -> None:
+async def test_restores_are_read_back_alone_and_listed_newest_first_with_filters(gateway: Gateway) -> None:
     backup = await gateway.create("database")
     await gateway.complete(backup)
     made = []
-    for _ in range(2):
-        status, body = await gateway.call("POST", f"{API}/{backup['id']}/restore", {"confirm": backup["id"]})
-        assert status == 202, body
-        made.append(body["restore"])
+    for name in ("a", "b"):
+        body = {"confirm": backup["id"], "target": {"database": f"backup_{name}_{uuid.uuid4().hex[:8]}"}}
+        status, answer = await gateway.call("POST", f"{API}/{backup['id']}/restore", body)
+        assert status == 202, answer
+        made.append(answer["restore"])
 
     status, one = await gateway.call("GET", f"{API}/restores/{made[0]['id']}")
     assert status == 200, one
@@ -308,23 +323,81 @@ async def test_a_requested_restore_is_read_back_alone_and_in_the_list_newest_fir
     status, page = await gateway.call("GET", f"{API}/restores?limit=1")
     assert status == 200, page
     assert (page["total"], [r["id"] for r in page["restores"]]) == (2, [made[1]["id"]])
+    status, page = await gateway.call("GET", f"{API}/restores?status=completed,failed&backup_id={backup['id']}")
+    assert (status, page["total"]) == (200, 0)
+    status, page = await gateway.call("GET", f"{API}/restores?status=pending&backup_id={backup['id']}")
+    assert (status, page["total"]) == (200, 2)
     for missing in (str(uuid.uuid4()), "not-a-uuid"):
         status, body = await gateway.call("GET", f"{API}/restores/{missing}")
         assert status == 404
         assert body["error"]["message"] == f"no restore with id {missing}"
-    status, body = await gateway.call("GET", f"{API}/restores?page=2")
-    assert status == 400
+    for query in ("page=2", "status=done", "backup_id=nope"):
+        status, body = await gateway.call("GET", f"{API}/restores?{query}")
+        assert status == 400, (query, body)
 
 
-async def test_restore_of_one_part_or_a_part_the_backup_lacks(gateway: Gateway) -> None:
+async def test_every_bad_restore_request_is_refused_with_its_reason_and_records_nothing(gateway: Gateway) -> None:
+    full = await gateway.create("full")
+    await gateway.complete(full)
+    database_only = await gateway.create("database")
+    await gateway.complete(database_only)
+    restore_dir = str(gateway.settings.restore_dir.resolve())
+    catalog = gateway.settings.catalog.database
+    source = gateway.settings.source.database
+    cases: list[tuple[dict[str, Any], int, str]] = [
+        ({"parts": ["tapes"]}, 400, "invalid_request"),
+        ({"parts": []}, 400, "invalid_request"),
+        ({"target": {"database": "mysql"}, "parts": ["database"]}, 400, "belongs to the server"),
+        ({"target": {"database": "information_schema"}, "parts": ["database"]}, 400, "belongs to the server"),
+        ({"target": {"database": catalog}, "parts": ["database"]}, 400, "backup catalog"),
+        ({"target": {"database": source}, "parts": ["database"]}, 400, "is the source database"),
+        ({"target": {"database": "no/slash"}, "parts": ["database"]}, 400, "invalid database name"),
+        ({"target": {"database": "x", "directory": "/y"}}, 400, "exactly one of"),
+        ({"target": {}}, 400, "exactly one of"),
+        ({"target": {"database": "copy"}, "parts": ["database", "files"]}, 400, "the database part only"),
+        ({"target": {"directory": restore_dir + "/x"}, "parts": ["database"]}, 400, "needs the files part"),
+        ({"target": {"database": "copy"}, "parts": ["database"], "safety_backup": True}, 400, "only before"),
+        ({"target": {"directory": "/etc"}, "parts": ["files"]}, 400, "must be below the restore directory"),
+        ({"target": {"directory": restore_dir + "/../x"}, "parts": ["files"]}, 400, "must be below"),
+        ({"target": {"directory": "relative"}, "parts": ["files"]}, 400, "must be an absolute path"),
+        ({"tables": ["ghost"]}, 400, "unknown_tables"),
+        ({"paths": ["nowhere/at/all"]}, 400, "unknown_paths"),
+        ({"paths": ["../etc"]}, 400, "unknown_paths"),
+        ({"tables": ["x"], "parts": ["files"]}, 400, "tables select from the database part"),
+        ({"extra": 1}, 400, "invalid_request"),
+    ]
+    for extra, status_wanted, reason in cases:
+        body = {"confirm": full["id"], **extra}
+        status, answer = await gateway.call("POST", f"{API}/{full['id']}/restore", body)
+        assert status == status_wanted, (extra, answer)
+        assert reason in (answer["error"]["code"] + " " + answer["error"]["message"]), (extra, answer)
+    assert await gateway.rows("SELECT id FROM restores") == []
+    status, answer = await gateway.call(
+        "POST", f"{API}/{database_only['id']}/restore", {"confirm": database_only["id"], "parts": ["files"]}
+    )
+    assert (status, answer["error"]["code"]) == (400, "part_not_in_backup")
+
+
+async def test_a_second_restore_of_one_target_and_a_restore_of_a_backup_being_deleted_are_conflicts(
+    gateway: Gateway,
+) -> None:
     backup = await gateway.create("database")
     await gateway.complete(backup)
     path = f"{API}/{backup['id']}/restore"
-    status, body = await gateway.call("POST", path, {"confirm": backup["id"], "parts": ["database"]})
+    status, first = await gateway.call("POST", path, {"confirm": backup["id"]})
+    assert status == 202, first
+    status, second = await gateway.call("POST", path, {"confirm": backup["id"], "safety_backup": False})
+    assert (status, second["error"]["code"]) == (409, "restore_in_progress"), second
+    assert first["restore"]["id"] in second["error"]["message"]
+    status, refused = await gateway.call("DELETE", f"{API}/{backup['id']}")
+    assert (status, refused["error"]["code"]) == (409, "backup_being_restored"), refused
+
+    other = await gateway.create("database")
+    await gateway.complete(other)
+    status, _ = await gateway.call("DELETE", f"{API}/{other['id']}")
     assert status == 202
-    status, body = await gateway.call("POST", path, {"confirm": backup["id"], "parts": ["files"]})
-    assert status == 409
-    assert body["error"]["code"] == "part_not_in_backup"
+    status, body = await gateway.call("POST", f"{API}/{other['id']}/restore", {"confirm": other["id"]})
+    assert (status, body["error"]["code"]) == (409, "backup_not_restorable"), body
 
 
 async def test_restore_of_a_backup_that_is_not_completed_is_a_conflict(gateway: Gateway) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -33,6 +33,8 @@ from backup_common.domain.model import (
     Outcomes,
     PartStatus,
     Restore,
+    RestoreFilter,
+    target_busy,
 )
 from backup_common.domain.ports import DuplicateRequest, Ports, StoredDocument, WrappedKey
 from backup_common.engine.crypto import MasterKey, new_data_key
@@ -77,6 +79,7 @@ class FakeCatalog:
     audit: list[AuditEntry] = field(default_factory=list)
     outbox: list[Event] = field(default_factory=list)
     leases: dict[str, StoredLease] = field(default_factory=dict)
+    restore_targets: dict[str, str] = field(default_factory=dict)  # target key -> unfinished restore
     commits: int = 0
 
     def events(self, kind: type[Event]) -> list[Any]:
@@ -125,7 +128,7 @@ class _Backups:
         stored = self._catalog.leases.get(lease.job_key)
         if stored is None or (stored.holder, stored.version, stored.state) != (lease.holder, lease.version, "held"):
             return
-        self._uow.staged_progress.append((backup_id, part, progress))
+        self._uow.staged_progress.append(("backup", backup_id, part, progress))
 
     async def list(self, query: BackupFilter) -> tuple[list[Backup], int]:
         matching = [
@@ -178,7 +181,12 @@ class _Restores:
     def __init__(self, uow: FakeUnitOfWork) -> None:
         self._uow = uow
 
-    async def add(self, restore: Restore) -> None:
+    async def add(self, restore: Restore, target_keys: Sequence[str]) -> None:
+        held = {**self._uow.catalog.restore_targets, **self._uow.staged_targets}
+        for key in target_keys:
+            if key in held:
+                raise target_busy(key, held[key])
+        self._uow.staged_targets.update(dict.fromkeys(target_keys, restore.id))
         self._uow.stage(restore)
 
     async def get(self, restore_id: str, *, for_update: bool = False) -> Restore | None:
@@ -188,9 +196,32 @@ class _Restores:
     async def save(self, restore: Restore) -> None:
         self._uow.stage(restore)
 
-    async def list(self, limit: int, offset: int) -> tuple[list[Restore], int]:
-        restores = sorted(self._uow.catalog.restores.values(), key=lambda r: (r.created_at, r.id), reverse=True)
-        return [_fresh(restore) for restore in restores[offset : offset + limit]], len(restores)
+    async def record_progress(self, lease: Lease, restore_id: str, part: BackupPart, progress: dict[str, Any]) -> None:
+        stored = self._uow.catalog.leases.get(lease.job_key)
+        if stored is not None and stored.holder == lease.holder and stored.version == lease.version:
+            self._uow.staged_progress.append(("restore", restore_id, part, progress))
+
+    async def waiting_on(self, safety_backup_id: str) -> Restore | None:
+        for restore in self._uow.catalog.restores.values():
+            if restore.safety_backup_id == safety_backup_id:
+                waiting: Restore = _fresh(restore)
+                return waiting
+        return None
+
+    async def unfinished_of(self, backup_id: str) -> list[str]:
+        restores = self._uow.catalog.restores.values()
+        return [r.id for r in restores if r.backup_id == backup_id and not r.status.finished]
+
+    async def list(self, query: RestoreFilter) -> tuple[list[Restore], int]:
+        matching = [
+            restore
+            for restore in self._uow.catalog.restores.values()
+            if (not query.statuses or restore.status in query.statuses)
+            and (query.backup_id is None or restore.backup_id == query.backup_id)
+        ]
+        matching.sort(key=lambda r: (r.created_at, r.id), reverse=True)
+        page = matching[query.offset : query.offset + query.limit]
+        return [_fresh(restore) for restore in page], len(matching)
 
 
 class _Documents:
@@ -291,7 +322,8 @@ class FakeUnitOfWork:
         self.staged_audit: list[AuditEntry] = []
         self.staged_events: list[Event] = []
         self.staged_leases: dict[str, StoredLease] = {}
-        self.staged_progress: list[tuple[str, BackupPart, dict[str, Any]]] = []
+        self.staged_progress: list[tuple[str, str, BackupPart, dict[str, Any]]] = []  # kind, id, part, progress
+        self.staged_targets: dict[str, str] = {}
         self.backups = _Backups(self)
         self.restores = _Restores(self)
         self.documents = _Documents(self)
@@ -319,9 +351,14 @@ class FakeUnitOfWork:
                 catalog.backups[aggregate.id] = _fresh(aggregate)
             else:
                 catalog.restores[aggregate.id] = _fresh(aggregate)
-        for backup_id, part, progress in self.staged_progress:
-            if backup_id in catalog.backups:
-                catalog.backups[backup_id].part(part).progress = progress
+        catalog.restore_targets.update(self.staged_targets)
+        for key, restore_id in list(catalog.restore_targets.items()):
+            if catalog.restores[restore_id].status.finished:
+                del catalog.restore_targets[key]
+        for kind, job_id, part, progress in self.staged_progress:
+            found: Backup | Restore | None = (catalog.backups if kind == "backup" else catalog.restores).get(job_id)
+            if found is not None:
+                found.part(part).progress = progress
         catalog.idempotency.update(self.staged_idempotency)
         catalog.documents.update(self.staged_documents)
         catalog.audit.extend(self.staged_audit)
@@ -331,6 +368,7 @@ class FakeUnitOfWork:
         self.staged.clear()
         self.staged_events, self.staged_audit, self.staged_progress = [], [], []
         self.staged_idempotency, self.staged_documents, self.staged_leases = {}, {}, {}
+        self.staged_targets = {}
 
 
 class FakeHeartbeat:
@@ -387,6 +425,9 @@ class FakeKeyStore:
 
     async def data_key(self, backup_id: str) -> bytes:
         return self.keys.setdefault(backup_id, new_data_key())
+
+    async def existing_key(self, backup_id: str) -> bytes | None:
+        return self.keys.get(backup_id)
 
     async def wrapped(self, backup_id: str) -> WrappedKey | None:
         key = self.keys.get(backup_id)

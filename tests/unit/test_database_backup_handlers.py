@@ -13,12 +13,12 @@ import pytest
 import pyzipper
 from prometheus_client import CollectorRegistry
 
-from backup_common.adapters.runtime.jobs import PartJobs
+from backup_common.adapters.runtime.jobs import reap_jobs
 from backup_common.adapters.runtime.service import Service
 from backup_common.adapters.settings import Settings
 from backup_common.domain.events import BackupFailed, BackupPart, BackupRequested, BackupType, RestoreRequested
 from backup_common.domain.jobs import MAX_JOB_ATTEMPTS, part_job_key
-from backup_common.domain.model import Backup, BackupStatus, PartStatus, Restore, RestoreStatus
+from backup_common.domain.model import Backup, BackupStatus, PartStatus
 from backup_common.engine.archive import ArchiveWriter
 from backup_common.engine.database.dump import DumpError
 from backup_common.engine.database.model import DumpOptions, DumpProgress, DumpResult, TableSummary
@@ -186,31 +186,13 @@ async def test_a_lost_worker_is_reaped_and_its_part_requested_again_then_failed_
         dump.started.clear()
         assert system.catalog.leases[job_key].attempts == attempt
         system.clock.advance(3600)  # the fake clock; the worker went silent
-        await PartJobs(system.ports).reap(MAX_JOB_ATTEMPTS)
+        await reap_jobs(system.ports, MAX_JOB_ATTEMPTS)
 
     backup = system.catalog.backups[str(event.backup_id)]
     assert backup.status is BackupStatus.FAILED
     assert backup.error == "database part failed: the worker was lost 3 times; giving up"
     assert len(system.catalog.events(BackupRequested)) == 1 + MAX_JOB_ATTEMPTS - 1
     await service.stop()
-
-
-async def test_a_restore_request_fails_the_restore_with_how_to_load_it_by_hand(system: FakeSystem) -> None:
-    service = service_with(system, FakeDump())
-    await handle(service, await requested(system))
-    [backup] = system.catalog.backups.values()
-    restore = Restore.request(backup, None, requested_by="bob", now=system.ports.clock())
-    async with system.ports.uow() as uow:
-        await uow.restores.add(restore)
-        await uow.commit()
-    [event] = system.catalog.events(RestoreRequested)
-
-    await handle(service, event)
-
-    stored = system.catalog.restores[restore.id]
-    assert stored.status is RestoreStatus.FAILED
-    assert stored.error is not None
-    assert f"backupctl db-load {backup.id} --into <database>" in stored.error
 
 
 async def test_a_restore_of_the_files_alone_is_left_to_the_files_worker(system: FakeSystem) -> None:

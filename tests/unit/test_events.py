@@ -231,7 +231,7 @@ def test_every_event_has_its_own_routing_key() -> None:
 def test_every_event_type_is_listed_once() -> None:
     names = [model.__name__ for model in EVENT_TYPES]
 
-    assert len(set(names)) == len(names) == 13
+    assert len(set(names)) == len(names) == 15
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,8 @@ from prometheus_client import CollectorRegistry
 from backup_common.adapters.runtime.service import Service
 from backup_common.adapters.settings import Settings
 from backup_common.domain.documents import RestoreLimits
-from backup_common.domain.events import BackupPart, BackupRequested, BackupType, RestoreRequested
-from backup_common.domain.model import Backup, BackupStatus, Restore, RestoreStatus
+from backup_common.domain.events import BackupPart, BackupRequested, BackupType
+from backup_common.domain.model import Backup, BackupStatus
 from backup_common.engine.files.restore import ChainLink, restore_chain
 from backup_common.engine.locate import locate_part
 from backup_files.bootstrap import bootstrap
@@ -108,21 +108,3 @@ async def test_an_incremental_with_no_earlier_files_part_is_complete_and_says_so
     manifest = json.loads((system.storage.root / incremental.storage_path / "files.json").read_text())
     assert manifest["kind"] == "complete"
     assert "this incremental is a complete files backup" in manifest["note"]
-
-
-async def test_a_restore_request_fails_the_restore_with_how_to_rebuild_the_trees_by_hand(
-    system: FakeSystem, trees: Path
-) -> None:
-    service = service_with(system, trees)
-    backup = await back_up(system, service, BackupType.FILES)
-    restore = Restore.request(backup, None, requested_by="bob", now=system.ports.clock())
-    async with system.ports.uow() as uow:
-        await uow.restores.add(restore)
-        await uow.commit()
-
-    await service.handlers[RestoreRequested](system.catalog.events(RestoreRequested)[-1])
-
-    stored = system.catalog.restores[restore.id]
-    assert stored.status is RestoreStatus.FAILED
-    assert stored.error is not None
-    assert f"backupctl files-restore {backup.id} --into <directory>" in stored.error

@@ -9,8 +9,8 @@ from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from backup_common.adapters.settings import Settings
-from backup_common.domain.errors import Conflict, NotFound
-from backup_common.domain.events import BackupPart, BackupRequested, BackupType, DeleteRequested, RestoreRequested
+from backup_common.domain.errors import Conflict
+from backup_common.domain.events import BackupPart, BackupRequested, BackupType, DeleteRequested
 from backup_common.domain.model import BackupStatus, Idempotency, PartResult
 from backup_gateway import handlers
 from backup_gateway.bootstrap import bootstrap
@@ -70,27 +70,6 @@ async def test_a_repeated_idempotency_key_returns_the_first_backup_and_a_reused_
         await handlers.create_backup(
             system.ports, BackupType.FILES, requested_by="alice", idempotency=Idempotency("retry-1", "other")
         )
-
-
-async def test_a_restore_is_recorded_with_its_request_and_refused_for_a_backup_still_running(
-    system: FakeSystem,
-) -> None:
-    backup_id = await completed_backup(system)
-    running, _ = await handlers.create_backup(system.ports, BackupType.DATABASE, requested_by="alice")
-
-    restore = await handlers.request_restore(system.ports, backup_id, [BackupPart.DATABASE], requested_by="bob")
-
-    assert system.catalog.restores[restore.id].parts == (BackupPart.DATABASE,)
-    [event] = system.catalog.events(RestoreRequested)
-    assert str(event.restore_id) == restore.id
-    with pytest.raises(Conflict, match="only a completed backup can be restored"):
-        await handlers.request_restore(system.ports, running.id, None, requested_by="bob")
-    with pytest.raises(NotFound):
-        await handlers.request_restore(system.ports, "no-such-backup", None, requested_by="bob")
-    assert (await handlers.read_restore(system.ports, restore.id)).parts == (BackupPart.DATABASE,)
-    assert [r.id for r in (await handlers.list_restores(system.ports, 10, 0))[0]] == [restore.id]
-    with pytest.raises(NotFound, match="no restore with id gone"):
-        await handlers.read_restore(system.ports, "gone")
 
 
 async def test_deleting_marks_the_backup_deleting_once_and_refuses_one_in_progress(system: FakeSystem) -> None:

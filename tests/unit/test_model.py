@@ -14,9 +14,8 @@ from backup_common.domain.events import (
     BackupRequested,
     BackupType,
     DeleteRequested,
-    RestoreRequested,
 )
-from backup_common.domain.jobs import parse_part_job_key, part_job_key
+from backup_common.domain.jobs import parse_job_key, part_job_key, restore_job_key
 from backup_common.domain.model import (
     BACKUP_TRANSITIONS,
     Backup,
@@ -24,8 +23,6 @@ from backup_common.domain.model import (
     InvalidTransition,
     PartResult,
     PartStatus,
-    Restore,
-    RestoreStatus,
 )
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -139,43 +136,6 @@ def test_no_status_leaves_deleted_and_every_status_is_reached_from_pending() -> 
     assert BACKUP_TRANSITIONS[BackupStatus.DELETED] == frozenset()
 
 
-def test_a_restore_takes_every_part_by_default_and_asks_for_it() -> None:
-    backup = completed()
-
-    restore = Restore.request(backup, None, requested_by="bob", now=LATER)
-
-    assert restore.status is RestoreStatus.PENDING
-    assert restore.parts == (BackupPart.DATABASE, BackupPart.FILES)
-    [event] = restore.events
-    assert isinstance(event, RestoreRequested)
-    assert (str(event.restore_id), str(event.backup_id)) == (restore.id, backup.id)
-
-
-@pytest.mark.parametrize(
-    ("backup", "parts", "code"),
-    [
-        (running(), None, "backup_not_restorable"),
-        (completed(BackupType.DATABASE), [BackupPart.FILES], "part_not_in_backup"),
-    ],
-)
-def test_a_restore_is_refused_unless_the_backup_is_completed_and_has_the_parts(
-    backup: Backup, parts: list[BackupPart] | None, code: str
-) -> None:
-    with pytest.raises(Conflict) as refused:
-        Restore.request(backup, parts, requested_by="bob", now=LATER)
-
-    assert refused.value.code == code
-
-
-def test_a_failed_restore_keeps_its_first_reason() -> None:
-    restore = Restore.request(completed(), None, requested_by="bob", now=LATER)
-
-    assert restore.fail("first", LATER) is True
-    assert restore.fail("second", LATER) is False
-
-    assert (restore.status, restore.error) == (RestoreStatus.FAILED, "first")
-
-
 def test_deleting_is_refused_while_the_backup_runs_and_asked_for_once() -> None:
     with pytest.raises(Conflict, match="wait until it completes or fails"):
         running().request_delete("alice", LATER)
@@ -188,9 +148,9 @@ def test_deleting_is_refused_while_the_backup_runs_and_asked_for_once() -> None:
     assert [type(event) for event in backup.events] == [DeleteRequested]
 
 
-def test_a_part_job_key_names_its_backup_and_part_and_nothing_else_parses_as_one() -> None:
-    key = part_job_key("b1", BackupPart.FILES)
-
-    assert parse_part_job_key(key) == ("b1", BackupPart.FILES)
-    assert parse_part_job_key("restore:r1:files") is None
-    assert parse_part_job_key("backup:b1:tapes") is None
+def test_a_job_key_names_its_kind_id_and_part_and_nothing_else_parses_as_one() -> None:
+    assert parse_job_key(part_job_key("b1", BackupPart.FILES)) == ("backup", "b1", BackupPart.FILES)
+    assert parse_job_key(restore_job_key("r1", BackupPart.DATABASE)) == ("restore", "r1", BackupPart.DATABASE)
+    assert parse_job_key("verify:b1:files") is None
+    assert parse_job_key("backup:b1:tapes") is None
+    assert parse_job_key("backup::files") is None

@@ -1,4 +1,4 @@
-"""The database_backup service's composition root: its handlers, given the ports and the source database."""
+"""The database_backup service's composition root: its handlers, given the ports and the source server."""
 
 from __future__ import annotations
 
@@ -9,13 +9,15 @@ from prometheus_client import CollectorRegistry
 
 from backup_common.adapters.mysql.source import AsyncmySqlServer
 from backup_common.adapters.runtime.jobs import JobMetrics, PartWorker
-from backup_common.adapters.runtime.service import Service, bind, part_worker_service, serve, worker_app
+from backup_common.adapters.runtime.restores import RestoreWorker
+from backup_common.adapters.runtime.service import Service, bind, job_worker_service, serve, worker_app
 from backup_common.adapters.settings import Settings
 from backup_common.domain.events import BackupPart
 from backup_common.domain.ports import Ports
 from backup_common.engine.database.dump import dump_database
+from backup_common.engine.database.restore import restore_database
 from backup_common.engine.database.sql import SqlServer
-from backup_database.handlers import HANDLERS, Dependencies, Dump, dump_part
+from backup_database.handlers import HANDLERS, Dependencies, Dump, RestoreDatabase, dump_part, restore_part
 
 NAME = "database_backup"
 
@@ -27,11 +29,16 @@ def bootstrap(
     *,
     source: SqlServer | None = None,
     dump: Dump = dump_database,
+    restore: RestoreDatabase = restore_database,
 ) -> Service:
-    """``source`` and ``dump`` default to the configured database and the engine's dump."""
-    produce = functools.partial(dump_part, source=source or AsyncmySqlServer(settings.source), dump=dump)
-    worker = PartWorker(BackupPart.DATABASE, produce, ports, JobMetrics(registry, NAME))
-    return part_worker_service(NAME, bind(HANDLERS, Dependencies(ports, worker)), worker)
+    """``source``, ``dump`` and ``restore`` default to the configured server and the engine's own."""
+    server = source or AsyncmySqlServer(settings.source)
+    metrics = JobMetrics(registry, NAME)
+    worker = PartWorker(BackupPart.DATABASE, functools.partial(dump_part, source=server, dump=dump), ports, metrics)
+    restorer = RestoreWorker(
+        BackupPart.DATABASE, functools.partial(restore_part, server=server, restore=restore), ports, metrics
+    )
+    return job_worker_service(NAME, bind(HANDLERS, Dependencies(ports, worker, restorer)), worker, restorer)
 
 
 def create_app(settings: Settings) -> web.Application:

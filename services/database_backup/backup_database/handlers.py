@@ -1,9 +1,9 @@
 """What the database_backup service does with each event it consumes.
 
 A BackupRequested with a database part is claimed and dumped into the backup's `database.zip` (the
-job outlives the message: see ``adapters.runtime.jobs``). A RestoreRequested is not carried out by
-this version: the restore fails at once with a reason saying how to load the backup by hand, rather
-than being acknowledged and forgotten.
+job outlives the message: see ``adapters.runtime.jobs``). A RestoreRequested with a database part is
+claimed the same way and loaded into a staging database, checked, and swapped into its target (the
+source database in place, or another one): see ``engine.database.restore``.
 """
 
 from __future__ import annotations
@@ -11,42 +11,40 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
-from backup_common.adapters.runtime.jobs import PartFailure, PartJob, PartWorker, fail_restore
+from backup_common.adapters.runtime.jobs import PartFailure, PartJob, PartWorker
+from backup_common.adapters.runtime.restores import RestoreJob, RestoreWorker
 from backup_common.adapters.runtime.service import Handlers
-from backup_common.domain.events import BackupPart, BackupRequested, RestoreRequested
+from backup_common.domain.events import BackupRequested, RestoreRequested
 from backup_common.domain.model import PartResult
 from backup_common.domain.ports import Ports
 from backup_common.engine.database.dump import DumpError, dump_database
+from backup_common.engine.database.load import LoadError
 from backup_common.engine.database.manifest import database_part_manifest, dump_progress
 from backup_common.engine.database.model import DumpOptions, DumpProgress, DumpResult
+from backup_common.engine.database.restore import DatabaseRestoreProgress, DatabaseRestoreSummary, restore_database
 from backup_common.engine.database.sql import SqlServer
 
 
 @dataclass(frozen=True)
 class Dependencies:
     ports: Ports
-    worker: PartWorker  # the database part's jobs
+    worker: PartWorker  # the database part's backup jobs
+    restorer: RestoreWorker  # the database part's restore jobs
 
 
-async def back_up_database(event: BackupRequested, deps: Dependencies) -> None:
+async def start_backup(event: BackupRequested, deps: Dependencies) -> None:
     await deps.worker.start(event)
 
 
-async def refuse_restore(event: RestoreRequested, deps: Dependencies) -> None:
-    if BackupPart.DATABASE not in event.parts:
-        return
-    await fail_restore(
-        deps.ports,
-        str(event.restore_id),
-        "restores are not carried out by the service yet; load the backup by hand with"
-        f" `backupctl db-load {event.backup_id} --into <database>`",
-    )
+async def start_restore(event: RestoreRequested, deps: Dependencies) -> None:
+    await deps.restorer.start(event)
 
 
 HANDLERS: Handlers[Dependencies] = {
-    BackupRequested: back_up_database,
-    RestoreRequested: refuse_restore,
+    BackupRequested: start_backup,
+    RestoreRequested: start_restore,
 }
 
 
@@ -78,3 +76,36 @@ async def dump_part(job: PartJob, source: SqlServer, dump: Dump = dump_database)
     )
     await job.write_manifest(manifest)
     return PartResult(job.archive.name, result.archive_bytes, result.sha256, result.rows, dump_progress(result))
+
+
+RestoreDatabase = Callable[..., Awaitable[DatabaseRestoreSummary]]  # engine.database.restore.restore_database
+
+
+async def restore_part(
+    job: RestoreJob, server: SqlServer, restore: RestoreDatabase = restore_database
+) -> dict[str, Any]:
+    """Restores the backup's database part into its target database on ``server``; returns its final
+    progress."""
+    stored = await job.stored_part()
+    target = job.restore.target
+    database = target.database or server.target.database
+
+    async def report(progress: DatabaseRestoreProgress) -> None:
+        await job.progress(asdict(progress))
+
+    try:
+        summary = await restore(
+            stored.archive,
+            stored.manifest,
+            server,
+            database,
+            password=stored.password,
+            staging=job.staging_name,
+            tables=job.restore.tables or None,
+            replace=target.in_place or target.replace,
+            limits=job.settings.restore_limits,
+            progress=report,
+        )
+    except LoadError as exc:
+        raise PartFailure(str(exc)) from exc
+    return {"phase": "done", **asdict(summary)}

@@ -1,4 +1,4 @@
-"""The file_backup service's composition root: its handlers, given the ports and the trees to back up."""
+"""The file_backup service's composition root: its handlers, given the ports, the trees and the restore directory."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from backup_common.adapters.runtime.jobs import JobMetrics, PartWorker
-from backup_common.adapters.runtime.service import Service, bind, part_worker_service, serve, worker_app
+from backup_common.adapters.runtime.restores import RestoreWorker
+from backup_common.adapters.runtime.service import Service, bind, job_worker_service, serve, worker_app
 from backup_common.adapters.settings import Settings
 from backup_common.domain.events import BackupPart
 from backup_common.domain.ports import Ports
-from backup_files.handlers import HANDLERS, Dependencies, archive_part
+from backup_files.handlers import HANDLERS, Dependencies, archive_part, restore_part
 
 NAME = "file_backup"
 
@@ -23,9 +24,12 @@ def trees(settings: Settings) -> dict[str, Path]:
 
 
 def bootstrap(settings: Settings, ports: Ports, registry: CollectorRegistry) -> Service:
-    produce = functools.partial(archive_part, roots=trees(settings))
-    worker = PartWorker(BackupPart.FILES, produce, ports, JobMetrics(registry, NAME))
-    return part_worker_service(NAME, bind(HANDLERS, Dependencies(ports, worker)), worker)
+    roots = trees(settings)
+    metrics = JobMetrics(registry, NAME)
+    worker = PartWorker(BackupPart.FILES, functools.partial(archive_part, roots=roots), ports, metrics)
+    restore = functools.partial(restore_part, roots=roots, restore_dir=settings.restore_dir)
+    restorer = RestoreWorker(BackupPart.FILES, restore, ports, metrics)
+    return job_worker_service(NAME, bind(HANDLERS, Dependencies(ports, worker, restorer)), worker, restorer)
 
 
 def create_app(settings: Settings) -> web.Application:

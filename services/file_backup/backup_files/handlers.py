@@ -2,52 +2,50 @@
 
 A BackupRequested with a files part is claimed and the uploads, configs and logs trees archived into
 the backup's `files.zip`: all of them, or for an incremental what changed since the newest completed
-backup with a files part. A RestoreRequested is not carried out by this version: the restore fails at
-once with a reason saying how to rebuild the trees by hand, rather than being acknowledged and
-forgotten.
+backup with a files part. A RestoreRequested with a files part is claimed the same way: the trees of
+the backup (of its whole chain, for an incremental) are rebuilt beside the live ones, checked, and
+swapped in by rename (see ``engine.files.in_place``), in place or below a directory of the restore
+directory.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
-from backup_common.adapters.runtime.jobs import PartFailure, PartJob, PartWorker, fail_restore
+from backup_common.adapters.runtime.jobs import PartFailure, PartJob, PartWorker, reporting
+from backup_common.adapters.runtime.restores import RestoreJob, RestoreWorker
 from backup_common.adapters.runtime.service import Handlers
 from backup_common.domain.events import BackupPart, BackupRequested, BackupType, RestoreRequested
 from backup_common.domain.model import PartResult
 from backup_common.domain.ports import Ports
 from backup_common.engine.files.backup import Parent, files_part_manifest, files_progress, plan_files, write_files_part
-
-PROGRESS_SECONDS = 1.0
+from backup_common.engine.files.chain_check import ChainLink, RestoreError
+from backup_common.engine.files.in_place import FilesRestoreProgress, restore_trees
+from backup_common.engine.files.model import TREES
+from backup_common.engine.storage import directory_inside
 
 
 @dataclass(frozen=True)
 class Dependencies:
     ports: Ports
-    worker: PartWorker  # the files part's jobs
+    worker: PartWorker  # the files part's backup jobs
+    restorer: RestoreWorker  # the files part's restore jobs
 
 
-async def back_up_files(event: BackupRequested, deps: Dependencies) -> None:
+async def start_backup(event: BackupRequested, deps: Dependencies) -> None:
     await deps.worker.start(event)
 
 
-async def refuse_restore(event: RestoreRequested, deps: Dependencies) -> None:
-    if BackupPart.FILES not in event.parts:
-        return
-    await fail_restore(
-        deps.ports,
-        str(event.restore_id),
-        "restores are not carried out by the service yet; rebuild the trees by hand with"
-        f" `backupctl files-restore {event.backup_id} --into <directory>`",
-    )
+async def start_restore(event: RestoreRequested, deps: Dependencies) -> None:
+    await deps.restorer.start(event)
 
 
 HANDLERS: Handlers[Dependencies] = {
-    BackupRequested: back_up_files,
-    RestoreRequested: refuse_restore,
+    BackupRequested: start_backup,
+    RestoreRequested: start_restore,
 }
 
 
@@ -62,13 +60,7 @@ async def archive_part(job: PartJob, roots: dict[str, Path]) -> PartResult:
     def progress(bytes_done: int, entries_done: int) -> None:
         done.update(bytes_done=bytes_done, entries_done=entries_done)
 
-    async def report() -> None:
-        while True:
-            await asyncio.sleep(PROGRESS_SECONDS)
-            await job.progress({**done, "entries_total": len(plan.planned)})
-
-    reporter = asyncio.create_task(report())
-    try:
+    async with reporting(job.progress, lambda: {**done, "entries_total": len(plan.planned)}):
         result, info = await asyncio.to_thread(
             write_files_part,
             job.archive,
@@ -77,10 +69,6 @@ async def archive_part(job: PartJob, roots: dict[str, Path]) -> PartResult:
             compression_level=job.settings.compression.level,
             progress=progress,
         )
-    finally:
-        reporter.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reporter
     manifest = await asyncio.to_thread(
         files_part_manifest,
         plan,
@@ -109,3 +97,38 @@ async def _parent(job: PartJob) -> Parent | None:
             "an incremental cannot be made on it"
         ) from exc
     return Parent(found.id, manifest)
+
+
+async def restore_part(job: RestoreJob, roots: dict[str, Path], restore_dir: Path) -> dict[str, Any]:
+    """Rebuilds the backup's trees (in place, or below the target directory) and swaps them in;
+    returns the final progress."""
+    chain = [ChainLink(part.backup_id, part.archive, part.password, part.manifest) for part in await job.files_chain()]
+    target = job.restore.target
+    if target.directory is not None:
+        try:
+            # Resolved again here: the gateway checked it, but links below the restore directory may
+            # have changed since.
+            base = await asyncio.to_thread(directory_inside, restore_dir, target.directory)
+        except ValueError as exc:
+            raise PartFailure(str(exc)) from exc
+        roots = {tree: base / tree for tree in TREES}
+    latest: dict[str, Any] = {"phase": "checking"}
+
+    def progress(update: FilesRestoreProgress) -> None:
+        latest.update(asdict(update))
+
+    try:
+        async with reporting(job.progress, lambda: dict(latest)):
+            summary = await asyncio.to_thread(
+                restore_trees,
+                chain,
+                roots,
+                job.settings.restore_limits,
+                staging_tag=job.staging_name,
+                paths=job.restore.paths or None,
+                replace=target.in_place or target.replace,
+                progress=progress,
+            )
+    except RestoreError as exc:
+        raise PartFailure(str(exc)) from exc
+    return {**latest, "phase": "done", **asdict(summary)}

@@ -5,13 +5,14 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from backup_common.adapters.mysql.source import AsyncmySqlServer
 from backup_common.adapters.runtime.health import ServiceMetrics
 from backup_common.adapters.runtime.service import Service, bind, lifecycle, metrics_view, serve
 from backup_common.adapters.settings import Settings
 from backup_common.adapters.tokens import TokenVerifier
 from backup_common.domain.ports import Ports
-from backup_gateway.app_keys import HTTP_METRICS, VERIFIER
-from backup_gateway.handlers import HANDLERS
+from backup_gateway.app_keys import HTTP_METRICS, RESTORE_TARGETS, VERIFIER
+from backup_gateway.handlers import HANDLERS, RestoreTargets
 from backup_gateway.metrics import HttpMetrics
 from backup_gateway.middleware import admin_auth, json_errors, metrics
 from backup_gateway.routes import add_routes, openapi_document
@@ -30,6 +31,12 @@ def create_app(settings: Settings) -> web.Application:
     service_metrics = ServiceMetrics()
     app[VERIFIER] = TokenVerifier(settings)
     app[HTTP_METRICS] = HttpMetrics(service_metrics.registry)
+    app[RESTORE_TARGETS] = RestoreTargets(
+        source_database=settings.source.database,
+        catalog_database=settings.catalog.database,
+        restore_dir=settings.restore_dir,
+        source=AsyncmySqlServer(settings.source),
+    )
     add_routes(app)
     app.router.add_get("/metrics", metrics_view, name="metrics")
     app.router.add_get("/api/openapi.json", serve_openapi, name="openapi")

@@ -8,24 +8,35 @@ state change and its event commit in one unit of work, which wakes the outbox re
 
 from __future__ import annotations
 
+import asyncio
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from backup_common.adapters.runtime.service import Handlers
 from backup_common.domain.documents import DOCUMENTS
-from backup_common.domain.errors import Conflict, NotFound
+from backup_common.domain.errors import Conflict, InvalidRequest, NotFound
 from backup_common.domain.events import BackupPart, BackupType
 from backup_common.domain.model import (
+    SYSTEM_DATABASES,
     AuditEntry,
     Backup,
     BackupFilter,
     CatalogStats,
     Idempotency,
     Restore,
+    RestoreFilter,
+    RestoreTarget,
     Trigger,
 )
 from backup_common.domain.ports import DuplicateRequest, Ports, StoredDocument
 from backup_common.domain.ports import read_document as read_stored_document
+from backup_common.engine.database.restore import database_objects, unknown_tables
+from backup_common.engine.database.sql import SqlServer
+from backup_common.engine.files.in_place import non_empty_trees, unknown_paths
+from backup_common.engine.storage import directory_inside
 
 HANDLERS: Handlers[Ports] = {}
 
@@ -93,18 +104,138 @@ async def catalog_stats(ports: Ports) -> CatalogStats:
         return await uow.backups.stats()
 
 
+@dataclass(frozen=True)
+class RestoreSpec:
+    """A restore as the API asks for it (see RestoreRequest)."""
+
+    parts: Sequence[BackupPart] | None = None
+    target: RestoreTarget = field(default_factory=RestoreTarget)
+    tables: Sequence[str] = ()
+    paths: Sequence[str] = ()
+    safety_backup: bool | None = None
+
+
+@dataclass(frozen=True)
+class RestoreTargets:
+    """What the gateway checks a restore's target against before it accepts the restore."""
+
+    source_database: str
+    catalog_database: str
+    restore_dir: Path
+    source: SqlServer  # the source server, to see whether a target database holds anything
+
+
 async def request_restore(
-    ports: Ports, backup_id: str, parts: Sequence[BackupPart] | None, *, requested_by: str
+    ports: Ports, targets: RestoreTargets, backup_id: str, spec: RestoreSpec, *, requested_by: str
 ) -> Restore:
-    """Records a pending restore of a completed backup and its RestoreRequested."""
+    """Records a pending restore of a completed backup once its target and selection are valid; in
+    place, records the safety backup it waits for as well.
+
+    InvalidRequest for a bad target or selection, Conflict when the backup cannot be restored, the
+    target is not empty (without ``replace``) or another unfinished restore writes to it.
+    """
+    backup = await read_backup(ports, backup_id)
+    target = await _checked_target(targets, spec.target)
+    restore = Restore.request(
+        backup,
+        spec.parts,
+        requested_by=requested_by,
+        now=ports.clock(),
+        target=target,
+        tables=spec.tables,
+        paths=spec.paths,
+        safety_backup=spec.safety_backup,
+    )
+    await _check_selection(ports, backup, restore)
+    await _check_target_is_free(targets, restore)
     async with ports.uow() as uow:
-        backup = await uow.backups.get(backup_id, for_update=True)
-        if backup is None:
+        # Locked, and read again: a deletion requested meanwhile makes the backup unrestorable.
+        locked = await uow.backups.get(backup_id, for_update=True)
+        if locked is None:
             raise NotFound(f"no backup with id {backup_id}")
-        restore = Restore.request(backup, parts, requested_by=requested_by, now=ports.clock())
-        await uow.restores.add(restore)
+        locked.restorable_parts(restore.part_names)
+        if restore.safety_backup:
+            safety = Backup.request(
+                restore.safety_backup_type,
+                requested_by=requested_by,
+                now=ports.clock(),
+                description=f"safety backup before restore {restore.id} of backup {backup_id}",
+                trigger=Trigger.PRE_RESTORE,
+            )
+            await uow.backups.add(safety)
+            restore.wait_for(safety)
+        await uow.restores.add(restore, restore.target_keys(targets.source_database))
         await uow.commit()
     return restore
+
+
+_DATABASE_NAME = re.compile(r"^[A-Za-z0-9_$-]{1,64}$")
+
+
+async def _checked_target(targets: RestoreTargets, target: RestoreTarget) -> RestoreTarget:
+    """The target with its directory resolved; InvalidRequest for one a restore may not write to."""
+    if target.database is not None:
+        name = target.database
+        if not _DATABASE_NAME.match(name):
+            raise InvalidRequest(f"invalid database name {name!r}: use 1 to 64 letters, digits, '_', '$' or '-'")
+        if name.lower() in SYSTEM_DATABASES or name == targets.catalog_database:
+            raise InvalidRequest(f"database {name} belongs to the server or to the backup catalog; choose another")
+        if name == targets.source_database:
+            raise InvalidRequest(f"{name} is the source database: omit the target to restore in place")
+    if target.directory is not None:
+        try:
+            resolved = await asyncio.to_thread(directory_inside, targets.restore_dir, target.directory)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from None
+        return RestoreTarget(directory=str(resolved), replace=target.replace)
+    return target
+
+
+async def _check_selection(ports: Ports, backup: Backup, restore: Restore) -> None:
+    """Every table and path selected exists in the backup (InvalidRequest naming those that do not)."""
+    for part, wanted, unknown in (
+        (BackupPart.DATABASE, restore.tables, unknown_tables),
+        (BackupPart.FILES, restore.paths, unknown_paths),
+    ):
+        if not wanted:
+            continue
+        try:
+            manifest = await ports.storage.read_part_manifest(backup, part)
+        except OSError as exc:
+            raise Conflict(
+                f"backup {backup.id}: the {part.value} part manifest is unreadable ({exc.strerror or exc})",
+                code="backup_unreadable",
+            ) from exc
+        missing = unknown(manifest, wanted)
+        if missing:
+            kind = "tables" if part is BackupPart.DATABASE else "paths"
+            raise InvalidRequest(
+                f"backup {backup.id} has no such {kind}: {', '.join(missing[:20])}", code=f"unknown_{kind}"
+            )
+
+
+async def _check_target_is_free(targets: RestoreTargets, restore: Restore) -> None:
+    """Conflict when another database or directory to restore into is not empty and may not be replaced."""
+    target = restore.target
+    if target.replace or target.in_place:
+        return
+    if target.database is not None:
+        held = await database_objects(targets.source, target.database)
+        if held:
+            listed = ", ".join(f"{count} {kind}" for kind, count in held.items())
+            raise Conflict(
+                f"database {target.database} is not empty ({listed}); choose a new one or send"
+                ' "replace": true to replace its contents',
+                code="target_not_empty",
+            )
+    if target.directory is not None:
+        busy = await asyncio.to_thread(non_empty_trees, Path(target.directory))
+        if busy:
+            raise Conflict(
+                f"{target.directory} already holds {', '.join(busy)}; choose another directory or send"
+                ' "replace": true to replace them',
+                code="target_not_empty",
+            )
 
 
 async def read_restore(ports: Ports, restore_id: str) -> Restore:
@@ -115,17 +246,24 @@ async def read_restore(ports: Ports, restore_id: str) -> Restore:
     return restore
 
 
-async def list_restores(ports: Ports, limit: int, offset: int) -> tuple[list[Restore], int]:
+async def list_restores(ports: Ports, query: RestoreFilter) -> tuple[list[Restore], int]:
     async with ports.uow() as uow:
-        return await uow.restores.list(limit, offset)
+        return await uow.restores.list(query)
 
 
 async def request_delete(ports: Ports, backup_id: str, *, requested_by: str) -> Backup:
-    """Marks the backup `deleting` and asks for its deletion (Conflict while it is in progress)."""
+    """Marks the backup `deleting` and asks for its deletion (Conflict while it is in progress or
+    being restored)."""
     async with ports.uow() as uow:
         backup = await uow.backups.get(backup_id, for_update=True)
         if backup is None:
             raise NotFound(f"no backup with id {backup_id}")
+        restoring = await uow.restores.unfinished_of(backup_id)
+        if restoring:
+            raise Conflict(
+                f"backup {backup_id} is being restored (restore {restoring[0]}); delete it once that has finished",
+                code="backup_being_restored",
+            )
         backup.request_delete(requested_by, ports.clock())
         await uow.backups.save(backup)
         await uow.commit()

@@ -17,7 +17,7 @@ from backup_common.adapters.tokens import InvalidToken
 from backup_common.domain.errors import Conflict, DomainError, Gone, InvalidRequest, NotFound
 from backup_common.domain.model import AuditEntry
 from backup_gateway import handlers
-from backup_gateway.app_keys import AUDIT_TARGET, HTTP_METRICS, PRINCIPAL, REQUEST_ID, VERIFIER
+from backup_gateway.app_keys import AUDIT_DETAIL, AUDIT_TARGET, HTTP_METRICS, PRINCIPAL, REQUEST_ID, VERIFIER
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ async def admin_auth(request: web.Request, handler: Handler) -> web.StreamRespon
     # Outside json_errors: a failed operation arrives as an error response, with its status.
     response = await handler(request)
     outcome = "allowed" if response.status < 400 else "failed"
-    await _audit(request, principal.subject, outcome, response.status, None)
+    await _audit(request, principal.subject, outcome, response.status, request.get(AUDIT_DETAIL))
     return response
 
 

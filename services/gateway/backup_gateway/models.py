@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, Literal
+from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from backup_common.domain.events import BackupPart, BackupType
-from backup_common.domain.model import Backup, BackupStatus, CatalogStats, PartStatus, RestoreStatus
+from backup_common.domain.model import Backup, BackupStatus, CatalogStats, PartStatus, Restore, RestoreStatus
 from backup_common.domain.ports import StoredDocument
 
 
@@ -21,9 +22,37 @@ class CreateBackupRequest(_Body):
     description: str = Field("", max_length=500)
 
 
+class TargetIn(_Body):
+    database: str | None = Field(
+        None, description="Load into this database on the source server (created if missing) instead of in place."
+    )
+    directory: str | None = Field(
+        None, description="Rebuild uploads/, configs/ and logs/ below this absolute path inside BACKUP_RESTORE_DIR."
+    )
+    replace: bool = Field(False, description="Allow a target database or directory that is not empty.")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> TargetIn:
+        if (self.database is None) == (self.directory is None):
+            raise ValueError('give exactly one of "database" and "directory" (omit "target" to restore in place)')
+        return self
+
+
 class RestoreRequest(_Body):
     confirm: str = Field(description="The id of the backup being restored, repeated as confirmation.")
     parts: list[BackupPart] | None = Field(None, min_length=1, description="Parts to restore; all by default.")
+    target: TargetIn | None = Field(None, description="Where to restore; absent: in place.")
+    tables: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=list, max_length=10_000, description="Only these tables of the database part."
+    )
+    paths: list[Annotated[str, Field(min_length=1, max_length=4096)]] = Field(
+        default_factory=list,
+        max_length=10_000,
+        description="Only these tree-relative prefixes of the files part, such as configs or uploads/2025.",
+    )
+    safety_backup: bool | None = Field(
+        None, description="In place only (the default there): back up what will be replaced first."
+    )
 
 
 class ListQuery(_Body):
@@ -36,6 +65,11 @@ class ListQuery(_Body):
 class PageQuery(_Body):
     limit: int = Field(50, ge=1, le=500)
     offset: int = Field(0, ge=0)
+
+
+class RestoreListQuery(PageQuery):
+    status: list[RestoreStatus] = Field(default_factory=list, description="Comma-separated statuses.")
+    backup_id: UUID | None = Field(None, description="Only the restores of this backup.")
 
 
 class PartOut(BaseModel):
@@ -89,17 +123,63 @@ class BackupPage(BaseModel):
     offset: int
 
 
-class RestoreOut(BaseModel):
+class RestorePartOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
+    part: BackupPart
+    status: PartStatus
+    progress: dict[str, Any] | None = Field(
+        description="Phase, and bytes with tables (database) or files (files) done of their total."
+    )
+    error: str | None
+    attempts: int
+    started_at: datetime | None
+    completed_at: datetime | None
+
+
+class TargetOut(BaseModel):
+    kind: Literal["in_place", "database", "directory"]
+    database: str | None = None
+    directory: str | None = None
+    replace: bool = False
+
+
+class RestoreOut(BaseModel):
     id: str
     backup_id: str
     status: RestoreStatus
-    parts: list[BackupPart]
+    parts: list[RestorePartOut]
+    target: TargetOut
+    tables: list[str]
+    paths: list[str]
+    safety_backup: bool
+    safety_backup_id: str | None = Field(description="The pre-restore backup taken first; set once requested.")
     requested_by: str
     error: str | None
     created_at: datetime
+    started_at: datetime | None
     completed_at: datetime | None
+    updated_at: datetime
+
+
+def restore_out(restore: Restore) -> RestoreOut:
+    return RestoreOut(
+        id=restore.id,
+        backup_id=restore.backup_id,
+        status=restore.status,
+        parts=[RestorePartOut.model_validate(part) for part in restore.parts],
+        target=TargetOut.model_validate(restore.target.as_dict()),
+        tables=list(restore.tables),
+        paths=list(restore.paths),
+        safety_backup=restore.safety_backup,
+        safety_backup_id=restore.safety_backup_id,
+        requested_by=restore.requested_by,
+        error=restore.error,
+        created_at=restore.created_at,
+        started_at=restore.started_at,
+        completed_at=restore.completed_at,
+        updated_at=restore.updated_at,
+    )
 
 
 class RestoreEnvelope(BaseModel):

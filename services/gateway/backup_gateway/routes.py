@@ -20,8 +20,8 @@ from backup_gateway.models import (
     DocumentOut,
     ErrorBody,
     ListQuery,
-    PageQuery,
     RestoreEnvelope,
+    RestoreListQuery,
     RestorePage,
     RestoreRequest,
     Stats,
@@ -80,7 +80,8 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route(
         "POST", f"{API}/{BACKUP_ID}/restore", views.restore_backup, "backup.restore",
-        "Restore a completed backup; the body repeats its id as confirmation.",
+        "Restore a completed backup in place (after a safety backup), or into another database or directory;"
+        " the body repeats its id as confirmation.",
         status=202, request=RestoreRequest, response=RestoreEnvelope, errors=(400, 404, 409),
     ),
     Route(
@@ -90,8 +91,8 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route(
         "GET", f"{API}/restores", views.list_restores, "restore.list",
-        "Restores, newest first, with their status and, when one failed, the reason.",
-        response=RestorePage, query=PageQuery, errors=(400,),
+        "Restores, newest first, with their status, progress and, when one failed, the reason.",
+        response=RestorePage, query=RestoreListQuery, errors=(400,),
     ),
     Route("GET", f"{API}/restores/{{restore_id}}", views.get_restore, "restore.read",
           "One restore with its status and, when it failed, the reason.", response=RestoreEnvelope, errors=(404,)),

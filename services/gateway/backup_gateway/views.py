@@ -13,22 +13,22 @@ from pydantic import BaseModel, ValidationError
 from backup_common.adapters.runtime.service import RUNNING
 from backup_common.domain.errors import InvalidRequest, NotFound
 from backup_common.domain.events import BackupType
-from backup_common.domain.model import BackupFilter, Idempotency
+from backup_common.domain.model import BackupFilter, Idempotency, RestoreFilter, RestoreTarget
 from backup_common.domain.ports import Ports
 from backup_gateway import handlers
-from backup_gateway.app_keys import AUDIT_TARGET, PRINCIPAL
+from backup_gateway.app_keys import AUDIT_DETAIL, AUDIT_TARGET, PRINCIPAL, RESTORE_TARGETS
 from backup_gateway.models import (
     BackupEnvelope,
     BackupPage,
     CreateBackupRequest,
     ListQuery,
-    PageQuery,
     RestoreEnvelope,
-    RestoreOut,
+    RestoreListQuery,
     RestorePage,
     RestoreRequest,
     backup_out,
     document_out,
+    restore_out,
     stats_out,
 )
 
@@ -140,21 +140,51 @@ async def restore_backup(request: web.Request) -> web.Response:
         raise exc
     if parsed.confirm.strip().lower() != backup_id:
         raise InvalidRequest(f'"confirm" must repeat the backup id {backup_id}')
-    restore = await handlers.request_restore(
-        ports(request), backup_id, parsed.parts, requested_by=request[PRINCIPAL].subject
+    target = parsed.target
+    spec = handlers.RestoreSpec(
+        parts=parsed.parts,
+        target=RestoreTarget(target.database, target.directory, target.replace) if target else RestoreTarget(),
+        tables=parsed.tables,
+        paths=parsed.paths,
+        safety_backup=parsed.safety_backup,
     )
-    return respond(RestoreEnvelope(restore=RestoreOut.model_validate(restore)), 202)
+    restore = await handlers.request_restore(
+        ports(request), request.app[RESTORE_TARGETS], backup_id, spec, requested_by=request[PRINCIPAL].subject
+    )
+    request[AUDIT_DETAIL] = {
+        "restore_id": restore.id,
+        "parts": [part.value for part in restore.part_names],
+        "target": restore.target.as_dict(),
+        "tables": list(restore.tables),
+        "paths": list(restore.paths),
+        "safety_backup_id": restore.safety_backup_id,
+    }
+    headers = {"Location": f"/api/admin/backup/restores/{restore.id}"}
+    return respond(RestoreEnvelope(restore=restore_out(restore)), 202, headers)
 
 
 async def list_restores(request: web.Request) -> web.Response:
-    unknown = set(request.query) - set(PageQuery.model_fields)
+    unknown = set(request.query) - set(RestoreListQuery.model_fields)
     if unknown:
         raise InvalidRequest(f"unknown query parameter(s): {', '.join(sorted(unknown))}")
-    query = PageQuery.model_validate(dict(request.query))
-    restores, total = await handlers.list_restores(ports(request), query.limit, query.offset)
+    query = RestoreListQuery.model_validate(
+        {
+            "status": _split(request.query.getall("status", [])),
+            **{name: request.query[name] for name in ("limit", "offset", "backup_id") if name in request.query},
+        }
+    )
+    restores, total = await handlers.list_restores(
+        ports(request),
+        RestoreFilter(
+            statuses=query.status,
+            backup_id=str(query.backup_id) if query.backup_id else None,
+            limit=query.limit,
+            offset=query.offset,
+        ),
+    )
     return respond(
         RestorePage(
-            restores=[RestoreOut.model_validate(restore) for restore in restores],
+            restores=[restore_out(restore) for restore in restores],
             total=total,
             limit=query.limit,
             offset=query.offset,
@@ -164,7 +194,7 @@ async def list_restores(request: web.Request) -> web.Response:
 
 async def get_restore(request: web.Request) -> web.Response:
     restore = await handlers.read_restore(ports(request), _id_in_path(request, "restore"))
-    return respond(RestoreEnvelope(restore=RestoreOut.model_validate(restore)))
+    return respond(RestoreEnvelope(restore=restore_out(restore)))
 
 
 async def delete_backup(request: web.Request) -> web.Response:

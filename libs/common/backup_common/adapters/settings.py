@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     uploads_dir: Path = Path("./var/app/uploads")
     configs_dir: Path = Path("./var/app/configs")
     logs_dir: Path = Path("./var/app/logs")
+    # Restores into another directory go below this one, and nowhere else.
+    restore_dir: Path = Path("./var/restores")
 
     jwt_secret: SecretStr | None = None
     jwt_algorithm: JwtAlgorithm = JwtAlgorithm.HS256

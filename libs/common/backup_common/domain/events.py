@@ -143,6 +143,20 @@ class RestorePartFailed(Event):
     reason: str
 
 
+class RestoreCompleted(Event):
+    routing_key: ClassVar[str] = "restore.completed"
+    type: Literal["RestoreCompleted"] = "RestoreCompleted"
+    restore_id: UUID
+    parts: tuple[BackupPart, ...]
+
+
+class RestoreFailed(Event):
+    routing_key: ClassVar[str] = "restore.failed"
+    type: Literal["RestoreFailed"] = "RestoreFailed"
+    restore_id: UUID
+    reason: str
+
+
 class VerifyRequested(Event):
     routing_key: ClassVar[str] = "verify.requested"
     requires_consumer: ClassVar[bool] = True
@@ -172,6 +186,8 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     RestoreRequested,
     RestorePartCompleted,
     RestorePartFailed,
+    RestoreCompleted,
+    RestoreFailed,
     VerifyRequested,
     BackupVerified,
     BackupVerificationFailed,
@@ -188,6 +204,8 @@ AnyEvent = Annotated[
     | RestoreRequested
     | RestorePartCompleted
     | RestorePartFailed
+    | RestoreCompleted
+    | RestoreFailed
     | VerifyRequested
     | BackupVerified
     | BackupVerificationFailed,

@@ -1,4 +1,4 @@
-"""Leases on long jobs (a backup part, later a restore part): who holds one, and what losing it means.
+"""Leases on long jobs (a backup part, a restore part): who holds one, and what losing it means.
 
 A worker claims a job, acknowledges the message that asked for it, and works while a heartbeat keeps
 its lease alive. Every claim bumps ``version``; every write of the job's results checks that its lease
@@ -58,10 +58,14 @@ def part_job_key(backup_id: str, part: BackupPart) -> str:
     return f"backup:{backup_id}:{part.value}"
 
 
-def parse_part_job_key(job_key: str) -> tuple[str, BackupPart] | None:
-    """The backup id and part of a part job's key; None for a job of another kind."""
+def restore_job_key(restore_id: str, part: BackupPart) -> str:
+    return f"restore:{restore_id}:{part.value}"
+
+
+def parse_job_key(job_key: str) -> tuple[str, str, BackupPart] | None:
+    """The kind (``backup`` or ``restore``), the id and the part of a job's key; None for another key."""
     kind, _, rest = job_key.partition(":")
-    backup_id, _, part = rest.partition(":")
-    if kind != "backup" or not backup_id or part not in BackupPart.__members__.values():
+    job_id, _, part = rest.partition(":")
+    if kind not in ("backup", "restore") or not job_id or part not in BackupPart.__members__.values():
         return None
-    return backup_id, BackupPart(part)
+    return kind, job_id, BackupPart(part)

@@ -14,7 +14,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from backup_common.domain.errors import Conflict
+from backup_common.domain.errors import Conflict, InvalidRequest
 from backup_common.domain.events import (
     BackupCompleted,
     BackupFailed,
@@ -23,6 +23,10 @@ from backup_common.domain.events import (
     BackupType,
     DeleteRequested,
     Event,
+    RestoreCompleted,
+    RestoreFailed,
+    RestorePartCompleted,
+    RestorePartFailed,
     RestoreRequested,
 )
 
@@ -70,6 +74,7 @@ class Trigger(StrEnum):
     API = "api"
     SCHEDULE = "schedule"
     CLI = "cli"
+    PRE_RESTORE = "pre-restore"  # the safety backup of what a restore in place replaces
 
 
 BACKUP_TRANSITIONS: dict[BackupStatus, frozenset[BackupStatus]] = {
@@ -245,7 +250,8 @@ class Backup:
         self.events.append(BackupFailed(backup_id=uuid.UUID(self.id), backup_type=self.type, reason=self.error))
 
     def restorable_parts(self, wanted: Sequence[BackupPart] | None) -> tuple[BackupPart, ...]:
-        """The parts a restore of this backup takes: ``wanted``, or all of them; Conflict otherwise."""
+        """The parts a restore of this backup takes: ``wanted``, or all of them. Conflict when the backup
+        is not completed, InvalidRequest when it lacks a part wanted."""
         if self.status is not BackupStatus.COMPLETED:
             raise Conflict(
                 f"backup {self.id} is {self.status}; only a completed backup can be restored",
@@ -255,7 +261,7 @@ class Backup:
         chosen = tuple(wanted) if wanted else available
         missing = [part.value for part in chosen if part not in available]
         if missing:
-            raise Conflict(
+            raise InvalidRequest(
                 f"backup {self.id} has no {', '.join(missing)} part (it has: {', '.join(p.value for p in available)})",
                 code="part_not_in_backup",
             )
@@ -275,53 +281,267 @@ class Backup:
         self.events.append(DeleteRequested(backup_id=uuid.UUID(self.id), requested_by=requested_by))
 
 
+# Databases a restore never writes into: the server's own, and (by name, see RestoreTarget.check) the catalog.
+SYSTEM_DATABASES = frozenset({"mysql", "sys", "information_schema", "performance_schema"})
+
+
+@dataclass(frozen=True)
+class RestoreTarget:
+    """Where a restore writes: in place (the configured source database and trees) when neither
+    ``database`` nor ``directory`` is given; ``replace`` allows a non-empty other target."""
+
+    database: str | None = None
+    directory: str | None = None
+    replace: bool = False
+
+    @property
+    def in_place(self) -> bool:
+        return self.database is None and self.directory is None
+
+    def as_dict(self) -> dict[str, Any]:
+        if self.in_place:
+            return {"kind": "in_place"}
+        if self.database is not None:
+            return {"kind": "database", "database": self.database, "replace": self.replace}
+        return {"kind": "directory", "directory": self.directory, "replace": self.replace}
+
+    @classmethod
+    def from_dict(cls, value: dict[str, Any] | None) -> RestoreTarget:
+        if not value or value.get("kind") == "in_place":
+            return cls()
+        return cls(value.get("database"), value.get("directory"), bool(value.get("replace", False)))
+
+
+@dataclass
+class RestorePart:
+    part: BackupPart
+    status: PartStatus = PartStatus.PENDING
+    progress: dict[str, Any] | None = None
+    error: str | None = None
+    attempts: int = 0
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
 @dataclass
 class Restore:
+    """One restore of a backup: its parts, where they go, and what it waits for.
+
+    An in-place restore with a safety backup first waits for that backup (``safety_backup_id``): its
+    RestoreRequested goes out only when the safety backup completed, and the restore fails untouched
+    when it failed. A restore whose part failed is failed at once; a part still running finishes.
+    """
+
     id: str
     backup_id: str
     status: RestoreStatus
-    parts: tuple[BackupPart, ...]
+    parts: list[RestorePart]
     requested_by: str
     created_at: datetime
     updated_at: datetime
+    target: RestoreTarget = RestoreTarget()
+    tables: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()
+    safety_backup: bool = False
+    safety_backup_id: str | None = None
     error: str | None = None
+    started_at: datetime | None = None
     completed_at: datetime | None = None
     events: list[Event] = field(default_factory=list, repr=False, compare=False)
 
     @classmethod
     def request(
-        cls, backup: Backup, parts: Sequence[BackupPart] | None, *, requested_by: str, now: datetime
+        cls,
+        backup: Backup,
+        parts: Sequence[BackupPart] | None,
+        *,
+        requested_by: str,
+        now: datetime,
+        target: RestoreTarget | None = None,
+        tables: Sequence[str] = (),
+        paths: Sequence[str] = (),
+        safety_backup: bool | None = None,
     ) -> Restore:
-        """A pending restore of a completed backup, and its RestoreRequested."""
+        """A pending restore of a completed backup. Without a safety backup its RestoreRequested is
+        recorded at once; with one, the caller requests that backup and passes it to ``wait_for``."""
+        target = target or RestoreTarget()
+        if parts is None and not target.in_place:
+            # Another database takes the database part, another directory the files part.
+            parts = (BackupPart.DATABASE,) if target.database is not None else (BackupPart.FILES,)
         chosen = backup.restorable_parts(parts)
+        if tables and BackupPart.DATABASE not in chosen:
+            raise InvalidRequest("tables select from the database part, which this restore does not take")
+        if paths and BackupPart.FILES not in chosen:
+            raise InvalidRequest("paths select from the files part, which this restore does not take")
+        if target.database is not None and BackupPart.DATABASE not in chosen:
+            raise InvalidRequest("a target database needs the database part")
+        if target.directory is not None and BackupPart.FILES not in chosen:
+            raise InvalidRequest("a target directory needs the files part")
+        if target.database is not None and target.directory is None and BackupPart.FILES in chosen:
+            raise InvalidRequest(
+                'a restore into another database takes the database part only: add "parts": ["database"]'
+            )
+        if target.directory is not None and target.database is None and BackupPart.DATABASE in chosen:
+            raise InvalidRequest("a restore into another directory takes the files part only")
+        if safety_backup and not target.in_place:
+            raise InvalidRequest("a safety backup is taken only before a restore in place")
         restore = cls(
             id=str(uuid.uuid4()),
             backup_id=backup.id,
             status=RestoreStatus.PENDING,
-            parts=chosen,
+            parts=[RestorePart(part, updated_at=now) for part in chosen],
             requested_by=requested_by,
             created_at=now,
             updated_at=now,
+            target=target,
+            tables=tuple(dict.fromkeys(tables)),
+            paths=tuple(dict.fromkeys(paths)),
+            safety_backup=target.in_place if safety_backup is None else safety_backup,
         )
-        restore.events.append(
-            RestoreRequested(
-                restore_id=uuid.UUID(restore.id),
-                backup_id=uuid.UUID(backup.id),
-                parts=chosen,
-                requested_by=requested_by,
-            )
-        )
+        if not restore.safety_backup:
+            restore._requested()
         return restore
 
+    @property
+    def part_names(self) -> tuple[BackupPart, ...]:
+        return tuple(part.part for part in self.parts)
+
+    @property
+    def safety_backup_type(self) -> BackupType:
+        """A backup of exactly the parts this restore replaces."""
+        names = self.part_names
+        if len(names) == 2:
+            return BackupType.FULL
+        return BackupType.DATABASE if names[0] is BackupPart.DATABASE else BackupType.FILES
+
+    def part(self, name: BackupPart) -> RestorePart:
+        for part in self.parts:
+            if part.part is name:
+                return part
+        raise LookupError(f"restore {self.id} has no {name.value} part")
+
+    def has_part(self, name: BackupPart) -> bool:
+        return any(part.part is name for part in self.parts)
+
+    def target_keys(self, source_database: str) -> tuple[str, ...]:
+        """What this restore writes, one key per part: two unfinished restores may not share one."""
+        keys: list[str] = []
+        if self.has_part(BackupPart.DATABASE):
+            keys.append(f"database:{self.target.database or source_database}")
+        if self.has_part(BackupPart.FILES):
+            keys.append(f"directory:{self.target.directory}" if self.target.directory else "files:in place")
+        return tuple(keys)
+
+    def wait_for(self, safety: Backup) -> None:
+        self.safety_backup_id = safety.id
+
+    def safety_backup_finished(self, safety: Backup, now: datetime) -> None:
+        """Goes ahead once the safety backup completed; fails, with nothing touched, when it failed."""
+        if self.status.finished or safety.id != self.safety_backup_id:
+            return
+        if safety.status is BackupStatus.COMPLETED:
+            self._requested()
+            self.updated_at = now
+        elif safety.status is BackupStatus.FAILED:
+            self.fail(f"the safety backup {safety.id} failed, so nothing was restored: {safety.error}", now)
+
+    def _requested(self) -> None:
+        self.events.append(
+            RestoreRequested(
+                restore_id=uuid.UUID(self.id),
+                backup_id=uuid.UUID(self.backup_id),
+                parts=self.part_names,
+                requested_by=self.requested_by,
+            )
+        )
+
+    def start_part(self, name: BackupPart, attempt: int, now: datetime) -> None:
+        part = self.part(name)
+        if part.status.finished or self.status.finished:
+            raise InvalidTransition(f"the {name.value} part of restore {self.id} is already {part.status}")
+        part.status = PartStatus.RUNNING
+        part.attempts = attempt
+        part.error = None
+        part.started_at = part.started_at or now
+        part.updated_at = now
+        if self.status is RestoreStatus.PENDING:
+            self.status = RestoreStatus.RUNNING
+            self.started_at = self.started_at or now
+        self.updated_at = now
+
+    def complete_part(self, name: BackupPart, progress: dict[str, Any], now: datetime) -> bool:
+        """Records the part; returns True when it was the last one and so completed the restore."""
+        part = self.part(name)
+        part.status = PartStatus.COMPLETED
+        part.progress = progress
+        part.error = None
+        part.completed_at = now
+        part.updated_at = now
+        self.updated_at = now
+        self.events.append(
+            RestorePartCompleted(restore_id=uuid.UUID(self.id), backup_id=uuid.UUID(self.backup_id), part=name)
+        )
+        if self.status.finished or any(p.status is not PartStatus.COMPLETED for p in self.parts):
+            return False
+        self.status = RestoreStatus.COMPLETED
+        self.completed_at = now
+        self.events.append(
+            RestoreCompleted(restore_id=uuid.UUID(self.id), backup_id=uuid.UUID(self.backup_id), parts=self.part_names)
+        )
+        return True
+
+    def fail_part(self, name: BackupPart, reason: str, now: datetime) -> None:
+        """Marks the part failed and, with it, the restore (once), keeping the reason in both."""
+        part = self.part(name)
+        part.status = PartStatus.FAILED
+        part.error = _reason(reason)
+        part.completed_at = now
+        part.updated_at = now
+        self.events.append(
+            RestorePartFailed(
+                restore_id=uuid.UUID(self.id), backup_id=uuid.UUID(self.backup_id), part=name, reason=part.error
+            )
+        )
+        done = [p.part.value for p in self.parts if p.status is PartStatus.COMPLETED]
+        also = f" (the {', '.join(done)} part was restored)" if done else ""
+        self.fail(f"{name.value} part failed: {reason}{also}", now)
+
     def fail(self, reason: str, now: datetime) -> bool:
-        """Fails the restore with its reason; False when it had already finished."""
+        """Fails the restore with its reason; False when it had already finished. Parts not started
+        are failed with it, so no worker takes them up later."""
         if self.status.finished:
             return False
         self.status = RestoreStatus.FAILED
         self.error = _reason(reason)
         self.completed_at = now
         self.updated_at = now
+        for part in self.parts:
+            if part.status is PartStatus.PENDING:
+                part.status = PartStatus.FAILED
+                part.error = "not started: the restore failed"
+                part.updated_at = now
+        self.events.append(
+            RestoreFailed(restore_id=uuid.UUID(self.id), backup_id=uuid.UUID(self.backup_id), reason=self.error)
+        )
         return True
+
+
+def target_busy(target_key: str, other_restore_id: str) -> Conflict:
+    """The refusal of a restore into a target an unfinished restore writes to."""
+    what = target_key.replace(":", " ", 1)
+    return Conflict(
+        f"restore {other_restore_id} into {what} has not finished; wait for it or restore elsewhere",
+        code="restore_in_progress",
+    )
+
+
+@dataclass(frozen=True)
+class RestoreFilter:
+    statuses: Sequence[RestoreStatus] = ()
+    backup_id: str | None = None
+    limit: int = 50
+    offset: int = 0
 
 
 @dataclass(frozen=True)

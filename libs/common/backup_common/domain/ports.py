@@ -4,7 +4,7 @@ local filesystem); unit tests pass in-memory fakes."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,7 +15,15 @@ from typing import Any, Protocol, Self
 from backup_common.domain.documents import Document, SettingsDocument
 from backup_common.domain.events import BackupPart, Event
 from backup_common.domain.jobs import Lease, ReapResult
-from backup_common.domain.model import AuditEntry, Backup, BackupFilter, CatalogStats, Idempotency, Restore
+from backup_common.domain.model import (
+    AuditEntry,
+    Backup,
+    BackupFilter,
+    CatalogStats,
+    Idempotency,
+    Restore,
+    RestoreFilter,
+)
 
 
 class PublishError(Exception):
@@ -81,14 +89,26 @@ class BackupRepository(Protocol):
 
 
 class RestoreRepository(Protocol):
-    async def add(self, restore: Restore) -> None: ...
+    async def add(self, restore: Restore, target_keys: Sequence[str]) -> None:
+        """Records a new restore holding ``target_keys`` until it finishes; raises Conflict when an
+        unfinished restore holds one of them."""
 
     async def get(self, restore_id: str, *, for_update: bool = False) -> Restore | None: ...
 
-    async def save(self, restore: Restore) -> None: ...
+    async def save(self, restore: Restore) -> None:
+        """Writes the restore, its parts and its events (at commit); a finished one frees its targets."""
 
-    async def list(self, limit: int, offset: int) -> tuple[list[Restore], int]:
-        """One page of restores, newest first, and how many there are."""
+    async def record_progress(self, lease: Lease, restore_id: str, part: BackupPart, progress: dict[str, Any]) -> None:
+        """Updates a running part's progress, unless ``lease`` is no longer the part's current lease."""
+
+    async def waiting_on(self, safety_backup_id: str) -> Restore | None:
+        """The restore waiting for this safety backup, locked until the unit of work ends."""
+
+    async def unfinished_of(self, backup_id: str) -> list[str]:
+        """The ids of the pending or running restores of a backup."""
+
+    async def list(self, query: RestoreFilter) -> tuple[list[Restore], int]:
+        """One page of restores, newest first, and how many match the filter."""
 
 
 class DocumentRepository(Protocol):
@@ -209,6 +229,9 @@ class WrappedKey:
 class KeyStore(Protocol):
     async def data_key(self, backup_id: str) -> bytes:
         """The backup's data key, created on first use (the same for every part of one backup)."""
+
+    async def existing_key(self, backup_id: str) -> bytes | None:
+        """The backup's data key; None when it has none (never created, or destroyed)."""
 
     async def wrapped(self, backup_id: str) -> WrappedKey | None: ...
 

@@ -107,6 +107,21 @@ def filesystem_usage(directory: Path) -> tuple[int, int] | None:
     return None
 
 
+def directory_inside(root: Path, requested: str) -> Path:
+    """``requested``, an absolute path, resolved (symbolic links followed) when it lies inside ``root``
+    (resolved too); ValueError, saying why, otherwise. Blocking: it reads the filesystem."""
+    if "\x00" in requested:
+        raise ValueError("the directory contains a NUL character")
+    path = Path(requested)
+    if not path.is_absolute():
+        raise ValueError(f"the directory {requested!r} must be an absolute path")
+    base = root.resolve()
+    resolved = path.resolve()
+    if resolved == base or not resolved.is_relative_to(base):
+        raise ValueError(f"the directory {requested!r} must be below the restore directory {base} (BACKUP_RESTORE_DIR)")
+    return resolved
+
+
 class LocalStorage:
     """``BackupStorage`` on a local directory (or a mounted volume)."""
 

@@ -14,32 +14,41 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from backup_common.adapters.settings import SettingsError
 from backup_common.domain.documents import SettingsDocument
-from backup_common.domain.events import BackupPart, BackupRequested, parse_event
-from backup_common.domain.jobs import Lease, LeaseLost, parse_part_job_key, part_job_key
-from backup_common.domain.model import Backup, PartResult
-from backup_common.domain.ports import BackupStorage, Ports, read_settings
+from backup_common.domain.errors import DomainError
+from backup_common.domain.events import BackupPart, BackupRequested, RestoreRequested, parse_event
+from backup_common.domain.jobs import Lease, LeaseLost, parse_job_key, part_job_key
+from backup_common.domain.model import Backup, BackupStatus, PartResult, Trigger
+from backup_common.domain.ports import BackupStorage, Heartbeat, Ports, UnitOfWork, read_settings
 from backup_common.engine.archive import ArchiveError
 from backup_common.engine.crypto import KeyUnwrapError, archive_password
 from backup_common.engine.storage import encryption_info
 
 log = logging.getLogger(__name__)
 
+Request = TypeVar("Request", BackupRequested, RestoreRequested)
+PROGRESS_SECONDS = 1.0
+
 
 class PartFailure(Exception):
     """The part cannot be made; the message is the reason recorded for the operator."""
 
 
+# Failures with a reason for the operator; anything else is also logged with its traceback.
+EXPECTED_FAILURES = (PartFailure, SettingsError, OSError, ArchiveError, KeyUnwrapError, DomainError)
+
+
 def failure_reason(exc: BaseException) -> str:
-    if isinstance(exc, PartFailure | SettingsError | KeyUnwrapError | ArchiveError):
+    if isinstance(exc, PartFailure | SettingsError | KeyUnwrapError | ArchiveError | DomainError):
         return str(exc)
     if isinstance(exc, OSError):
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
@@ -130,6 +139,7 @@ class PartJobs:
                 wrapped = await self._ports.keys.wrapped(backup_id)
                 await self._ports.storage.write_manifest(backup, encryption_info(wrapped))
             await uow.backups.save(backup)
+            await settle_waiting_restore(uow, backup, self._ports.clock())
             await uow.commit()
         return completed
 
@@ -141,48 +151,71 @@ class PartJobs:
             if backup is not None:
                 backup.fail_part(part, reason, self._ports.clock())
                 await uow.backups.save(backup)
-            await uow.commit()
-
-    async def release(self, lease: Lease, event: BackupRequested, reason: str) -> None:
-        """Gives the job back (e.g. at shutdown) and asks for it again, so another worker resumes it."""
-        async with self._ports.uow() as uow:
-            await uow.leases.release(lease, reason)
-            await uow.outbox.add(event.model_copy(update={"event_id": uuid.uuid4()}))
-            await uow.commit()
-
-    async def reap(self, max_attempts: int) -> None:
-        """Re-requests parts whose worker was lost, or fails them after too many losses."""
-        async with self._ports.uow() as uow:
-            result = await uow.leases.reap(max_attempts)
-            for job in result.requeue:
-                if job.payload is None:
-                    continue
-                event = parse_event(json.dumps(job.payload))
-                log.warning("worker %s lost %s; requesting it again", job.holder, job.job_key)
-                await uow.outbox.add(event.model_copy(update={"event_id": uuid.uuid4()}))
-            for job in result.failed:
-                parsed = parse_part_job_key(job.job_key)
-                if parsed is None:
-                    continue
-                backup = await uow.backups.get(parsed[0], for_update=True)
-                if backup is not None:
-                    reason = f"the worker was lost {job.attempts} times; giving up"
-                    backup.fail_part(parsed[1], reason, self._ports.clock())
-                    await uow.backups.save(backup)
+                await settle_waiting_restore(uow, backup, self._ports.clock())
             await uow.commit()
 
 
-async def fail_restore(ports: Ports, restore_id: str, reason: str) -> None:
-    """Fails a restore with its reason (a no-op once it has finished)."""
+async def settle_waiting_restore(uow: UnitOfWork, backup: Backup, now: datetime) -> None:
+    """Lets the restore waiting for this safety backup go ahead, or fails it, once the backup ended."""
+    if backup.trigger is not Trigger.PRE_RESTORE or backup.status not in (BackupStatus.COMPLETED, BackupStatus.FAILED):
+        return
+    restore = await uow.restores.waiting_on(backup.id)
+    if restore is not None:
+        restore.safety_backup_finished(backup, now)
+        await uow.restores.save(restore)
+
+
+async def reap_jobs(ports: Ports, max_attempts: int) -> None:
+    """Re-requests the jobs (backup or restore parts) whose worker was lost, or fails them after too
+    many losses."""
     async with ports.uow() as uow:
-        restore = await uow.restores.get(restore_id, for_update=True)
-        if restore is None:
-            log.warning("restore %s is not in the catalog; ignoring its request", restore_id)
-            return
-        if restore.fail(reason, ports.clock()):
-            await uow.restores.save(restore)
-            await uow.commit()
-            log.warning("restore %s failed: %s", restore_id, reason)
+        result = await uow.leases.reap(max_attempts)
+        for job in result.requeue:
+            if job.payload is None:
+                continue
+            event = parse_event(json.dumps(job.payload))
+            log.warning("worker %s lost %s; requesting it again", job.holder, job.job_key)
+            await uow.outbox.add(event.model_copy(update={"event_id": uuid.uuid4()}))
+        now = ports.clock()
+        for job in result.failed:
+            parsed = parse_job_key(job.job_key)
+            if parsed is None:
+                continue
+            kind, job_id, part = parsed
+            reason = f"the worker was lost {job.attempts} times; giving up"
+            if kind == "backup":
+                backup = await uow.backups.get(job_id, for_update=True)
+                if backup is not None:
+                    backup.fail_part(part, reason, now)
+                    await uow.backups.save(backup)
+                    await settle_waiting_restore(uow, backup, now)
+            else:
+                restore = await uow.restores.get(job_id, for_update=True)
+                if restore is not None and not restore.part(part).status.finished:
+                    restore.fail_part(part, reason, now)
+                    await uow.restores.save(restore)
+        await uow.commit()
+
+
+@contextlib.asynccontextmanager
+async def reporting(
+    send: Callable[[dict[str, Any]], Awaitable[None]], snapshot: Callable[[], dict[str, Any]]
+) -> AsyncIterator[None]:
+    """Sends ``snapshot()`` every PROGRESS_SECONDS while the block runs: for work done in a thread,
+    which cannot await the catalog itself."""
+
+    async def report() -> None:
+        while True:
+            await asyncio.sleep(PROGRESS_SECONDS)
+            await send(snapshot())
+
+    reporter = asyncio.create_task(report())
+    try:
+        yield
+    finally:
+        reporter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reporter
 
 
 @dataclass
@@ -222,28 +255,50 @@ class PartJob:
 Producer = Callable[[PartJob], Awaitable[PartResult]]
 
 
-class PartWorker:
-    """Runs the jobs of one part: claims on request, then works while the message is long acknowledged."""
+class JobWorker(Generic[Request]):
+    """Runs leased jobs: claims on request, then works while the message is long acknowledged.
 
-    def __init__(self, part: BackupPart, produce: Producer, ports: Ports, metrics: JobMetrics) -> None:
+    Subclasses say how a request is claimed, worked, failed and handed back; this runs each job as a
+    task kept alive by its lease's heartbeat, counts it, and turns every failure into a reason.
+    """
+
+    def __init__(self, part: BackupPart, ports: Ports, metrics: JobMetrics) -> None:
         self.part = part
-        self._produce = produce
         self._ports = ports
         self._metrics = metrics
-        self.jobs = PartJobs(ports)
-        self._running: dict[str, tuple[asyncio.Task[None], Lease, BackupRequested]] = {}
+        self._running: dict[str, tuple[asyncio.Task[None], Lease, Request]] = {}
 
-    async def start(self, event: BackupRequested) -> None:
-        """Claims the part and starts its job; returns at once (the job runs on). A request for a
-        backup without this part, or whose part is done or held by a live worker, is a no-op."""
+    def _describe(self, event: Request) -> str:
+        raise NotImplementedError
+
+    async def _claim(self, event: Request) -> Lease | None:
+        raise NotImplementedError
+
+    async def _work(self, event: Request, heartbeat: Heartbeat) -> None:
+        """Does the job and records its completion, fenced by ``heartbeat.lease``."""
+        raise NotImplementedError
+
+    async def _fail(self, lease: Lease, event: Request, reason: str) -> None:
+        raise NotImplementedError
+
+    async def _release(self, lease: Lease, event: Request, reason: str) -> None:
+        """Gives the job back (e.g. at shutdown) and asks for it again, so another worker resumes it."""
+        async with self._ports.uow() as uow:
+            await uow.leases.release(lease, reason)
+            await uow.outbox.add(event.model_copy(update={"event_id": uuid.uuid4()}))
+            await uow.commit()
+
+    async def start(self, event: Request) -> None:
+        """Claims the job and starts it; returns at once (the job runs on). A request without this
+        worker's part, or whose job is done or held by a live worker, is a no-op."""
         if self.part not in event.parts:
             return
-        lease = await self.jobs.claim(event, self.part)
+        lease = await self._claim(event)
         if lease is None:
-            log.info("backup %s: %s part already done or in progress elsewhere", event.backup_id, self.part.value)
+            log.info("%s: already done or in progress elsewhere", self._describe(event))
             return
         # Claim, then acknowledge: the job outlives the message, kept alive by its lease.
-        task = asyncio.create_task(self._run(lease, event), name=f"{self.part.value}-{event.backup_id}")
+        task = asyncio.create_task(self._run(lease, event), name=lease.job_key)
         self._running[lease.job_key] = (task, lease, event)
         task.add_done_callback(lambda _: self._running.pop(lease.job_key, None))
 
@@ -259,36 +314,57 @@ class PartWorker:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
             with contextlib.suppress(Exception):
-                await self.jobs.release(lease, event, "the worker was stopped")
+                await self._release(lease, event, "the worker was stopped")
 
-    async def _run(self, lease: Lease, event: BackupRequested) -> None:
-        backup_id = str(event.backup_id)
-        part = self.part.value
+    async def _run(self, lease: Lease, event: Request) -> None:
+        what = self._describe(event)
         self._metrics.running.labels(self._metrics.service).inc()
         started = time.monotonic()
         try:
-            async with self._ports.leases.keep_alive(lease) as keeper:
-                job = await self._prepare(backup_id, lambda: keeper.lease)
-                result = await self._produce(job)
-                keeper.check()
-                await self.jobs.complete(keeper.lease, backup_id, self.part, result)
+            async with self._ports.leases.keep_alive(lease) as heartbeat:
+                await self._work(event, heartbeat)
             self._metrics.finished("completed")
-            log.info("backup %s: %s part completed in %.1f s", backup_id, part, time.monotonic() - started)
+            log.info("%s completed in %.1f s", what, time.monotonic() - started)
         except LeaseLost:
             self._metrics.finished("lease_lost")
-            log.warning("backup %s: lost the lease; another worker owns the %s part now", backup_id, part)
+            log.warning("%s: lost the lease; another worker owns the job now", what)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             self._metrics.finished("failed")
             reason = failure_reason(exc)
-            log.error("backup %s: %s part failed: %s", backup_id, part, reason)
-            if not isinstance(exc, PartFailure | SettingsError | OSError | ArchiveError | KeyUnwrapError):
+            log.error("%s failed: %s", what, reason)
+            if not isinstance(exc, EXPECTED_FAILURES):
                 log.exception("unexpected failure")
             with contextlib.suppress(LeaseLost):
-                await self.jobs.fail(lease, backup_id, self.part, reason)
+                await self._fail(lease, event, reason)
         finally:
             self._metrics.running.labels(self._metrics.service).dec()
+
+
+class PartWorker(JobWorker[BackupRequested]):
+    """Makes one part (database or files) of the backups requested."""
+
+    def __init__(self, part: BackupPart, produce: Producer, ports: Ports, metrics: JobMetrics) -> None:
+        super().__init__(part, ports, metrics)
+        self._produce = produce
+        self.jobs = PartJobs(ports)
+
+    def _describe(self, event: BackupRequested) -> str:
+        return f"backup {event.backup_id}: {self.part.value} part"
+
+    async def _claim(self, event: BackupRequested) -> Lease | None:
+        return await self.jobs.claim(event, self.part)
+
+    async def _work(self, event: BackupRequested, heartbeat: Heartbeat) -> None:
+        backup_id = str(event.backup_id)
+        job = await self._prepare(backup_id, lambda: heartbeat.lease)
+        result = await self._produce(job)
+        heartbeat.check()
+        await self.jobs.complete(heartbeat.lease, backup_id, self.part, result)
+
+    async def _fail(self, lease: Lease, event: BackupRequested, reason: str) -> None:
+        await self.jobs.fail(lease, str(event.backup_id), self.part, reason)
 
     async def _prepare(self, backup_id: str, lease: Callable[[], Lease]) -> PartJob:
         backup = await self.jobs.backup(backup_id)

@@ -33,7 +33,7 @@ from backup_common.adapters.mysql.outbox import OutboxRelay, RetryPolicy
 from backup_common.adapters.mysql.processed import MysqlProcessedMessages
 from backup_common.adapters.mysql.uow import unit_of_work_factory
 from backup_common.adapters.runtime.health import ServiceMetrics, healthz, metrics_response, readiness
-from backup_common.adapters.runtime.jobs import PartJobs, PartWorker
+from backup_common.adapters.runtime.jobs import JobWorker, reap_jobs
 from backup_common.adapters.settings import Settings, SettingsError, load_settings
 from backup_common.domain.events import Event
 from backup_common.domain.jobs import MAX_JOB_ATTEMPTS
@@ -59,10 +59,19 @@ class Service:
     reaps_leases: bool = False  # re-requests (or fails) the jobs of workers that were lost
 
 
-def part_worker_service(name: str, handlers: HandlerTable, worker: PartWorker) -> Service:
-    """A service whose handlers start part jobs: it gives them back when it stops, and reaps the
-    leases of lost workers."""
-    return Service(name, handlers, stop=worker.shutdown, wait_idle=worker.wait_idle, reaps_leases=True)
+def job_worker_service(name: str, handlers: HandlerTable, *workers: JobWorker[Any]) -> Service:
+    """A service whose handlers start leased jobs (backup and restore parts): it gives them back when
+    it stops, and reaps the leases of lost workers."""
+
+    async def stop() -> None:
+        for worker in workers:
+            await worker.shutdown()
+
+    async def wait_idle() -> None:
+        for worker in workers:
+            await worker.wait_idle()
+
+    return Service(name, handlers, stop=stop, wait_idle=wait_idle, reaps_leases=True)
 
 
 Bootstrap = Callable[[Settings, Ports, CollectorRegistry], Service]
@@ -180,12 +189,11 @@ async def _started(task: asyncio.Task[Consumer]) -> Consumer | None:
 
 
 async def _reap_forever(running: Running) -> None:
-    jobs = PartJobs(running.ports)
     interval = max(1.0, running.settings.lease_seconds / 2)
     while True:
         await asyncio.sleep(interval)
         try:
-            await jobs.reap(MAX_JOB_ATTEMPTS)
+            await reap_jobs(running.ports, MAX_JOB_ATTEMPTS)
         except Exception:
             log.exception("lease reaping failed; will try again")
 

@@ -1,0 +1,199 @@
+"""The life of one restore part around the work of restoring it: claim, lease, progress, completion
+and failure, as for a backup part (see jobs.py), written against the ports only.
+
+The restore is completed by the completion of its last part and failed by the failure of any; a
+part not started by then is never taken up. Every write is fenced by the part's lease.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from backup_common.adapters.runtime.jobs import JobMetrics, JobWorker, PartFailure
+from backup_common.domain.documents import SettingsDocument
+from backup_common.domain.events import BackupPart, RestoreRequested
+from backup_common.domain.jobs import Lease, restore_job_key
+from backup_common.domain.model import Backup, BackupStatus, Restore
+from backup_common.domain.ports import Heartbeat, Ports, read_settings
+from backup_common.engine.crypto import archive_password
+from backup_common.engine.locate import MAX_CHAIN
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StoredPart:
+    """A backup's part as storage holds it, with the password of its archive."""
+
+    backup_id: str
+    archive: Path
+    manifest: dict[str, Any]
+    password: str | None
+
+
+class RestoreJobs:
+    """The catalog side of restore part jobs: each method is one unit of work."""
+
+    def __init__(self, ports: Ports) -> None:
+        self._ports = ports
+
+    async def claim(self, event: RestoreRequested, part: BackupPart) -> Lease | None:
+        """Takes the part's job unless the restore or the part is finished or a live worker holds it."""
+        restore_id = str(event.restore_id)
+        async with self._ports.uow() as uow:
+            restore = await uow.restores.get(restore_id)
+        if restore is None or not restore.has_part(part):
+            log.warning("restore %s has no %s part in the catalog; ignoring the request", restore_id, part.value)
+            return None
+        if restore.status.finished or restore.part(part).status.finished:
+            return None
+        payload = json.loads(event.to_json())
+        lease = await self._ports.leases.claim(restore_job_key(restore_id, part), self._ports.holder, payload)
+        if lease is None:
+            return None
+        async with self._ports.uow() as uow:
+            await uow.leases.fence(lease)
+            restore = await uow.restores.get(restore_id, for_update=True)
+            if restore is None or restore.status.finished or restore.part(part).status.finished:
+                await uow.leases.complete(lease)
+                await uow.commit()
+                return None
+            restore.start_part(part, lease.attempts, self._ports.clock())
+            await uow.restores.save(restore)
+            await uow.commit()
+        return lease
+
+    async def progress(self, lease: Lease, restore_id: str, part: BackupPart, progress: dict[str, Any]) -> None:
+        async with self._ports.uow() as uow:
+            await uow.restores.record_progress(lease, restore_id, part, progress)
+            await uow.commit()
+
+    async def complete(self, lease: Lease, restore_id: str, part: BackupPart, progress: dict[str, Any]) -> bool:
+        """Records the part; returns True when this completion completed the whole restore."""
+        async with self._ports.uow() as uow:
+            await uow.leases.fence(lease)
+            restore = await uow.restores.get(restore_id, for_update=True)
+            if restore is None:
+                raise PartFailure(f"restore {restore_id} vanished from the catalog")
+            completed = restore.complete_part(part, progress, self._ports.clock())
+            await uow.leases.complete(lease)
+            await uow.restores.save(restore)
+            await uow.commit()
+        return completed
+
+    async def fail(self, lease: Lease, restore_id: str, part: BackupPart, reason: str) -> None:
+        async with self._ports.uow() as uow:
+            await uow.leases.fence(lease)
+            await uow.leases.fail(lease, reason)
+            restore = await uow.restores.get(restore_id, for_update=True)
+            if restore is not None:
+                restore.fail_part(part, reason, self._ports.clock())
+                await uow.restores.save(restore)
+            await uow.commit()
+
+    async def restore_and_backup(self, restore_id: str) -> tuple[Restore, Backup]:
+        async with self._ports.uow() as uow:
+            restore = await uow.restores.get(restore_id)
+            if restore is None:
+                raise PartFailure(f"restore {restore_id} is not in the catalog")
+            backup = await uow.backups.get(restore.backup_id)
+        if backup is None or backup.status is not BackupStatus.COMPLETED:
+            state = "not in the catalog" if backup is None else backup.status.value
+            raise PartFailure(f"backup {restore.backup_id} is {state}; only a completed backup can be restored")
+        return restore, backup
+
+    async def stored_part(self, backup: Backup, part: BackupPart) -> StoredPart:
+        """Where the part's archive is, its manifest, and the password its data key gives."""
+        record = backup.part(part)
+        if record.file_name is None:
+            raise PartFailure(f"backup {backup.id} records no archive for its {part.value} part")
+        try:
+            manifest = await self._ports.storage.read_part_manifest(backup, part)
+        except OSError as exc:
+            raise PartFailure(
+                f"backup {backup.id}: the {part.value} part manifest is unreadable ({exc.strerror or exc})"
+            ) from exc
+        password = None
+        if (manifest.get("encryption") or {}).get("scheme", "none") != "none":
+            key = await self._ports.keys.existing_key(backup.id)
+            if key is None:
+                raise PartFailure(f"backup {backup.id} has no data key any more (it was crypto-erased)")
+            password = archive_password(key)
+        return StoredPart(backup.id, self._ports.storage.directory(backup) / record.file_name, manifest, password)
+
+    async def files_chain(self, backup: Backup) -> list[StoredPart]:
+        """The files parts a restore of ``backup`` replays: its complete base first, then each
+        incremental up to ``backup``."""
+        chain = [await self.stored_part(backup, BackupPart.FILES)]
+        while (parent_id := chain[-1].manifest.get("parent_id")) is not None:
+            if len(chain) > MAX_CHAIN:
+                raise PartFailure(f"the chain of backup {backup.id} is longer than {MAX_CHAIN} backups")
+            async with self._ports.uow() as uow:
+                parent = await uow.backups.get(str(parent_id))
+            if parent is None or parent.status is not BackupStatus.COMPLETED:
+                state = "gone from the catalog" if parent is None else parent.status.value
+                raise PartFailure(f"backup {chain[-1].backup_id} is an incremental on {parent_id}, which is {state}")
+            chain.append(await self.stored_part(parent, BackupPart.FILES))
+        return chain[::-1]
+
+
+@dataclass
+class RestoreJob:
+    """What a part's restorer is given: the restore, the backup, the settings and fenced callbacks."""
+
+    restore: Restore
+    backup: Backup
+    part: BackupPart
+    settings: SettingsDocument
+    lease: Callable[[], Lease]
+    jobs: RestoreJobs
+
+    @property
+    def staging_name(self) -> str:
+        """Names the staging copies of this restore: the same on every attempt, so a retry after a
+        lost worker finds and removes what the lost one left."""
+        return "bk_restore_" + self.restore.id.replace("-", "")[:16]
+
+    async def progress(self, progress: dict[str, Any]) -> None:
+        await self.jobs.progress(self.lease(), self.restore.id, self.part, progress)
+
+    async def stored_part(self) -> StoredPart:
+        return await self.jobs.stored_part(self.backup, self.part)
+
+    async def files_chain(self) -> list[StoredPart]:
+        return await self.jobs.files_chain(self.backup)
+
+
+# Restores the part, checking everything before it touches a live target; returns its final progress.
+Restorer = Callable[[RestoreJob], Awaitable[dict[str, Any]]]
+
+
+class RestoreWorker(JobWorker[RestoreRequested]):
+    """Restores one part (database or files) of the restores requested."""
+
+    def __init__(self, part: BackupPart, restore: Restorer, ports: Ports, metrics: JobMetrics) -> None:
+        super().__init__(part, ports, metrics)
+        self._restore = restore
+        self.jobs = RestoreJobs(ports)
+
+    def _describe(self, event: RestoreRequested) -> str:
+        return f"restore {event.restore_id} of backup {event.backup_id}: {self.part.value} part"
+
+    async def _claim(self, event: RestoreRequested) -> Lease | None:
+        return await self.jobs.claim(event, self.part)
+
+    async def _work(self, event: RestoreRequested, heartbeat: Heartbeat) -> None:
+        restore, backup = await self.jobs.restore_and_backup(str(event.restore_id))
+        settings = await read_settings(self._ports.uow)
+        job = RestoreJob(restore, backup, self.part, settings, lambda: heartbeat.lease, self.jobs)
+        progress = await self._restore(job)
+        heartbeat.check()
+        await self.jobs.complete(heartbeat.lease, restore.id, self.part, progress)
+
+    async def _fail(self, lease: Lease, event: RestoreRequested, reason: str) -> None:
+        await self.jobs.fail(lease, str(event.restore_id), self.part, reason)
