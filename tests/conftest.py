@@ -41,6 +41,7 @@ def settings(servers: ServiceEndpoints, jwt_secret: str, tmp_path_factory: pytes
         uploads_dir=root / "app" / "uploads",
         configs_dir=root / "app" / "configs",
         logs_dir=root / "app" / "logs",
+        restore_dir=root / "restores",
         outbox_poll_seconds=0.2,
     )
 

@@ -53,11 +53,14 @@ def free_port() -> int:
 
 
 class RunningSystem:
-    def __init__(self, process: subprocess.Popen[str], output: list[str], base_url: str, settings: Settings) -> None:
+    def __init__(
+        self, process: subprocess.Popen[str], output: list[str], base_url: str, settings: Settings, source_url: str = ""
+    ) -> None:
         self.process = process
         self.output = output  # what `make run` printed so far
         self.base_url = base_url
         self.settings = settings
+        self.source_url = source_url  # the application database the services back up
 
     def log_tail(self, lines: int = 60) -> str:
         return "".join(self.output[-lines:])
@@ -132,6 +135,7 @@ def system_env(
             "BACKUP_UPLOADS_DIR": str(settings.uploads_dir),
             "BACKUP_CONFIGS_DIR": str(settings.configs_dir),
             "BACKUP_LOGS_DIR": str(settings.logs_dir),
+            "BACKUP_RESTORE_DIR": str(settings.restore_dir),
             **extra,
         }
     )
@@ -170,7 +174,9 @@ async def make_run(settings: Settings, servers: ServiceEndpoints, jwt_secret: st
     assert not await catalog_exists(run_settings.catalog)
     process, output = await asyncio.to_thread(start, ["make", "--no-print-directory", "run"], env, REPO, port)
     try:
-        yield RunningSystem(process, output, f"http://127.0.0.1:{port}", run_settings)
+        yield RunningSystem(
+            process, output, f"http://127.0.0.1:{port}", run_settings, servers.mysql_url(source.database)
+        )
     finally:
         code = await asyncio.to_thread(stop, process)
         await db.drop_database(run_settings.catalog)
@@ -265,6 +271,29 @@ async def test_make_run_serves_the_api_with_auth_and_sends_one_event_per_backup(
     assert response.status == 200
     assert len(archive) == body["backup"]["parts"][0]["size_bytes"]
     assert archive[:4] == b"PK\x03\x04"
+
+    # A restore in place of the full backup after rows were lost: safety backup first, then both parts.
+    source = MysqlTarget(system.source_url)
+    pool = await db.create_pool(source, maxsize=1)
+    try:
+        async with db.transaction(pool) as conn:
+            await db.execute(conn, "DELETE FROM accounts WHERE id > 1")
+        full_id = created[0]
+        status, body = await system.request("POST", f"{API}/{full_id}/restore", {"confirm": full_id}, token=admin)
+        assert status == 202, f"{body}\n{system.log_tail()}"
+        restore_id = body["restore"]["id"]
+        async with asyncio.timeout(90):
+            while True:
+                status, body = await system.request("GET", f"{API}/restores/{restore_id}", token=admin)
+                if body["restore"]["status"] in ("completed", "failed"):
+                    break
+                await asyncio.sleep(0.25)
+        assert body["restore"]["status"] == "completed", f"{body}\n{system.log_tail()}"
+        assert body["restore"]["safety_backup_id"] is not None
+        async with db.transaction(pool) as conn:
+            assert [row["id"] for row in await db.fetch_all(conn, "SELECT id FROM accounts ORDER BY id")] == [1, 2, 3]
+    finally:
+        await db.close_pool(pool)
 
 
 async def test_make_run_without_secrets_creates_local_ones_and_prints_a_working_admin_token(

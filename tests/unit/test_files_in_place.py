@@ -128,6 +128,18 @@ def test_a_tree_the_backup_does_not_have_is_left_alone(app: Path, archives: Path
     assert snapshot(app) == {**tree, **logs}
 
 
+def test_a_backup_that_found_none_of_the_trees_restores_nothing_and_leaves_them_alone(
+    app: Path, archives: Path
+) -> None:
+    chain = [backup(archives, {}, roots={})]
+    before = {tree: (everything(app / tree), root_of(app / tree)) for tree in TREES}
+
+    restore(chain, app)
+
+    assert {tree: (everything(app / tree), root_of(app / tree)) for tree in TREES} == before
+    assert sorted(os.listdir(app)) == sorted(TREES)
+
+
 def test_an_empty_tree_the_backup_found_is_restored_empty(app: Path, archives: Path) -> None:
     tree = {path: node for path, node in BACKUP.items() if not path.startswith("logs/")}
     chain = [backup(archives, tree)]

@@ -134,7 +134,7 @@ def restore_trees(
         _close(staged, failed=True)
         raise
     _close(staged, failed=False)
-    where = ", ".join(dict.fromkeys(str(unit.root) for unit in units))
+    where = ", ".join(dict.fromkeys(str(unit.root) for unit in units)) or "(no tree)"
     summary = summarize(where, plans, selection, written, deleted)
     report.phase("done")
     log.info(
@@ -216,7 +216,9 @@ def _plan_units(last: Plan, selection: Selection, roots: Mapping[str, Path], *, 
         have = backup_trees(last.link.manifest)
         prefixes = [tree for tree in have if tree in roots]
         if not prefixes:
-            raise RestoreError(f"nothing to restore: the backup has none of the trees {', '.join(roots) or '(none)'}")
+            # A backup taken while none of the trees existed: it restores to nothing, and a tree the
+            # backup does not have is left alone, as for any other backup.
+            log.warning("the backup holds none of the trees %s: nothing to restore", ", ".join(roots) or "(none)")
         for tree in have:
             if tree not in roots:
                 log.warning("the backup has the tree %s, but no directory was given for it: left out", tree)
