@@ -44,6 +44,8 @@ SAMPLE_VALUES: dict[str, Any] = {
     "item_count": 42,
     "reason": "disk full",
     "restore_id": str(RESTORE_ID),
+    "phase": "loading",
+    "progress": {"phase": "loading", "bytes_done": 10, "bytes_total": 20},
 }
 ENVELOPE_FIELDS = {"event_id", "occurred_at", "schema_version", "backup_id", "type"}
 
@@ -231,7 +233,7 @@ def test_every_event_has_its_own_routing_key() -> None:
 def test_every_event_type_is_listed_once() -> None:
     names = [model.__name__ for model in EVENT_TYPES]
 
-    assert len(set(names)) == len(names) == 15
+    assert len(set(names)) == len(names) == 16
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ fail, are handed back and are reaped."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,13 +17,14 @@ from prometheus_client import CollectorRegistry
 from backup_common.adapters.runtime.jobs import reap_jobs
 from backup_common.adapters.runtime.service import Service
 from backup_common.adapters.settings import Settings
-from backup_common.domain.errors import Conflict, InvalidRequest
+from backup_common.domain.errors import Conflict, InvalidRequest, Unavailable
 from backup_common.domain.events import (
     BackupPart,
     BackupRequested,
     BackupType,
     RestoreCompleted,
     RestoreFailed,
+    RestorePartProgressed,
     RestoreRequested,
 )
 from backup_common.domain.jobs import MAX_JOB_ATTEMPTS, restore_job_key
@@ -39,6 +41,7 @@ from backup_common.domain.model import (
 from backup_common.engine.database.dump import DumpError
 from backup_common.engine.database.load import LoadError
 from backup_common.engine.database.restore import DatabaseRestoreProgress, DatabaseRestoreSummary
+from backup_common.engine.database.sql import SqlError
 from backup_common.engine.database.target import MysqlTarget
 from backup_database.bootstrap import bootstrap
 from backup_gateway import handlers
@@ -64,6 +67,8 @@ class FakeRestore:
     async def __call__(self, archive: Path, manifest: dict[str, Any], server: Any, database: str, **kwargs: Any) -> Any:
         self.calls.append({"archive": archive, "manifest": manifest, "database": database, **kwargs})
         self.started.set()
+        await kwargs["progress"](DatabaseRestoreProgress("checking", 0, 20, 0, 2, 0))
+        await kwargs["progress"](DatabaseRestoreProgress("loading", 5, 20, 0, 2, 2))
         await kwargs["progress"](DatabaseRestoreProgress("loading", 10, 20, 1, 2, 5))
         await self.release.wait()
         if self.error is not None:
@@ -145,6 +150,8 @@ async def test_a_restore_in_place_takes_its_safety_backup_first_then_restores_an
     assert part.progress is not None
     assert part.progress["dropped_tables"] == ["stray"]
     assert len(system.catalog.events(RestoreCompleted)) == 1
+    announced = system.catalog.events(RestorePartProgressed)
+    assert [(event.part, event.phase) for event in announced] == [(DATABASE, "checking"), (DATABASE, "loading")]
     assert system.catalog.restore_targets == {}
 
 
@@ -337,3 +344,20 @@ async def test_a_restore_request_for_the_files_alone_is_left_to_the_files_worker
 
     assert engine.calls == []
     assert [type(e) for e in system.catalog.outbox].count(BackupRequested) == 2
+
+
+class DownServer(NoServer):
+    async def connect(self, database: str | None = None) -> Any:
+        raise SqlError(2003, "Can't connect to server on 'db.internal'")
+
+
+async def test_a_target_database_that_cannot_be_checked_is_refused_as_unavailable(system: FakeSystem) -> None:
+    service = service_with(system, FakeRestore())
+    backup = await completed_backup(system, service)
+    targets = dataclasses.replace(TARGETS, source=DownServer())
+
+    with pytest.raises(Unavailable, match="cannot see whether database copy is empty"):
+        await handlers.request_restore(
+            system.ports, targets, backup.id, RestoreSpec(target=RestoreTarget(database="copy")), requested_by="bob"
+        )
+    assert system.catalog.restores == {}

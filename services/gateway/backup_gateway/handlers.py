@@ -17,7 +17,7 @@ from typing import Any
 
 from backup_common.adapters.runtime.service import Handlers
 from backup_common.domain.documents import DOCUMENTS
-from backup_common.domain.errors import Conflict, InvalidRequest, NotFound
+from backup_common.domain.errors import Conflict, InvalidRequest, NotFound, Unavailable
 from backup_common.domain.events import BackupPart, BackupType
 from backup_common.domain.model import (
     SYSTEM_DATABASES,
@@ -34,7 +34,7 @@ from backup_common.domain.model import (
 from backup_common.domain.ports import DuplicateRequest, Ports, StoredDocument
 from backup_common.domain.ports import read_document as read_stored_document
 from backup_common.engine.database.restore import database_objects, unknown_tables
-from backup_common.engine.database.sql import SqlServer
+from backup_common.engine.database.sql import SqlError, SqlServer
 from backup_common.engine.files.in_place import non_empty_trees, unknown_paths
 from backup_common.engine.storage import directory_inside
 
@@ -220,7 +220,14 @@ async def _check_target_is_free(targets: RestoreTargets, restore: Restore) -> No
     if target.replace or target.in_place:
         return
     if target.database is not None:
-        held = await database_objects(targets.source, target.database)
+        try:
+            held = await database_objects(targets.source, target.database)
+        except SqlError as exc:
+            source = targets.source.target
+            raise Unavailable(
+                f"cannot see whether database {target.database} is empty: the source server"
+                f" {source.host}:{source.port} answered {exc.message}"
+            ) from exc
         if held:
             listed = ", ".join(f"{count} {kind}" for kind, count in held.items())
             raise Conflict(

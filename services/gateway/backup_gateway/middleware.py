@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from backup_common.adapters.runtime.service import RUNNING
 from backup_common.adapters.tokens import InvalidToken
-from backup_common.domain.errors import Conflict, DomainError, Gone, InvalidRequest, NotFound
+from backup_common.domain.errors import Conflict, DomainError, Gone, InvalidRequest, NotFound, Unavailable
 from backup_common.domain.model import AuditEntry
 from backup_gateway import handlers
 from backup_gateway.app_keys import AUDIT_DETAIL, AUDIT_TARGET, HTTP_METRICS, PRINCIPAL, REQUEST_ID, VERIFIER
@@ -23,7 +23,13 @@ log = logging.getLogger(__name__)
 
 ADMIN_PREFIX = "/api/admin/"
 
-_DOMAIN_STATUS: dict[type[DomainError], int] = {NotFound: 404, Conflict: 409, Gone: 410, InvalidRequest: 400}
+_DOMAIN_STATUS: dict[type[DomainError], int] = {
+    NotFound: 404,
+    Conflict: 409,
+    Gone: 410,
+    InvalidRequest: 400,
+    Unavailable: 503,
+}
 _HTTP_CODES = {
     400: "invalid_request",
     401: "unauthorized",

@@ -82,7 +82,7 @@ ROUTES: tuple[Route, ...] = (
         "POST", f"{API}/{BACKUP_ID}/restore", views.restore_backup, "backup.restore",
         "Restore a completed backup in place (after a safety backup), or into another database or directory;"
         " the body repeats its id as confirmation.",
-        status=202, request=RestoreRequest, response=RestoreEnvelope, errors=(400, 404, 409),
+        status=202, request=RestoreRequest, response=RestoreEnvelope, errors=(400, 404, 409, 503),
     ),
     Route(
         "DELETE", f"{API}/{BACKUP_ID}", views.delete_backup, "backup.delete",
@@ -117,7 +117,7 @@ _ERROR_TEXT = {
     404: "No such backup or restore",
     409: "Conflicts with the backup's state",
     410: "The backup's files are missing from storage",
-    503: "Not ready",
+    503: "Not ready, or a server the request needs does not answer",
 }
 
 

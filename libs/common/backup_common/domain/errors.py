@@ -25,3 +25,9 @@ class Gone(DomainError):
 
 class InvalidRequest(DomainError):
     code = "invalid_request"
+
+
+class Unavailable(DomainError):
+    """Something the request needs (a server, a directory) does not answer; trying later may work."""
+
+    code = "unavailable"

@@ -128,6 +128,17 @@ class RestoreRequested(Event):
     requested_by: str
 
 
+class RestorePartProgressed(Event):
+    """A restore part entered a new phase (checking, loading or writing, swapping, done)."""
+
+    routing_key: ClassVar[str] = "restore.part.progressed"
+    type: Literal["RestorePartProgressed"] = "RestorePartProgressed"
+    restore_id: UUID
+    part: BackupPart
+    phase: str
+    progress: dict[str, Any] = Field(default_factory=dict)
+
+
 class RestorePartCompleted(Event):
     routing_key: ClassVar[str] = "restore.part.completed"
     type: Literal["RestorePartCompleted"] = "RestorePartCompleted"
@@ -184,6 +195,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     DeleteRequested,
     BackupDeleted,
     RestoreRequested,
+    RestorePartProgressed,
     RestorePartCompleted,
     RestorePartFailed,
     RestoreCompleted,
@@ -202,6 +214,7 @@ AnyEvent = Annotated[
     | DeleteRequested
     | BackupDeleted
     | RestoreRequested
+    | RestorePartProgressed
     | RestorePartCompleted
     | RestorePartFailed
     | RestoreCompleted

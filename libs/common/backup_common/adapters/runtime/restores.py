@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 from backup_common.adapters.runtime.jobs import JobMetrics, JobWorker, PartFailure
 from backup_common.domain.documents import SettingsDocument
-from backup_common.domain.events import BackupPart, RestoreRequested
+from backup_common.domain.events import BackupPart, RestorePartProgressed, RestoreRequested
 from backup_common.domain.jobs import Lease, restore_job_key
 from backup_common.domain.model import Backup, BackupStatus, Restore
 from backup_common.domain.ports import Heartbeat, Ports, read_settings
@@ -68,9 +69,23 @@ class RestoreJobs:
             await uow.commit()
         return lease
 
-    async def progress(self, lease: Lease, restore_id: str, part: BackupPart, progress: dict[str, Any]) -> None:
+    async def progress(
+        self, lease: Lease, restore: Restore, part: BackupPart, progress: dict[str, Any], *, announce: bool
+    ) -> None:
+        """Records the part's progress; ``announce`` also tells the bus (at a new phase, not every second)."""
         async with self._ports.uow() as uow:
-            await uow.restores.record_progress(lease, restore_id, part, progress)
+            if announce:
+                await uow.leases.fence(lease)
+                await uow.outbox.add(
+                    RestorePartProgressed(
+                        restore_id=uuid.UUID(restore.id),
+                        backup_id=uuid.UUID(restore.backup_id),
+                        part=part,
+                        phase=str(progress.get("phase", "")),
+                        progress=progress,
+                    )
+                )
+            await uow.restores.record_progress(lease, restore.id, part, progress)
             await uow.commit()
 
     async def complete(self, lease: Lease, restore_id: str, part: BackupPart, progress: dict[str, Any]) -> bool:
@@ -152,6 +167,7 @@ class RestoreJob:
     settings: SettingsDocument
     lease: Callable[[], Lease]
     jobs: RestoreJobs
+    phase: str = ""  # the last one announced
 
     @property
     def staging_name(self) -> str:
@@ -160,7 +176,9 @@ class RestoreJob:
         return "bk_restore_" + self.restore.id.replace("-", "")[:16]
 
     async def progress(self, progress: dict[str, Any]) -> None:
-        await self.jobs.progress(self.lease(), self.restore.id, self.part, progress)
+        phase = str(progress.get("phase", ""))
+        await self.jobs.progress(self.lease(), self.restore, self.part, progress, announce=phase != self.phase)
+        self.phase = phase
 
     async def stored_part(self) -> StoredPart:
         return await self.jobs.stored_part(self.backup, self.part)
