@@ -19,6 +19,7 @@ import pytest
 
 from backup_common.adapters.mysql import db
 from backup_common.adapters.settings import Settings
+from backup_common.cli import main as backupctl
 from backup_common.domain.events import BackupPart, RestoreRequested
 from backup_common.engine.database.target import MysqlTarget
 from tests.integration import source_db
@@ -296,3 +297,44 @@ async def test_a_restore_whose_worker_died_is_taken_up_again_by_the_reaper_and_c
     assert restored["status"] == "completed", restored["error"]
     assert restored["parts"][0]["attempts"] == 2
     assert (await snapshot(system.source))["tables"]["employees"]["rows"] > 0
+
+
+async def test_backupctl_restores_through_the_gateway_and_its_offline_loader_is_audited(
+    system: System, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    made = await backup(system, "database")
+    settings = system.gateway.settings
+    assert settings.jwt_secret is not None
+    assert settings.master_key is not None
+    for name, value in {
+        "BACKUP_JWT_SECRET": settings.jwt_secret.get_secret_value(),
+        "BACKUP_MYSQL_URL": settings.mysql_url.get_secret_value(),
+        "BACKUP_SOURCE_MYSQL_URL": settings.source_mysql_url.get_secret_value(),
+        "BACKUP_STORAGE_DIR": str(settings.storage_dir),
+        "BACKUP_MASTER_KEY": settings.master_key.get_secret_value(),
+    }.items():
+        monkeypatch.setenv(name, value)
+    gateway = str(system.gateway.client.make_url("/"))
+    online, offline = system.other_database("online"), system.other_database("offline")
+    expected = await snapshot(system.source)
+    try:
+        argv = ["restore", made["id"], "--target-database", online.database, "--wait", "--gateway", gateway]
+        assert await asyncio.to_thread(backupctl, argv) == 0
+        argv = ["db-load", made["id"], "--into", offline.database, "--parallel", "1"]
+        assert await asyncio.to_thread(backupctl, argv) == 0
+
+        out = capsys.readouterr().out
+        assert f"of backup {made['id']} requested (pending)" in out
+        assert " completed: " in out
+        assert_same(expected, await snapshot(online))
+        assert_same(expected, await snapshot(offline))
+        audit = await system.gateway.rows("SELECT action, actor, target FROM audit_log WHERE action LIKE 'cli.%%'")
+        assert [(row["action"], row["target"]) for row in audit] == [("cli.db-load", made["id"])]
+        assert audit[0]["actor"].startswith("cli:")
+        restored = await system.gateway.rows(
+            "SELECT actor FROM audit_log WHERE action = 'backup.restore' AND target = %s", (made["id"],)
+        )
+        assert restored[0]["actor"] == audit[0]["actor"].removeprefix("cli:")
+    finally:
+        await db.drop_database(online)
+        await db.drop_database(offline)

@@ -1,19 +1,25 @@
-"""`backupctl`: durations, issuing tokens the gateway accepts, exporting the event schemas."""
+"""`backupctl`: durations, tokens the gateway accepts, event schemas, restore requests and progress."""
 
 from __future__ import annotations
 
 import argparse
+import base64
+import io
 import json
 import os
 import time
+import uuid
 from pathlib import Path
+from typing import Any
 
 import jwt
 import pytest
 
 from backup_common.adapters.settings import Settings
 from backup_common.adapters.tokens import TokenVerifier
-from backup_common.cli import main, parse_duration
+from backup_common.cli import build_parser, main, parse_duration
+from backup_common.cli.progress import ProgressLine, describe
+from backup_common.cli.restore import restore_body
 from backup_common.domain.events import event_schemas
 
 SECRET = "c" * 48
@@ -194,3 +200,104 @@ def test_a_command_is_required(capsys: pytest.CaptureFixture[str]) -> None:
 
     assert stopped.value.code == 2
     assert "COMMAND" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two"])
+def test_db_load_refuses_a_parallelism_below_one(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(["db-load", "b", "--into", "copy", "--parallel", value])
+
+    assert stopped.value.code == 2
+    assert "--parallel" in capsys.readouterr().err
+
+
+def test_the_offline_tools_find_the_master_key_make_run_created(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Right after `make run`, `key` (like db-load and files-restore) reads var/secrets/master.key
+    instead of failing for want of BACKUP_MASTER_KEY; here it then finds no such backup."""
+    secrets_dir = isolated / "var" / "secrets"
+    secrets_dir.mkdir(parents=True)
+    (secrets_dir / "master.key").write_text(base64.b64encode(b"k" * 32).decode() + "\n")
+    monkeypatch.setenv("BACKUP_STORAGE_DIR", str(isolated / "storage"))
+    monkeypatch.setenv("BACKUP_MYSQL_URL", "mysql://root@127.0.0.1:1/none")  # no catalog: storage alone
+
+    code = main(["key", str(uuid.uuid4())])
+
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "no backup" in err
+    assert "MASTER_KEY" not in err
+    assert os.environ["BACKUP_MASTER_KEY_FILE"] == str((secrets_dir / "master.key").resolve())
+
+
+def restore_args(*argv: str) -> argparse.Namespace:
+    return build_parser().parse_args(["restore", "b1", *argv])
+
+
+def test_restore_sends_what_the_command_line_asks_for() -> None:
+    assert restore_body(restore_args()) == {"confirm": "b1"}
+    assert restore_body(
+        restore_args("--target-database", "copy", "--replace", "--tables", "orders", "items", "--no-safety-backup")
+    ) == {
+        "confirm": "b1",
+        "target": {"database": "copy", "replace": True},
+        "tables": ["orders", "items"],
+        "safety_backup": False,
+    }
+    assert restore_body(restore_args("--parts", "files", "--target-directory", "/r/x", "--paths", "configs")) == {
+        "confirm": "b1",
+        "parts": ["files"],
+        "target": {"directory": "/r/x", "replace": False},
+        "paths": ["configs"],
+    }
+
+
+def test_restore_takes_one_target_at_most(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        restore_args("--target-database", "a", "--target-directory", "/b")
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_restore_without_a_gateway_says_where_it_looked(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("BACKUP_JWT_SECRET", SECRET)
+
+    code = main(["restore", str(uuid.uuid4()), "--gateway", "http://127.0.0.1:1"])
+
+    assert code == 2
+    assert "cannot reach the gateway at http://127.0.0.1:1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("progress", "text"),
+    [
+        (None, "waiting"),
+        ({"phase": "checking"}, "checking"),
+        (
+            {"phase": "loading", "bytes_done": 512, "bytes_total": 2048, "tables_done": 1, "tables_total": 4},
+            "loading 25% (512 B of 2.0 KiB) 1/4 tables",
+        ),
+        ({"phase": "writing", "files_done": 3, "files_total": 9, "bytes_total": 0}, "writing 3/9 files"),
+    ],
+)
+def test_progress_reads_in_a_few_words(progress: dict[str, Any] | None, text: str) -> None:
+    assert describe(progress) == text
+
+
+def test_a_progress_line_rewrites_itself_on_a_terminal_and_prints_only_phase_changes_elsewhere() -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal, log = Terminal(), io.StringIO()
+    for stream in (terminal, log):
+        line = ProgressLine(stream)
+        line.update("loading 10%", phase="loading")
+        line.update("loading 20%", phase="loading")
+        line.update("done", phase="done")
+        line.close()
+
+    assert terminal.getvalue() == "\rloading 10%\rloading 20%\rdone       \n"
+    assert log.getvalue() == "loading 10%\ndone\n"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import functools
+import getpass
 import importlib.util
 import json
 import logging
@@ -12,10 +14,13 @@ import os
 import re
 import secrets
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, MutableMapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from backup_common.adapters.mysql import db
 from backup_common.adapters.mysql.leases import LeaseStore
@@ -25,13 +30,17 @@ from backup_common.adapters.mysql.source import AsyncmySqlServer
 from backup_common.adapters.mysql.uow import unit_of_work_factory
 from backup_common.adapters.settings import ENV_PREFIX, Settings, SettingsError, load_settings
 from backup_common.adapters.tokens import ADMIN_ROLE, issue_token
+from backup_common.cli.progress import ProgressLine, describe
+from backup_common.cli.restore import run_restore
 from backup_common.domain.documents import RestoreLimits
 from backup_common.domain.events import BackupPart, event_schemas
+from backup_common.domain.model import AuditEntry
 from backup_common.domain.ports import UnitOfWorkFactory, read_settings
 from backup_common.engine.archive import ArchiveError
 from backup_common.engine.crypto import KeyUnwrapError, MasterKey
-from backup_common.engine.database.load import LoadError, load_database
+from backup_common.engine.database.load import LoadError, LoadProgress, load_database
 from backup_common.engine.database.target import MysqlTarget
+from backup_common.engine.files.in_place import FilesRestoreProgress
 from backup_common.engine.files.restore import ChainLink, RestoreError, restore_chain
 from backup_common.engine.locate import MAX_CHAIN, BackupNotFound, LocatedPart, backup_id_of, locate_part
 
@@ -40,6 +49,16 @@ log = logging.getLogger(__name__)
 # Every service package, in start order; `run` starts those that exist in this installation.
 SERVICES = ("backup_gateway", "backup_database", "backup_files", "backup_verification", "backup_retention")
 LOCAL_SECRETS = Path("var/secrets")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def parse_duration(text: str) -> int:
@@ -216,25 +235,63 @@ async def _locate(settings: Settings, uow: UnitOfWorkFactory | None, reference: 
     )  # fmt: skip
 
 
+def _operator() -> str:
+    """Who runs this command, as tokens and the audit log name them."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid-{os.getuid()}"
+    return f"{user}@{socket.gethostname()}"
+
+
+async def _audit(uow: UnitOfWorkFactory | None, action: str, target: str, outcome: str, detail: dict[str, Any]) -> None:
+    """Records an offline tool's use of a backup's key in the audit log, as the gateway does for the
+    API; without a catalog (the tools work without one) the record goes to the log instead."""
+    entry = AuditEntry(actor=f"cli:{_operator()}", action=action, outcome=outcome, target=target, detail=detail)
+    if uow is not None:
+        try:
+            async with uow() as work:
+                await work.audit.add(entry)
+                await work.commit()
+            return
+        except Exception as exc:
+            log.warning("could not write the audit record (%s)", type(exc).__name__)
+    log.warning("audit (catalog unreachable): %s by %s on %s: %s %s", action, entry.actor, target, outcome, detail)
+
+
 def cmd_db_load(args: argparse.Namespace) -> int:
+    _use_local_secrets(os.environ, create=False)
     settings = load_settings()
     server = args.server or settings.source_mysql_url.get_secret_value()
     target = MysqlTarget(server.rsplit("/", 1)[0] + "/" + args.into)
 
     async def load() -> int:
-        try:
-            async with _catalog(settings) as uow:
+        async with _catalog(settings) as uow:
+            detail: dict[str, Any] = {"into": args.into, "host": target.host, "port": target.port}
+            line = ProgressLine(sys.stderr)
+
+            async def report(progress: LoadProgress) -> None:
+                line.update(f"loading backup {args.backup}: {describe(asdict(progress))}", phase=progress.phase)
+
+            try:
                 located = await _locate(settings, uow, args.backup, BackupPart.DATABASE)
-            summary = await load_database(
-                located.archive,
-                AsyncmySqlServer(target),
-                password=located.password,
-                force=args.force,
-                parallelism=args.parallel,
-            )
-        except (BackupNotFound, LoadError, KeyUnwrapError, ArchiveError, SettingsError) as exc:
-            print(f"backupctl db-load: {exc}", file=sys.stderr)
-            return 1
+                limits = await _restore_limits(uow)
+                summary = await load_database(
+                    located.archive,
+                    AsyncmySqlServer(target),
+                    password=located.password,
+                    force=args.force,
+                    parallelism=args.parallel,
+                    limits=limits,
+                    progress=report,
+                )
+            except (BackupNotFound, LoadError, KeyUnwrapError, ArchiveError, SettingsError) as exc:
+                line.close()
+                await _audit(uow, "cli.db-load", args.backup, "failed", detail | {"reason": str(exc)})
+                print(f"backupctl db-load: {exc}", file=sys.stderr)
+                return 1
+            line.close()
+            await _audit(uow, "cli.db-load", located.backup_id, "allowed", detail | {"rows": summary.rows})
         print(
             f"loaded backup {located.backup_id} into {summary.database} on {target.host}:{target.port} in"
             f" {summary.seconds:.1f} s: {summary.tables} tables, {summary.rows} rows, {summary.views} views,"
@@ -245,56 +302,99 @@ def cmd_db_load(args: argparse.Namespace) -> int:
     return asyncio.run(load())
 
 
-async def _chain(settings: Settings, reference: str) -> tuple[list[ChainLink], RestoreLimits]:
-    """The files parts a restore of ``reference`` replays, complete base first, and the restore limits
-    of the settings document (the defaults when the catalog does not answer)."""
+async def _restore_limits(uow: UnitOfWorkFactory | None) -> RestoreLimits:
+    """The settings document's restore limits; the defaults when the catalog does not answer."""
+    if uow is None:
+        return RestoreLimits()
+    try:
+        return (await read_settings(uow)).restore_limits
+    except Exception as exc:
+        log.warning("catalog unusable (%s); using the default restore limits", type(exc).__name__)
+        return RestoreLimits()
+
+
+async def _chain(settings: Settings, uow: UnitOfWorkFactory | None, reference: str) -> list[ChainLink]:
+    """The files parts a restore of ``reference`` replays, complete base first."""
     links: list[ChainLink] = []
-    async with _catalog(settings) as uow:
-        current: str | None = reference
-        while current is not None:
-            located = await _locate(settings, uow, current, BackupPart.FILES)
-            links.append(ChainLink(located.backup_id, located.archive, located.password, located.manifest))
-            parent = located.manifest.get("parent_id")
-            current = parent if isinstance(parent, str) else None
-            if len(links) > MAX_CHAIN:
-                raise BackupNotFound(f"the chain of {reference} is longer than {MAX_CHAIN} backups")
-        limits = (await read_settings(uow)).restore_limits if uow is not None else RestoreLimits()
-    return links[::-1], limits
+    current: str | None = reference
+    while current is not None:
+        located = await _locate(settings, uow, current, BackupPart.FILES)
+        links.append(ChainLink(located.backup_id, located.archive, located.password, located.manifest))
+        parent = located.manifest.get("parent_id")
+        current = parent if isinstance(parent, str) else None
+        if len(links) > MAX_CHAIN:
+            raise BackupNotFound(f"the chain of {reference} is longer than {MAX_CHAIN} backups")
+    return links[::-1]
 
 
 def cmd_files_restore(args: argparse.Namespace) -> int:
+    _use_local_secrets(os.environ, create=False)
     settings = load_settings()
+    into = Path(args.into).absolute()
+
+    async def rebuild() -> int:
+        async with _catalog(settings) as uow:
+            detail: dict[str, Any] = {"into": str(into)}
+            line = ProgressLine(sys.stderr)
+            loop = asyncio.get_running_loop()
+
+            def report(progress: FilesRestoreProgress) -> None:
+                text = f"restoring backup {args.backup}: {describe(asdict(progress))}"
+                loop.call_soon_threadsafe(functools.partial(line.update, text, phase=progress.phase))
+
+            try:
+                links = await _chain(settings, uow, args.backup)
+                limits = await _restore_limits(uow)
+                summary = await asyncio.to_thread(restore_chain, links, into, limits, force=args.force, progress=report)
+            except (BackupNotFound, KeyUnwrapError, ArchiveError, SettingsError, RestoreError, OSError) as exc:
+                line.close()
+                await _audit(uow, "cli.files-restore", args.backup, "failed", detail | {"reason": str(exc)})
+                print(f"backupctl files-restore: {exc}", file=sys.stderr)
+                return 1
+            line.close()
+            await _audit(uow, "cli.files-restore", links[-1].backup_id, "allowed", detail | {"files": summary.files})
+        print(
+            f"restored backup {links[-1].backup_id} into {summary.target} (chain of {len(links)}):"
+            f" {summary.files} files, {summary.directories} directories, {summary.symlinks} links,"
+            f" {summary.bytes_written} bytes, {summary.deleted} deletions replayed"
+        )
+        return 0
+
+    return asyncio.run(rebuild())
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    _use_local_secrets(os.environ, create=False)
+    settings = load_settings()
+    gateway = args.gateway or f"http://{settings.gateway_host}:{settings.gateway_port}"
     try:
-        links, limits = asyncio.run(_chain(settings, args.backup))
-        summary = restore_chain(links, Path(args.into), limits, force=args.force)
-    except (BackupNotFound, KeyUnwrapError, ArchiveError, SettingsError, RestoreError, OSError) as exc:
-        print(f"backupctl files-restore: {exc}", file=sys.stderr)
-        return 1
-    print(
-        f"restored backup {links[-1].backup_id} into {summary.target} (chain of {len(links)}):"
-        f" {summary.files} files, {summary.directories} directories, {summary.symlinks} links,"
-        f" {summary.bytes_written} bytes, {summary.deleted} deletions replayed"
-    )
-    return 0
+        token = issue_token(settings, subject=_operator(), roles=[ADMIN_ROLE], ttl_seconds=24 * 3600)
+    except (SettingsError, ValueError) as exc:
+        print(f"backupctl restore: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(run_restore(gateway, token, args))
 
 
 def cmd_key(args: argparse.Namespace) -> int:
+    _use_local_secrets(os.environ, create=False)
     settings = load_settings()
 
-    async def locate() -> LocatedPart:
+    async def reveal() -> int:
         async with _catalog(settings) as uow:
-            return await _locate(settings, uow, args.backup, BackupPart(args.part))
+            try:
+                located = await _locate(settings, uow, args.backup, BackupPart(args.part))
+            except (BackupNotFound, KeyUnwrapError, SettingsError) as exc:
+                await _audit(uow, "cli.key", args.backup, "failed", {"part": args.part, "reason": str(exc)})
+                print(f"backupctl key: {exc}", file=sys.stderr)
+                return 1
+            if located.password is None:
+                print(f"backupctl key: backup {located.backup_id} is not encrypted", file=sys.stderr)
+                return 1
+            await _audit(uow, "cli.key", located.backup_id, "allowed", {"part": args.part})
+        print(located.password)
+        return 0
 
-    try:
-        located = asyncio.run(locate())
-    except (BackupNotFound, KeyUnwrapError, SettingsError) as exc:
-        print(f"backupctl key: {exc}", file=sys.stderr)
-        return 1
-    if located.password is None:
-        print(f"backupctl key: backup {located.backup_id} is not encrypted", file=sys.stderr)
-        return 1
-    print(located.password)
-    return 0
+    return asyncio.run(reveal())
 
 
 def cmd_outbox(args: argparse.Namespace) -> int:
@@ -342,7 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
     db_load.add_argument("backup", help="backup id, or a backup directory (works without the catalog)")
     db_load.add_argument("--into", required=True, help="database to load into (created if missing)")
     db_load.add_argument("--force", action="store_true", help="replace the contents of a non-empty database")
-    db_load.add_argument("--parallel", type=int, default=2, help="connections loading data at once (default 2)")
+    db_load.add_argument(
+        "--parallel", type=positive_int, default=2, help="connections loading data at once (default 2)"
+    )
     db_load.add_argument("--server", help="mysql:// URL of the server (default: BACKUP_SOURCE_MYSQL_URL's server)")
     db_load.set_defaults(func=cmd_db_load)
 
@@ -351,6 +453,22 @@ def build_parser() -> argparse.ArgumentParser:
     files.add_argument("--into", required=True, help="directory to rebuild into (new, or empty)")
     files.add_argument("--force", action="store_true", help="allow a directory that is not empty")
     files.set_defaults(func=cmd_files_restore)
+
+    restore = commands.add_parser(
+        "restore", help="restore a backup through the running services (as the API does), with its checks"
+    )
+    restore.add_argument("backup", help="backup id")
+    restore.add_argument("--parts", nargs="+", choices=[p.value for p in BackupPart], help="default: every part")
+    where = restore.add_mutually_exclusive_group()
+    where.add_argument("--target-database", metavar="NAME", help="load into this database instead of in place")
+    where.add_argument("--target-directory", metavar="DIR", help="rebuild the trees below DIR (in the restore dir)")
+    restore.add_argument("--replace", action="store_true", help="allow a target database or directory in use")
+    restore.add_argument("--tables", nargs="+", metavar="TABLE", help="only these tables of the database part")
+    restore.add_argument("--paths", nargs="+", metavar="PATH", help="only these paths, e.g. configs uploads/2025")
+    restore.add_argument("--no-safety-backup", action="store_true", help="in place: do not back up what is replaced")
+    restore.add_argument("--wait", action="store_true", help="follow the restore to its end, showing progress")
+    restore.add_argument("--gateway", help="gateway URL (default: http://BACKUP_GATEWAY_HOST:BACKUP_GATEWAY_PORT)")
+    restore.set_defaults(func=cmd_restore)
 
     key = commands.add_parser("key", help="print the password of a backup's archives (for 7-Zip or unzip)")
     key.add_argument("backup", help="backup id, or a backup directory")
