@@ -1,12 +1,16 @@
 """Database backup benchmark: our engine against mariadb-dump | gzip and mydumper, on the same data and machine.
 
-    .venv/bin/python -m bench.database [--size-mb 520] [--only dump|load|all] [--keep] [--skip-generate] [--runs N]
+    .venv/bin/python -m bench.database [--size-mb 520] [--only dump|load|restore|all] [--keep] [--skip-generate]
+                                       [--runs N]
 
 Makes sure the generated database exists (bench/datagen.py; reused when its marker matches), then
 runs, in this fixed order, each from the same settled state:
 
   backups: mariadb-dump | gzip -6, mydumper -c, ours (encryption on)
   loads:   gunzip | mariadb, myloader, ours   (each into a new empty database, checked, then dropped)
+  restores in place: gunzip | mariadb, ours   (each over a live copy of the database, which is made
+           unmeasured first; mariadb-dump's output drops and recreates each table, ours stages the
+           tables and swaps them in with one RENAME TABLE; checked, then dropped)
 
 Before every measured run InnoDB writes back its dirty pages (so no run pays for the previous one's
 writes; this lowers the global innodb_max_dirty_pages_pct to 0 for a few seconds, then restores it),
@@ -277,6 +281,51 @@ class Bench(Harness):
             self.server.drop_database(target)
         return row
 
+    # --- restores in place ----------------------------------------------------------------------
+
+    def restore_mariadb(self) -> Row:
+        return self._restore_in_place(
+            "gunzip | mariadb (in place)",
+            "inplace_mariadb",
+            lambda target: [["gzip", "-dc"], self.server.client(target)],
+            stdin=self.gz_path,
+        )
+
+    def restore_ours(self) -> Row:
+        def command(target: str) -> list[list[str]]:
+            argv = [sys.executable, "-m", "bench.run_ours", "restore", "--archive", str(self.ours_path)]
+            return [[*argv, "--mysql-url", self.server.url(target), "--parallelism", str(self.threads)]]
+
+        return self._restore_in_place("ours (in place)", "inplace_ours", command, env=self._ours_env())
+
+    def _restore_in_place(
+        self,
+        tool: str,
+        suffix: str,
+        command: Callable[[str], list[list[str]]],
+        *,
+        stdin: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Row:
+        for needed in (self.gz_path, self.ours_path):
+            if not needed.exists():
+                return Row(tool, status=f"not available: no backup at {needed.relative_to(ROOT)} (run the backups)")
+        target = self.load_target(suffix)
+        self.server.create_empty_database(target)
+        try:
+            # The live database a restore replaces, made (unmeasured) from the mariadb-dump backup.
+            prepared = measure([["gzip", "-dc"], self.server.client(target)], stdin=self.gz_path, cwd=ROOT)
+            if not prepared.ok:
+                return Row(tool, status=f"failed: the live copy could not be made: {prepared.describe_failure()}")
+            row = self.run(tool, command(target), stdin=stdin, stdout=WORK_DIR / "logs" / f"{suffix}.out", env=env)
+            if row.ok:
+                row.verified = self.check(target)
+                if row.verified != "identical":
+                    row.status = f"wrong data: {row.verified}"
+        finally:
+            self.server.drop_database(target)
+        return row
+
     def expected(self) -> dict[str, Any]:
         """What every load must reproduce, read once from the source (outside any measurement)."""
         if self._expected is None:
@@ -385,7 +434,9 @@ def _notes(*parts: str) -> str:
 # --- report ---------------------------------------------------------------------------------------
 
 
-def print_report(backups: list[Row], loads: list[Row], header: str, notes: list[str]) -> None:
+def print_report(
+    backups: list[Row], loads: list[Row], header: str, notes: list[str], restores: Sequence[Row] = ()
+) -> None:
     print()
     print(header)
     if backups:
@@ -398,10 +449,12 @@ def print_report(backups: list[Row], loads: list[Row], header: str, notes: list[
             wall, size, rss = f"{row.wall_seconds:.1f}", _mib(row.size_bytes), _mib(row.peak_rss_bytes)
             note = _short(row.status) if not row.ok else _notes(_spread(row), _rss(row))
             print(f"{row.tool:<26} {wall:>8} {size:>12} {rss:>13}  {note}")
-    if loads:
+    for title, measured in (("load", loads), ("restore in place", restores)):
+        if not measured:
+            continue
         print()
-        print(f"{'load':<26} {'wall s':>8} {'peak RSS MiB':>13}  note")
-        for row in loads:
+        print(f"{title:<26} {'wall s':>8} {'peak RSS MiB':>13}  note")
+        for row in measured:
             if row.wall_seconds is None:
                 print(f"{row.tool:<26} {_short(row.status)}")
                 continue
@@ -456,7 +509,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--database", help="generated database name (default: the URL's, backup_bench)")
     parser.add_argument("--size-mb", type=int, default=520, help="MiB of SQL text to generate (default 520)")
-    parser.add_argument("--only", choices=("dump", "load", "all"), default="all")
+    parser.add_argument("--only", choices=("dump", "load", "restore", "all"), default="all")
     parser.add_argument("--keep", action="store_true", help="keep the backups under var/bench/ (needed by --only load)")
     parser.add_argument("--skip-generate", action="store_true", help="use the database as it is, without generating")
     parser.add_argument("--threads", type=int, default=2, help="mydumper/myloader threads and our parallelism")
@@ -497,6 +550,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     backups: list[Row] = []
     loads: list[Row] = []
+    restores: list[Row] = []
     try:
         if args.only in ("dump", "all"):
             print("backups:")
@@ -506,24 +560,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.verify != "none":
                 bench.expected()
             loads = _repeat(args.runs, [bench.load_mariadb, bench.load_myloader, bench.load_ours])
+        if args.only in ("restore", "all"):
+            print(f"restores in place (checked: {args.verify}):")
+            if args.verify != "none":
+                bench.expected()
+            restores = _repeat(args.runs, [bench.restore_mariadb, bench.restore_ours])
     finally:
-        # Only what this invocation wrote: --only load leaves the backups it was given.
-        if not args.keep and args.only != "load":
+        # Only what this invocation wrote: --only load and --only restore leave the backups they were given.
+        if not args.keep and args.only not in ("load", "restore"):
             bench.gz_path.unlink(missing_ok=True)
             shutil.rmtree(bench.mydumper_dir, ignore_errors=True)
             bench.ours_path.unlink(missing_ok=True)
-    print_report(backups, loads, header, bench.notes)
+    print_report(backups, loads, header, bench.notes, restores)
     results = {
         "header": header,
         "sql_bytes": sql_bytes,
         "backups": [asdict(row) for row in backups],
         "loads": [asdict(row) for row in loads],
+        "restores": [asdict(row) for row in restores],
         "notes": bench.notes,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     (WORK_DIR / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(f"results: {(WORK_DIR / 'results.json').relative_to(ROOT)}; logs: {(WORK_DIR / 'logs').relative_to(ROOT)}/")
-    return 1 if any(not row.ok for row in backups + loads) else 0
+    return 1 if any(not row.ok for row in backups + loads + restores) else 0
 
 
 if __name__ == "__main__":

@@ -2,6 +2,11 @@
 
     python -m bench.run_ours dump --mysql-url mysql://root@127.0.0.1:3306/backup_bench --out var/bench/ours.archive
     python -m bench.run_ours load --archive var/bench/ours.archive --mysql-url mysql://root@127.0.0.1:3306/target
+    python -m bench.run_ours restore --archive var/bench/ours.archive --mysql-url mysql://root@127.0.0.1:3306/live
+
+`dump` writes the part manifest beside the archive (`ours.json`), as the service does; `restore`
+restores in place over a live database with it (staging database, one RENAME TABLE), as a restore
+requested through the API does.
 
 The archive password is read from ``BENCH_ARCHIVE_PASSWORD`` (a fixed benchmark value by default), so
 encryption is always on. Prints one JSON line describing the result.
@@ -24,8 +29,11 @@ from typing import Any
 from backup_common.adapters.mysql.source import AsyncmySqlServer
 from backup_common.engine.database.dump import dump_database
 from backup_common.engine.database.load import load_database
+from backup_common.engine.database.manifest import database_part_manifest
 from backup_common.engine.database.model import DumpOptions
+from backup_common.engine.database.restore import restore_database
 from backup_common.engine.database.target import MysqlTarget
+from backup_common.engine.storage import read_json, write_json_durably
 
 PASSWORD_VARIABLE = "BENCH_ARCHIVE_PASSWORD"  # noqa: S105 -- the name of the variable, not a password
 DEFAULT_PASSWORD = "bench-archive-password"  # noqa: S105 -- not a secret: protects throwaway benchmark archives
@@ -40,8 +48,43 @@ def _describe(result: Any) -> Any:
 def dump(url: str, out: Path, password: str, parallelism: int) -> dict[str, Any]:
     out.parent.mkdir(parents=True, exist_ok=True)
     source = AsyncmySqlServer(MysqlTarget(url))
+    options = DumpOptions(parallelism=parallelism)
+    started = time.time()
+    result = asyncio.run(dump_database(source, out, password=password, options=options))
+    finished = time.time()
+    manifest = database_part_manifest(
+        result,
+        file_name=out.name,
+        source=source.target,
+        options=options,
+        encryption={"scheme": "winzip-aes-256", "key": f"${PASSWORD_VARIABLE}"},
+        started_at=started,
+        finished_at=finished,
+    )
+    write_json_durably(manifest_of(out), manifest)
+    return {"seconds": finished - started, "result": _describe(result)}
+
+
+def manifest_of(archive: Path) -> Path:
+    return archive.with_suffix(".json")
+
+
+def restore(archive: Path, url: str, password: str, parallelism: int) -> dict[str, Any]:
+    live = AsyncmySqlServer(MysqlTarget(url))
+    manifest = read_json(manifest_of(archive))
     started = time.monotonic()
-    result = asyncio.run(dump_database(source, out, password=password, options=DumpOptions(parallelism=parallelism)))
+    result = asyncio.run(
+        restore_database(
+            archive,
+            manifest,
+            live,
+            live.target.database,
+            password=password,
+            staging="bk_restore_bench",
+            replace=True,
+            parallelism=parallelism,
+        )
+    )
     return {"seconds": time.monotonic() - started, "result": _describe(result)}
 
 
@@ -61,15 +104,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_parser = commands.add_parser("load", help="load an archive into a database")
     load_parser.add_argument("--archive", type=Path, required=True)
     load_parser.add_argument("--mysql-url", required=True, help="mysql://user:password@host:port/database to load into")
-    for sub in (dump_parser, load_parser):
+    restore_parser = commands.add_parser("restore", help="restore an archive in place over a live database")
+    restore_parser.add_argument("--archive", type=Path, required=True)
+    restore_parser.add_argument(
+        "--mysql-url", required=True, help="mysql://user:password@host:port/database to restore"
+    )
+    for sub in (dump_parser, load_parser, restore_parser):
         sub.add_argument("--parallelism", type=int, default=2)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     password = os.environ.get(PASSWORD_VARIABLE, DEFAULT_PASSWORD)
     if args.command == "dump":
         report = dump(args.mysql_url, args.out, password, args.parallelism)
-    else:
+    elif args.command == "load":
         report = load(args.archive, args.mysql_url, password, args.parallelism)
+    else:
+        report = restore(args.archive, args.mysql_url, password, args.parallelism)
     print(json.dumps(report, default=str))
     return 0
 

@@ -211,12 +211,12 @@ def test_every_service_that_runs_the_image_mounts_the_backups_volume_at_its_stor
         assert ("backups", storage_dir, False) in set(mounts(service)), f"{name}"
 
 
-def test_file_backup_mounts_the_application_trees_read_only_at_the_configured_dirs() -> None:
+def test_file_backup_mounts_the_application_trees_and_the_restore_dir_writable_at_the_configured_dirs() -> None:
     file_backup = services()["file_backup"]
     environment = environment_of(file_backup)
-    read_only = {target for _, target, is_read_only in mounts(file_backup) if is_read_only}
-    for variable in ("BACKUP_UPLOADS_DIR", "BACKUP_CONFIGS_DIR", "BACKUP_LOGS_DIR"):
-        assert environment[variable] in read_only, f"{variable} is not mounted read-only"
+    writable = {target for _, target, is_read_only in mounts(file_backup) if not is_read_only}
+    for variable in ("BACKUP_UPLOADS_DIR", "BACKUP_CONFIGS_DIR", "BACKUP_LOGS_DIR", "BACKUP_RESTORE_DIR"):
+        assert environment[variable] in writable, f"{variable} is not mounted writable (restores write there)"
 
 
 def test_the_image_installs_the_lock_with_hashes_before_the_source_and_runs_as_non_root() -> None:
