@@ -271,7 +271,11 @@ async def test_a_restore_whose_worker_died_is_taken_up_again_by_the_reaper_and_c
         restore_id=uuid.UUID(restore_id), backup_id=uuid.UUID(made["id"]), parts=(BackupPart.DATABASE,),
         requested_by="alice",
     )  # fmt: skip
-    # A restore a now-dead worker claimed: its lease expired and no message is left.
+    # A restore a now-dead worker claimed, killed while loading: its lease expired, no message is
+    # left, and its staging database holds half a table.
+    staging = MysqlTarget(f"{system.source_server()}/bk_restore_{restore_id.replace('-', '')[:16]}")
+    await db.ensure_database(staging)
+    await source_db.run_on(staging, "CREATE TABLE employees (id INT)", "INSERT INTO employees VALUES (1)")
     async with db.transaction(system.gateway.pool) as conn:
         await db.execute(
             conn,
@@ -297,6 +301,10 @@ async def test_a_restore_whose_worker_died_is_taken_up_again_by_the_reaper_and_c
     assert restored["status"] == "completed", restored["error"]
     assert restored["parts"][0]["attempts"] == 2
     assert (await snapshot(system.source))["tables"]["employees"]["rows"] > 0
+    left = await system.gateway.rows(
+        "SELECT 1 FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s", (staging.database,)
+    )
+    assert left == []
 
 
 async def test_backupctl_restores_through_the_gateway_and_its_offline_loader_is_audited(
@@ -325,7 +333,7 @@ async def test_backupctl_restores_through_the_gateway_and_its_offline_loader_is_
 
         out = capsys.readouterr().out
         assert f"of backup {made['id']} requested (pending)" in out
-        assert " completed: " in out
+        assert ": completed [database done 100%" in out
         assert_same(expected, await snapshot(online))
         assert_same(expected, await snapshot(offline))
         audit = await system.gateway.rows("SELECT action, actor, target FROM audit_log WHERE action LIKE 'cli.%%'")

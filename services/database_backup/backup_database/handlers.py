@@ -90,8 +90,11 @@ async def restore_part(
     target = job.restore.target
     database = target.database or server.target.database
 
+    latest: dict[str, Any] = {}
+
     async def report(progress: DatabaseRestoreProgress) -> None:
-        await job.progress(asdict(progress))
+        latest.update(asdict(progress))
+        await job.progress(latest)
 
     try:
         summary = await restore(
@@ -108,4 +111,4 @@ async def restore_part(
         )
     except LoadError as exc:
         raise PartFailure(str(exc)) from exc
-    return {"phase": "done", **asdict(summary)}
+    return {**latest, "phase": "done", **asdict(summary)}

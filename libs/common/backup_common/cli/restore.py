@@ -90,7 +90,7 @@ async def run_restore(gateway: str, token: str, args: argparse.Namespace) -> int
     if restore["status"] == "failed":
         print(f"restore {restore['id']} failed: {restore['error']}", file=sys.stderr)
         return 1
-    print(f"restore {restore['id']} completed: {_status_line(restore)}")
+    print(_status_line(restore))
     return 0
 
 
