@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import itertools
@@ -422,6 +423,21 @@ def test_a_damaged_archive_leaves_the_live_trees_exactly_as_they_were_and_no_sta
     before = state_of(app)
 
     with pytest.raises(CorruptArchive, match=re.escape("'uploads/big.bin' is damaged or was tampered with")):
+        restore(chain, app)
+    assert state_of(app) == before
+    assert sorted(os.listdir(app)) == sorted(TREES)
+
+
+@pytest.mark.parametrize("manifest", [{"size_bytes": 1}, {"sha256": "0" * 64}])
+def test_an_archive_other_than_its_manifest_describes_is_refused_before_anything_is_read_from_it(
+    app: Path, archives: Path, manifest: dict[str, Any]
+) -> None:
+    link = backup(archives)
+    chain = [dataclasses.replace(link, manifest={**link.manifest, **manifest})]
+    (app / "uploads/a.txt").write_bytes(b"changed since")
+    before = state_of(app)
+
+    with pytest.raises(IntegrityError, match=r"the manifest says .*: it is damaged or was replaced"):
         restore(chain, app)
     assert state_of(app) == before
     assert sorted(os.listdir(app)) == sorted(TREES)

@@ -1,9 +1,10 @@
 """Checks a files backup chain before a restore writes anything.
 
-Every link of the chain is checked: member and manifest names, the limits on entries, size and
-compression ratio, member types (no device, FIFO or socket), symbolic link targets, where each
-packed file sits in its pack, and a dry run of the whole replay on an in-memory tree, which must
-reproduce each backup's recorded ``state`` and never put anything below a link or a file.
+Every link of the chain is checked: the archive's size and SHA-256 against its manifest, member and
+manifest names, the limits on entries, size and compression ratio, member types (no device, FIFO or
+socket), symbolic link targets, where each packed file sits in its pack, and a dry run of the whole
+replay on an in-memory tree, which must reproduce each backup's recorded ``state`` and never put
+anything below a link or a file.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pyzipper
 
 from backup_common.domain.documents import RestoreLimits
 from backup_common.domain.errors import DomainError
-from backup_common.engine.archive import ArchiveReader, MemberInfo
+from backup_common.engine.archive import ArchiveReader, MemberInfo, sha256_file
 from backup_common.engine.files.model import APPENDED_PREFIX, KINDS, TREES, FileRecord, Kind
 from backup_common.engine.files.packs import PACK_NAME
 
@@ -122,6 +123,7 @@ def _check_link(link: ChainLink, limits: RestoreLimits, totals: dict[str, int]) 
             f"{where}: the backup holds {len(state)} paths, more than the limit of {limits.max_entries} entries"
         )
 
+    _check_archive_digest(link, where)
     with ArchiveReader(link.archive, password=link.password) as reader:
         infos = reader.infos()
         totals["entries"] += len(infos)
@@ -193,6 +195,20 @@ def backup_trees(manifest: Mapping[str, Any]) -> list[str]:
         if isinstance(path, str):
             names.add(path.partition("/")[0])
     return [tree for tree in TREES if tree in names]
+
+
+def _check_archive_digest(link: ChainLink, where: str) -> None:
+    """The archive is the one its manifest describes (size, then SHA-256), when the manifest says;
+    anything else is damage, or an archive replaced since the backup."""
+    size, expected = link.manifest.get("size_bytes"), link.manifest.get("sha256")
+    if isinstance(size, int) and (actual_size := link.archive.stat().st_size) != size:
+        raise IntegrityError(
+            f"{where}: the archive holds {actual_size} bytes, the manifest says {size}: it is damaged or was replaced"
+        )
+    if isinstance(expected, str) and (actual := sha256_file(link.archive)) != expected:
+        raise IntegrityError(
+            f"{where}: the archive's SHA-256 is {actual}, the manifest says {expected}: it is damaged or was replaced"
+        )
 
 
 def _abandoned_members(manifest: dict[str, Any]) -> set[str]:
