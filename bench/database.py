@@ -261,17 +261,25 @@ class Bench(Harness):
         *,
         stdin: Path | None = None,
         env: dict[str, str] | None = None,
+        live: bool = False,
     ) -> Row:
-        if not source.exists():
-            hint = "its backup failed; for --only load, run --only dump --keep first"
-            return Row(tool, status=f"not available: no backup at {source.relative_to(ROOT)} ({hint})")
+        """Measures ``command`` loading into a new empty database or, ``live``, restoring over a copy of
+        the database made (unmeasured) from the mariadb-dump backup first; checks the result."""
+        for needed in (source, self.gz_path) if live else (source,):
+            if not needed.exists():
+                hint = "its backup failed; for --only load or restore, run --only dump --keep first"
+                return Row(tool, status=f"not available: no backup at {needed.relative_to(ROOT)} ({hint})")
         target = self.load_target(suffix)
         # Every loader gets the same empty database: loaders differ in whether they create one.
         self.server.create_empty_database(target)
         try:
+            if live:
+                prepared = measure([["gzip", "-dc"], self.server.client(target)], stdin=self.gz_path, cwd=ROOT)
+                if not prepared.ok:
+                    return Row(tool, status=f"failed: the live copy could not be made: {prepared.describe_failure()}")
             report = WORK_DIR / "logs" / f"{suffix}-load.out"
             row = self.run(tool, command(target), stdin=stdin, stdout=report, env=env)
-            if suffix == "ours":
+            if suffix.endswith("ours"):
                 row.detail = _read_json(report)
             if row.ok:
                 row.verified = self.check(target)
@@ -284,11 +292,13 @@ class Bench(Harness):
     # --- restores in place ----------------------------------------------------------------------
 
     def restore_mariadb(self) -> Row:
-        return self._restore_in_place(
+        return self._load(
             "gunzip | mariadb (in place)",
             "inplace_mariadb",
+            self.gz_path,
             lambda target: [["gzip", "-dc"], self.server.client(target)],
             stdin=self.gz_path,
+            live=True,
         )
 
     def restore_ours(self) -> Row:
@@ -296,35 +306,7 @@ class Bench(Harness):
             argv = [sys.executable, "-m", "bench.run_ours", "restore", "--archive", str(self.ours_path)]
             return [[*argv, "--mysql-url", self.server.url(target), "--parallelism", str(self.threads)]]
 
-        return self._restore_in_place("ours (in place)", "inplace_ours", command, env=self._ours_env())
-
-    def _restore_in_place(
-        self,
-        tool: str,
-        suffix: str,
-        command: Callable[[str], list[list[str]]],
-        *,
-        stdin: Path | None = None,
-        env: dict[str, str] | None = None,
-    ) -> Row:
-        for needed in (self.gz_path, self.ours_path):
-            if not needed.exists():
-                return Row(tool, status=f"not available: no backup at {needed.relative_to(ROOT)} (run the backups)")
-        target = self.load_target(suffix)
-        self.server.create_empty_database(target)
-        try:
-            # The live database a restore replaces, made (unmeasured) from the mariadb-dump backup.
-            prepared = measure([["gzip", "-dc"], self.server.client(target)], stdin=self.gz_path, cwd=ROOT)
-            if not prepared.ok:
-                return Row(tool, status=f"failed: the live copy could not be made: {prepared.describe_failure()}")
-            row = self.run(tool, command(target), stdin=stdin, stdout=WORK_DIR / "logs" / f"{suffix}.out", env=env)
-            if row.ok:
-                row.verified = self.check(target)
-                if row.verified != "identical":
-                    row.status = f"wrong data: {row.verified}"
-        finally:
-            self.server.drop_database(target)
-        return row
+        return self._load("ours (in place)", "inplace_ours", self.ours_path, command, env=self._ours_env(), live=True)
 
     def expected(self) -> dict[str, Any]:
         """What every load must reproduce, read once from the source (outside any measurement)."""
