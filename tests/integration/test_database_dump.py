@@ -3,7 +3,8 @@
 The proof that a dump is a faithful, consistent copy: the feature database (tests/integration/source_db.py)
 survives a dump and a load, by the loader and by the stock client, with equal checksums, counters,
 definitions and definers; a dump taken while transfers commit loads balances that agree with the
-ledger, with and without the RELOAD privilege; and the failure paths leave nothing half-done.
+ledger, with and without the RELOAD privilege; every table carries the digest of the rows it read;
+and the failure paths leave nothing half-done.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ import pytest
 import pyzipper
 
 from backup_common.adapters.mysql.source import AsyncmySqlServer
-from backup_common.engine.database.dump import dump_database
+from backup_common.engine.database.dump import ROW_DIGEST, dump_database
 from backup_common.engine.database.load import load_database
+from backup_common.engine.database.manifest import database_part_manifest
 from backup_common.engine.database.model import DumpOptions, DumpProgress, DumpResult
 from backup_common.engine.database.sql import quote_identifier
 from backup_common.engine.database.target import MysqlTarget
@@ -309,6 +311,46 @@ async def test_progress_is_reported_with_growing_counts_and_ends_with_every_tabl
     with zipfile.ZipFile(path) as archive:  # without a password, any zip tool opens it
         assert not any(info.flag_bits & 0x1 for info in archive.infolist())
         assert archive.testzip() is None
+
+
+# --- row digests ------------------------------------------------------------------------------------
+
+# The rows of no_primary_key (source_db.DATA) as the dump renders them: the same row three times, another
+# twice, an empty blob apart from a NULL one.
+NO_PRIMARY_KEY_ROWS = [b"(1,'dup',0x00)"] * 3 + [b"(NULL,NULL,NULL)"] * 2 + [b"(2,'x',NULL)", b"(2,'x','')"]
+
+
+def row_digest_of(rows: list[bytes]) -> str:
+    """ROW_DIGEST as documented: each row's SHA-256 as a big-endian integer, summed modulo 2**128."""
+    total = sum(int.from_bytes(hashlib.sha256(row).digest(), "big") for row in rows)
+    return f"{total % 2**128:032x}"
+
+
+async def test_every_table_carries_the_digest_of_the_rows_it_read_and_the_manifest_records_them(
+    feature_source: MysqlTarget, feature_dump: Dumped
+) -> None:
+    result = feature_dump.result
+    digests = {table.name: table.digest for table in result.tables}
+    members = await asyncio.to_thread(read_members, feature_dump.path, PASSWORD)
+    (no_key,) = [table for table in result.tables if table.name == "no_primary_key"]
+    (data,) = [members[name] for name in no_key.members]
+
+    assert result.row_digest == ROW_DIGEST == "sha256-sum128"
+    assert all(len(digest) == 32 and int(digest, 16) >= 0 for digest in digests.values()), digests
+    assert digests["empty_table"] == "0" * 32
+    # Rows read twice count twice: an XOR of the same rows would cancel out.
+    assert b"VALUES " + b",".join(NO_PRIMARY_KEY_ROWS) + b";" in data
+    assert digests["no_primary_key"] == row_digest_of(NO_PRIMARY_KEY_ROWS)
+    assert row_digest_of(NO_PRIMARY_KEY_ROWS) != row_digest_of(list(dict.fromkeys(NO_PRIMARY_KEY_ROWS)))
+    filled = [table.digest for table in result.tables if table.rows]
+    assert len(set(filled)) == len(filled), "two tables with different rows share a digest"
+
+    manifest = database_part_manifest(
+        result, file_name=feature_dump.path.name, source=feature_source, options=SMALL_PIECES, encryption={},
+        started_at=0.0, finished_at=0.0,
+    )  # fmt: skip
+    assert manifest["row_digest"] == ROW_DIGEST
+    assert {entry["name"]: entry["digest"] for entry in manifest["tables"]} == digests
 
 
 # --- consistency -------------------------------------------------------------------------------------

@@ -61,6 +61,17 @@ class MemberUnreadable(LoadError):
     """A member failed its authentication or checksum, or cannot be decrypted; the message names it."""
 
 
+class StatementFailed(LoadError):
+    """A statement of a member failed on the server: which member, which statement, and the server's error."""
+
+    def __init__(self, member: str, statement: bytes, error: SqlError) -> None:
+        preview = statement[:200].decode(errors="replace")
+        super().__init__(f"{member}: {error.message} (in: {preview}…)")
+        self.member = member
+        self.statement = statement
+        self.error = error
+
+
 def limits_breach(infos: Sequence[MemberInfo], limits: RestoreLimits) -> str | None:
     """Why the archive exceeds ``limits`` (member count, total size, compression ratio), or None.
 
@@ -241,8 +252,7 @@ async def run_statements(conn: SqlConnection, statements: Iterable[bytes], membe
                 if exc.code in RETRYABLE and attempt < RETRIES:
                     await asyncio.sleep(0.1 * attempt)
                     continue
-                preview = statement[:200].decode(errors="replace")
-                raise LoadError(f"{member}: {exc.message} (in: {preview}…)") from exc
+                raise StatementFailed(member, statement, exc) from exc
     return rows
 
 
@@ -432,8 +442,7 @@ async def _object_count(conn: SqlConnection, database: str) -> dict[str, int]:
     return counts
 
 
-async def _prepare_target(target: SqlServer, force: bool) -> None:
-    database = target.target.database
+async def _prepare_target(target: SqlServer, database: str, force: bool) -> None:
     conn = await target.connect(None)  # the database may not exist yet
     try:
         exists = await conn.fetch_one(
@@ -475,13 +484,18 @@ async def load_database(
     parallelism: int = 2,
     limits: RestoreLimits = DEFAULT_LIMITS,
     progress: RestoreProgressCallback | None = None,
+    database: str | None = None,
+    rewrite_objects: Rewrite | None = None,
 ) -> LoadSummary:
     """Loads the archive into ``target`` (created if missing; a non-empty one only with ``force``).
 
-    An archive over ``limits`` is refused before anything is touched.
+    An archive over ``limits`` is refused before anything is touched. ``database`` names another
+    database of the target's server to load into; ``rewrite_objects`` is given each statement of the
+    members after the data (routines, views, triggers, events) just before it runs, as
+    :func:`run_member` describes.
     """
     started = time.monotonic()
-    database = target.target.database
+    database = database or target.target.database
     tracker = ProgressTracker(progress)
     await tracker.enter("checking")
     reader = await asyncio.to_thread(ArchiveReader, archive_path, password=password)
@@ -500,7 +514,7 @@ async def load_database(
         tracker.bytes_total = sum(info.size for info in infos.values())
         # Read one member before touching the target: a wrong key fails here, with nothing changed.
         await asyncio.to_thread(authenticate_member, reader, names[0])
-        await _prepare_target(target, force)
+        await _prepare_target(target, database, force)
         await tracker.enter("loading")
         control = await connect_loader(target, database)
         try:
@@ -515,7 +529,7 @@ async def load_database(
             )
             for name in names:
                 if name[0] in "3456":
-                    await run_member(control, reader, infos[name])
+                    await run_member(control, reader, infos[name], rewrite_objects)
                     await tracker.loaded(infos[name], 0)
             counts = await _object_count(control, database)
         finally:

@@ -38,6 +38,7 @@ def database_part_manifest(
         "sha256": result.sha256,
         "rows": result.rows,
         "tables": [asdict(table) for table in result.tables],
+        "row_digest": result.row_digest,
         "members": result.members,
         "server_version": result.server_version,
         "consistency": result.consistency,

@@ -30,6 +30,7 @@ class TableSummary:
     rows: int
     sql_bytes: int
     members: list[str] = field(default_factory=list)
+    digest: str = ""  # of the rows read, as DumpResult.row_digest says; empty when not computed
 
 
 @dataclass
@@ -44,6 +45,7 @@ class DumpResult:
     consistency_note: str
     binlog: dict[str, Any] | None  # {"file", "position", "gtid"} or None when binary logging is off
     members: list[str]
+    row_digest: str | None = None  # the algorithm of the tables' digests (dump.ROW_DIGEST); None: none
 
     @property
     def rows(self) -> int:
