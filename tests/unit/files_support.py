@@ -12,6 +12,8 @@ import hashlib
 import os
 import re
 import stat
+import struct
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ import pyzipper
 
 from backup_common.domain.documents import RestoreLimits
 from backup_common.engine.archive import ArchiveWriter
+from backup_common.engine.files.backup import Parent, files_part_manifest, plan_files, write_files_part
 from backup_common.engine.files.model import TREES, FileRecord
 from backup_common.engine.files.packs import PACK_FILE_BYTES, Packer
 from backup_common.engine.files.restore import ChainLink, UnsafeArchive, restore_chain
@@ -239,3 +242,42 @@ def assert_refused_without_writing(
         restore_chain(chain, target, limits)
     assert not target.exists()
     assert everything(tmp_path) == before
+
+
+def back_up_trees(
+    trees: Path, archive: Path, parent: ChainLink | None = None, password: str | None = PASSWORD
+) -> ChainLink:
+    """A files part of the trees below ``trees``, made as the files worker makes it (an incremental
+    on ``parent`` when given), named after its archive."""
+    roots = {tree: trees / tree for tree in TREES}
+    plan = plan_files(roots, [], Parent(parent.backup_id, parent.manifest) if parent else None)
+    result, info = write_files_part(archive, plan, password=password, compression_level=1, progress=lambda *_: None)
+    manifest = files_part_manifest(
+        plan, result, info, file_name=archive.name, incremental_requested=parent is not None, encryption={}
+    )
+    return ChainLink(archive.stem, archive, password, manifest)
+
+
+def member_data(archive: Path, name: str) -> tuple[int, int]:
+    """(offset, length) of a member's data in the archive file: for a WinZip AES member, of its
+    ciphertext alone (without the salt, the password verifier and the HMAC)."""
+    with zipfile.ZipFile(archive) as listing:
+        info = listing.getinfo(name)
+    with open(archive, "rb") as file:
+        file.seek(info.header_offset + 26)
+        name_length, extra_length = struct.unpack("<HH", file.read(4))
+    start = info.header_offset + 30 + name_length + extra_length
+    if info.compress_type == 99:  # WinZip AES: a 16-byte salt and 2-byte verifier first, a 10-byte HMAC last
+        return start + 18, info.compress_size - 18 - 10
+    return start, info.compress_size
+
+
+def flip_bit(archive: Path, name: str) -> None:
+    """Flips one bit in the middle of the data of member ``name``."""
+    start, length = member_data(archive, name)
+    assert length > 0
+    with open(archive, "r+b") as file:
+        file.seek(start + length // 2)
+        byte = file.read(1)[0]
+        file.seek(start + length // 2)
+        file.write(bytes([byte ^ 0x10]))

@@ -5,7 +5,9 @@ down, so nothing is ever created, replaced or removed through a symbolic link, w
 the target already holds. Links and files are written under a temporary name and renamed into place;
 a file only once its SHA-256 matches the manifest's.
 
-restore.py decides what to write and in which order; this module writes one thing at a time.
+restore.py decides what to write and in which order; this module writes one thing at a time. Its
+readers (:func:`read_contents`, :func:`check_content`) serve files/verify.py too, which hashes the
+same bytes without writing them.
 """
 
 from __future__ import annotations
@@ -191,17 +193,79 @@ def write_member(
     where: str,
 ) -> None:
     """Writes the files of one member: a file's own, or a pack's in the order they lie in it."""
+
+    def write(item: FileRecord, chunks: Iterable[bytes], size: int) -> None:
+        _write_file(*parents.of(item.path), item, chunks, size, progress, where)
+
+    read_contents(reader, member, items, declared, where, write)
+
+
+def read_contents(
+    reader: ArchiveReader,
+    member: str,
+    items: list[FileRecord],
+    declared: int,
+    where: str,
+    take: Callable[[FileRecord, Iterable[bytes], int], None],
+) -> None:
+    """Hands ``take`` the archived bytes of each file one member holds, as chunks, with the most
+    it may hold: a file's own member (``declared`` bytes, as its archive says), or a pack's files in
+    the order they lie in it, each its archived size. ``take`` consumes the chunks before it returns.
+
+    The member is always read to its end, which authenticates an encrypted one: until then the
+    bytes handed over may be forged, so an error raised here discredits all of them.
+    """
     with reader.open_member(member) as stream:
         if items[0].pack is None:
-            chunks = iter(lambda: stream.read(CHUNK_BYTES), b"")
-            _write_file(*parents.of(items[0].path), items[0], chunks, declared, progress, where)
+            # ``take`` consumes the chunks, which end only at the member's end.
+            take(items[0], iter(lambda: stream.read(CHUNK_BYTES), b""), declared)
             return
         contents = PackReader(stream, f"{where} pack {member!r}")
         for item in sorted(items, key=lambda item: item.offset or 0):
             assert item.offset is not None
-            chunks = contents.content(item.offset, item.archived_size)
-            _write_file(*parents.of(item.path), item, chunks, item.archived_size, progress, where)
+            take(item, contents.content(item.offset, item.archived_size), item.archived_size)
         contents.finish()
+
+
+def check_content(
+    item: FileRecord,
+    chunks: Iterable[bytes],
+    declared: int,
+    digest: hashlib._Hash,
+    where: str,
+    *,
+    done: int = 0,
+    limits: RestoreLimits,
+    elsewhere: Callable[[], int] = lambda: 0,
+    out: Callable[[bytes], None] | None = None,
+) -> int:
+    """Passes a file's archived ``chunks`` through ``digest`` (and ``out``), and returns how many bytes
+    the file has in all, the ``done`` already in ``digest`` (a grown file's earlier version) included.
+
+    Raises UnsafeArchive past ``done`` + ``declared`` bytes (what its archive says it holds) or when
+    they and the ``elsewhere()`` bytes of other files exceed the limit of a restore, and
+    IntegrityError when the SHA-256 is not the manifest's.
+    """
+    count = done
+    declared += done
+    for chunk in chunks:
+        count += len(chunk)
+        if count > declared:
+            raise UnsafeArchive(
+                f"{where}: member {item.member!r} holds more than the {declared} bytes its archive declares"
+            )
+        if elsewhere() + count > limits.max_total_bytes:
+            raise UnsafeArchive(
+                f"{where}: member {item.member!r} takes the restore over the limit of {limits.max_total_bytes} bytes"
+            )
+        digest.update(chunk)
+        if out is not None:
+            out(chunk)
+    if digest.hexdigest() != item.sha256:
+        raise IntegrityError(
+            f"{where}: {item.path!r} does not match its manifest: SHA-256 {digest.hexdigest()}, expected {item.sha256}"
+        )
+    return count
 
 
 def _copy_base(parent: int, name: str, item: FileRecord, out: int, digest: hashlib._Hash, where: str) -> int:
@@ -280,33 +344,24 @@ def _write_file(
 
     A grown file's chunks follow the version already restored under its name, which is copied first.
     """
-    limits = progress.limits
     temp = temp_name()
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent)
     try:
         digest = hashlib.sha256()
-        written = 0
+        done = 0
         if item.base_size is not None:
-            written = _copy_base(parent, name, item, fd, digest, where)
-            declared += written
-        for chunk in chunks:
-            written += len(chunk)
-            if written > declared:
-                raise UnsafeArchive(
-                    f"{where}: member {item.member!r} holds more than the {declared} bytes its archive declares"
-                )
-            if progress.bytes_written + written > limits.max_total_bytes:
-                raise UnsafeArchive(
-                    f"{where}: member {item.member!r} takes the restore over the limit of"
-                    f" {limits.max_total_bytes} bytes"
-                )
-            digest.update(chunk)
-            _write_all(fd, chunk)
-        if digest.hexdigest() != item.sha256:
-            raise IntegrityError(
-                f"{where}: {item.path!r} does not match its manifest: SHA-256 {digest.hexdigest()},"
-                f" expected {item.sha256}"
-            )
+            done = _copy_base(parent, name, item, fd, digest, where)
+        written = check_content(
+            item,
+            chunks,
+            declared,
+            digest,
+            where,
+            done=done,
+            limits=progress.limits,
+            elsewhere=lambda: progress.bytes_written,
+            out=partial(_write_all, fd),
+        )
         # Set now, on the open file: nothing done later in its directory changes them. A mode its
         # owner cannot read waits for the end: a later backup of the chain may append to the file.
         settled = bool(item.mode & stat.S_IRUSR)
