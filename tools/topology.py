@@ -18,11 +18,14 @@ from backup_files import bootstrap as file_backup
 from backup_files.handlers import HANDLERS as FILE_BACKUP
 from backup_gateway import bootstrap as gateway
 from backup_gateway.handlers import HANDLERS as GATEWAY
+from backup_verification import bootstrap as verification
+from backup_verification.handlers import HANDLERS as VERIFICATION
 
 TABLES = {
     gateway.NAME: GATEWAY,
     database_backup.NAME: DATABASE_BACKUP,
     file_backup.NAME: FILE_BACKUP,
+    verification.NAME: VERIFICATION,
 }
 
 

@@ -23,12 +23,14 @@ from backup_common.engine.database.target import MysqlTarget
 from backup_database import bootstrap as database_backup
 from backup_files import bootstrap as file_backup
 from backup_gateway.bootstrap import create_app
+from backup_verification import bootstrap as verification
 from tests.conftest import DECLARED_QUEUES
 
 # The services that consume a queue, by name, and how each builds its application.
 SERVICES: dict[str, Callable[[Settings], web.Application]] = {
     database_backup.NAME: database_backup.create_app,
     file_backup.NAME: file_backup.create_app,
+    verification.NAME: verification.create_app,
 }
 
 

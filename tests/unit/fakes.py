@@ -37,6 +37,7 @@ from backup_common.domain.model import (
     target_busy,
 )
 from backup_common.domain.ports import DuplicateRequest, Ports, StoredDocument, WrappedKey
+from backup_common.domain.verification import Verification, VerificationStatus
 from backup_common.engine.crypto import MasterKey, new_data_key
 from backup_common.engine.storage import LocalStorage
 
@@ -80,6 +81,7 @@ class FakeCatalog:
     outbox: list[Event] = field(default_factory=list)
     leases: dict[str, StoredLease] = field(default_factory=dict)
     restore_targets: dict[str, str] = field(default_factory=dict)  # target key -> unfinished restore
+    verifications: dict[str, Verification] = field(default_factory=dict)
     commits: int = 0
 
     def events(self, kind: type[Event]) -> list[Any]:
@@ -111,7 +113,12 @@ class _Backups:
         if isinstance(staged, Backup):
             return staged
         found = self._catalog.backups.get(backup_id)
-        return _fresh(found) if found else None
+        return self._with_verification(_fresh(found)) if found else None
+
+    def _with_verification(self, backup: Backup) -> Backup:
+        verification = self._catalog.verifications.get(backup.id)
+        backup.verification = _fresh(verification) if verification else None
+        return backup
 
     async def by_idempotency_key(self, requested_by: str, key: str) -> tuple[Backup, str | None] | None:
         found = self._catalog.idempotency.get((requested_by, key))
@@ -136,10 +143,15 @@ class _Backups:
             for backup in self._catalog.backups.values()
             if (not query.types or backup.type in query.types)
             and (not query.statuses or backup.status in query.statuses)
+            and (not query.verification or self._verification_status(backup.id) in query.verification)
         ]
         matching.sort(key=lambda backup: (backup.created_at, backup.id), reverse=True)
         page = matching[query.offset : query.offset + query.limit]
-        return [_fresh(backup) for backup in page], len(matching)
+        return [self._with_verification(_fresh(backup)) for backup in page], len(matching)
+
+    def _verification_status(self, backup_id: str) -> VerificationStatus:
+        found = self._catalog.verifications.get(backup_id)
+        return found.status if found else VerificationStatus.PENDING
 
     async def stats(self) -> CatalogStats:
         backups = list(self._catalog.backups.values())
@@ -162,6 +174,15 @@ class _Backups:
                 sum(1 for b in backups if b.status is BackupStatus.COMPLETED),
                 sum(1 for b in backups if b.status is BackupStatus.FAILED),
             ),
+            verification={
+                state: sum(
+                    1
+                    for b in backups
+                    if b.status is BackupStatus.COMPLETED
+                    and self._verification_status(b.id).value.replace("pending", "never") == state
+                )
+                for state in ("verified", "failed", "never")
+            },
         )
 
     async def previous_with_files(self, backup: Backup) -> Backup | None:
@@ -222,6 +243,29 @@ class _Restores:
         matching.sort(key=lambda r: (r.created_at, r.id), reverse=True)
         page = matching[query.offset : query.offset + query.limit]
         return [_fresh(restore) for restore in page], len(matching)
+
+
+class _Verifications:
+    def __init__(self, uow: FakeUnitOfWork) -> None:
+        self._uow = uow
+
+    async def get(self, backup_id: str, *, for_update: bool = False) -> Verification | None:
+        found = self._uow.catalog.verifications.get(backup_id)
+        return _fresh(found) if found else None
+
+    async def save(self, verification: Verification) -> None:
+        self._uow.staged_verifications[verification.backup_id] = verification
+
+    async def stalest(self, limit: int) -> list[str]:
+        catalog = self._uow.catalog
+        completed = [b for b in catalog.backups.values() if b.status is BackupStatus.COMPLETED]
+
+        def age(backup: Backup) -> tuple[bool, datetime, datetime]:
+            found = catalog.verifications.get(backup.id)
+            checked = found.checked_at if found else None
+            return checked is not None, checked or backup.created_at, backup.created_at
+
+        return [backup.id for backup in sorted(completed, key=age)[:limit]]
 
 
 class _Documents:
@@ -290,6 +334,12 @@ class _JobLeases:
     async def fail(self, lease: Lease, reason: str) -> None:
         await self._finish(lease, "failed", reason)
 
+    async def reopen(self, job_key: str) -> None:
+        stored = self._current(job_key)
+        self._uow.staged_leases[job_key] = replace(
+            stored, holder=None, state="released", attempts=0, expires_at=None, last_error=None
+        )
+
     async def release(self, lease: Lease, reason: str) -> None:
         await self._finish(lease, "released", reason)
 
@@ -324,8 +374,10 @@ class FakeUnitOfWork:
         self.staged_leases: dict[str, StoredLease] = {}
         self.staged_progress: list[tuple[str, str, BackupPart, dict[str, Any]]] = []  # kind, id, part, progress
         self.staged_targets: dict[str, str] = {}
+        self.staged_verifications: dict[str, Verification] = {}
         self.backups = _Backups(self)
         self.restores = _Restores(self)
+        self.verifications = _Verifications(self)
         self.documents = _Documents(self)
         self.audit = _Audit(self)
         self.outbox = _Outbox(self)
@@ -351,6 +403,10 @@ class FakeUnitOfWork:
                 catalog.backups[aggregate.id] = _fresh(aggregate)
             else:
                 catalog.restores[aggregate.id] = _fresh(aggregate)
+        for verification in self.staged_verifications.values():
+            self.staged_events.extend(verification.events)
+            verification.events.clear()
+            catalog.verifications[verification.backup_id] = _fresh(verification)
         catalog.restore_targets.update(self.staged_targets)
         for key, restore_id in list(catalog.restore_targets.items()):
             if catalog.restores[restore_id].status.finished:
@@ -368,7 +424,7 @@ class FakeUnitOfWork:
         self.staged.clear()
         self.staged_events, self.staged_audit, self.staged_progress = [], [], []
         self.staged_idempotency, self.staged_documents, self.staged_leases = {}, {}, {}
-        self.staged_targets = {}
+        self.staged_targets, self.staged_verifications = {}, {}
 
 
 class FakeHeartbeat:
@@ -412,6 +468,14 @@ class FakeLeases:
         stored.payload = payload if payload is not None else stored.payload
         stored.expires_at = now + timedelta(seconds=LEASE_SECONDS)
         return Lease(job_key, holder, stored.version, stored.expires_at, stored.attempts)
+
+    async def held(self, prefix: str) -> list[str]:
+        now = self._catalog.clock()
+        return [
+            key
+            for key, stored in self._catalog.leases.items()
+            if key.startswith(prefix) and stored.state == "held" and stored.expires_at and stored.expires_at > now
+        ]
 
     @asynccontextmanager
     async def keep_alive(self, lease: Lease) -> AsyncIterator[FakeHeartbeat]:

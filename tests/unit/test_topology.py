@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from backup_common.adapters.amqp.topology import TOPOLOGY_FILE, load_service_queues, routing_keys
-from backup_common.domain.events import BackupRequested, RestoreRequested
+from backup_common.domain.events import BackupCompleted, BackupRequested, RestoreRequested, VerifyRequested
 from backup_database.handlers import HANDLERS as DATABASE_BACKUP
 from backup_files.handlers import HANDLERS as FILE_BACKUP
 from tools.topology import render
@@ -22,6 +22,10 @@ def test_both_workers_take_backup_and_restore_requests_so_both_queues_are_declar
     assert queues["file_backup"] == routing_keys(FILE_BACKUP)
     for table in (DATABASE_BACKUP, FILE_BACKUP):
         assert {BackupRequested, RestoreRequested} <= set(table)
+
+
+def test_verification_takes_completed_backups_and_verify_requests() -> None:
+    assert set(load_service_queues()["verification"]) == {BackupCompleted.routing_key, VerifyRequested.routing_key}
 
 
 def test_a_service_that_consumes_nothing_has_no_queue() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,12 +19,13 @@ from typing import Any
 from backup_common.adapters.runtime.service import Handlers
 from backup_common.domain.documents import DOCUMENTS
 from backup_common.domain.errors import Conflict, InvalidRequest, NotFound, Unavailable
-from backup_common.domain.events import BackupPart, BackupType
+from backup_common.domain.events import BackupPart, BackupType, VerifyRequested
 from backup_common.domain.model import (
     SYSTEM_DATABASES,
     AuditEntry,
     Backup,
     BackupFilter,
+    BackupStatus,
     CatalogStats,
     Idempotency,
     Restore,
@@ -256,6 +258,22 @@ async def read_restore(ports: Ports, restore_id: str) -> Restore:
 async def list_restores(ports: Ports, query: RestoreFilter) -> tuple[list[Restore], int]:
     async with ports.uow() as uow:
         return await uow.restores.list(query)
+
+
+async def request_verification(ports: Ports, backup_id: str, *, requested_by: str) -> Backup:
+    """Asks the verification service to verify a completed backup again (Conflict unless completed)."""
+    async with ports.uow() as uow:
+        backup = await uow.backups.get(backup_id)
+        if backup is None:
+            raise NotFound(f"no backup with id {backup_id}")
+        if backup.status is not BackupStatus.COMPLETED:
+            raise Conflict(
+                f"backup {backup_id} is {backup.status}; only a completed backup can be verified",
+                code="backup_not_verifiable",
+            )
+        await uow.outbox.add(VerifyRequested(backup_id=uuid.UUID(backup_id), requested_by=requested_by))
+        await uow.commit()
+    return backup
 
 
 async def request_delete(ports: Ports, backup_id: str, *, requested_by: str) -> Backup:

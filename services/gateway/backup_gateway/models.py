@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from backup_common.domain.events import BackupPart, BackupType
 from backup_common.domain.model import Backup, BackupStatus, CatalogStats, PartStatus, Restore, RestoreStatus
 from backup_common.domain.ports import StoredDocument
+from backup_common.domain.verification import Verification, VerificationStatus
 
 
 class _Body(BaseModel):
@@ -58,6 +59,9 @@ class RestoreRequest(_Body):
 class ListQuery(_Body):
     type: list[BackupType] = Field(default_factory=list, description="Comma-separated backup types.")
     status: list[BackupStatus] = Field(default_factory=list, description="Comma-separated statuses.")
+    verification: list[VerificationStatus] = Field(
+        default_factory=list, description="Comma-separated verification statuses (pending includes never verified)."
+    )
     limit: int = Field(50, ge=1, le=500)
     offset: int = Field(0, ge=0)
 
@@ -93,6 +97,31 @@ class Progress(BaseModel):
     parts_total: int
 
 
+class CheckOut(BaseModel):
+    name: str
+    ok: bool
+    detail: str
+    seconds: float
+
+
+class VerificationOut(BaseModel):
+    status: VerificationStatus = Field(description="pending until a verification ended; then verified or failed.")
+    checked_at: datetime | None = Field(None, description="When the latest verification ended.")
+    error: str | None = Field(None, description="The failing checks of a failed verification, by name.")
+    checks: list[CheckOut] = Field(default_factory=list)
+
+
+def verification_out(verification: Verification | None) -> VerificationOut:
+    if verification is None:
+        return VerificationOut(status=VerificationStatus.PENDING)
+    return VerificationOut(
+        status=verification.status,
+        checked_at=verification.checked_at,
+        error=verification.error,
+        checks=[CheckOut.model_validate(check.as_dict()) for check in verification.checks],
+    )
+
+
 class BackupOut(BaseModel):
     id: str
     type: BackupType
@@ -110,6 +139,7 @@ class BackupOut(BaseModel):
     updated_at: datetime
     progress: Progress
     parts: list[PartOut]
+    verification: VerificationOut
 
 
 class BackupEnvelope(BaseModel):
@@ -220,6 +250,9 @@ class Stats(BaseModel):
     last_success: dict[str, LastSuccess | None]
     last_30_days: Outcomes
     storage: StorageUsage
+    verification: dict[str, int] = Field(
+        description="Completed backups by their latest verification: verified, failed, never (not yet verified)."
+    )
 
 
 class DocumentOut(BaseModel):
@@ -257,6 +290,7 @@ def backup_out(backup: Backup) -> BackupOut:
         updated_at=backup.updated_at,
         progress=Progress(parts_completed=backup.parts_completed, parts_total=len(backup.parts)),
         parts=[PartOut.model_validate(part) for part in backup.parts],
+        verification=verification_out(backup.verification),
     )
 
 
@@ -281,6 +315,7 @@ def stats_out(stats: CatalogStats, usage: tuple[int, int] | None) -> Stats:
             filesystem_total_bytes=usage[0] if usage else None,
             filesystem_free_bytes=usage[1] if usage else None,
         ),
+        verification=stats.verification,
     )
 
 

@@ -85,6 +85,11 @@ ROUTES: tuple[Route, ...] = (
         status=202, request=RestoreRequest, response=RestoreEnvelope, errors=(400, 404, 409, 503),
     ),
     Route(
+        "POST", f"{API}/{BACKUP_ID}/verify", views.verify_backup, "backup.verify",
+        "Verify a completed backup again: manifest, archives, members, file contents, restore drill.",
+        status=202, response=BackupEnvelope, errors=(404, 409),
+    ),
+    Route(
         "DELETE", f"{API}/{BACKUP_ID}", views.delete_backup, "backup.delete",
         "Delete a backup (its files and its key); refused while it is in progress.",
         status=202, response=BackupEnvelope, errors=(404, 409),

@@ -112,11 +112,19 @@ async def list_backups(request: web.Request) -> web.Response:
         {
             "type": _split(request.query.getall("type", [])),
             "status": _split(request.query.getall("status", [])),
+            "verification": _split(request.query.getall("verification", [])),
             **{name: request.query[name] for name in ("limit", "offset") if name in request.query},
         }
     )
     backups, total = await handlers.list_backups(
-        ports(request), BackupFilter(types=query.type, statuses=query.status, limit=query.limit, offset=query.offset)
+        ports(request),
+        BackupFilter(
+            types=query.type,
+            statuses=query.status,
+            verification=query.verification,
+            limit=query.limit,
+            offset=query.offset,
+        ),
     )
     page = BackupPage(
         backups=[backup_out(backup) for backup in backups], total=total, limit=query.limit, offset=query.offset
@@ -195,6 +203,13 @@ async def list_restores(request: web.Request) -> web.Response:
 async def get_restore(request: web.Request) -> web.Response:
     restore = await handlers.read_restore(ports(request), _id_in_path(request, "restore"))
     return respond(RestoreEnvelope(restore=restore_out(restore)))
+
+
+async def verify_backup(request: web.Request) -> web.Response:
+    backup = await handlers.request_verification(
+        ports(request), backup_id_of(request), requested_by=request[PRINCIPAL].subject
+    )
+    return respond(BackupEnvelope(backup=backup_out(backup)), 202)
 
 
 async def delete_backup(request: web.Request) -> web.Response:

@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     logs_dir: Path = Path("./var/app/logs")
     # Restores into another directory go below this one, and nowhere else.
     restore_dir: Path = Path("./var/restores")
+    # Where restore drills load their scratch databases (any database name; its server is what counts);
+    # unset: the source server.
+    drill_mysql_url: SecretStr | None = None
 
     jwt_secret: SecretStr | None = None
     jwt_algorithm: JwtAlgorithm = JwtAlgorithm.HS256
@@ -89,6 +92,13 @@ class Settings(BaseSettings):
     @classmethod
     def _mysql_url_is_valid(cls, value: SecretStr) -> SecretStr:
         _check_mysql_url(value.get_secret_value())
+        return value
+
+    @field_validator("drill_mysql_url")
+    @classmethod
+    def _drill_url_is_valid(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            _check_mysql_url(value.get_secret_value())
         return value
 
     @field_validator("amqp_url")
@@ -132,6 +142,12 @@ class Settings(BaseSettings):
     @property
     def source(self) -> MysqlTarget:
         return MysqlTarget(self.source_mysql_url.get_secret_value())
+
+    @property
+    def drill_server(self) -> MysqlTarget:
+        """The server restore drills load into: BACKUP_DRILL_MYSQL_URL's, else the source's."""
+        url = self.drill_mysql_url or self.source_mysql_url
+        return MysqlTarget(url.get_secret_value())
 
     def jwt_verification_key(self) -> str:
         """The key tokens are checked with; raises SettingsError when none is configured."""

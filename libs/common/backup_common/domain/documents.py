@@ -92,8 +92,13 @@ class DatabaseSettings(_Strict):
 
 
 class VerificationSettings(_Strict):
-    after_backup: bool = True
-    restore_drill_cron: Cron | None = "0 4 * * 6"
+    after_backup: bool = Field(True, description="Verify each backup as soon as it completes.")
+    restore_drill_cron: Cron | None = Field(
+        "0 4 * * 6", description="When completed backups are verified again, those verified longest ago first (UTC)."
+    )
+    drill_budget_minutes: int = Field(
+        60, ge=1, le=1440, description="How long one scheduled round may start new verifications for."
+    )
 
 
 class RestoreLimits(_Strict):

@@ -62,6 +62,14 @@ def restore_job_key(restore_id: str, part: BackupPart) -> str:
     return f"restore:{restore_id}:{part.value}"
 
 
+VERIFY_JOB_PREFIX = "verify:"
+
+
+def verify_job_key(backup_id: str) -> str:
+    """One lease per backup's verification, taken again for each verification (see JobLeases.reopen)."""
+    return VERIFY_JOB_PREFIX + backup_id
+
+
 def parse_job_key(job_key: str) -> tuple[str, str, BackupPart] | None:
     """The kind (``backup`` or ``restore``), the id and the part of a job's key; None for another key."""
     kind, _, rest = job_key.partition(":")

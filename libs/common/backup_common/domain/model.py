@@ -29,6 +29,7 @@ from backup_common.domain.events import (
     RestorePartFailed,
     RestoreRequested,
 )
+from backup_common.domain.verification import Verification, VerificationStatus
 
 MAX_ERROR_TEXT = 4000  # the catalog's error columns are TEXT; a reason longer than this is cut
 
@@ -144,6 +145,7 @@ class Backup:
     started_at: datetime | None = None
     completed_at: datetime | None = None
     parts: list[Part] = field(default_factory=list)
+    verification: Verification | None = None  # the latest; None when never verified
     events: list[Event] = field(default_factory=list, repr=False, compare=False)
 
     @classmethod
@@ -548,6 +550,7 @@ class RestoreFilter:
 class BackupFilter:
     types: Sequence[BackupType] = ()
     statuses: Sequence[BackupStatus] = ()
+    verification: Sequence[VerificationStatus] = ()  # pending includes never verified
     limit: int = 50
     offset: int = 0
 
@@ -599,6 +602,7 @@ class CatalogStats:
     bytes_by_type: dict[str, int]
     last_success: dict[str, LastSuccess | None]
     last_30_days: Outcomes
+    verification: dict[str, int] = field(default_factory=dict)  # completed backups: verified, failed, never
 
     @property
     def total(self) -> int:

@@ -24,6 +24,7 @@ from backup_common.domain.model import (
     Restore,
     RestoreFilter,
 )
+from backup_common.domain.verification import Verification
 
 
 class PublishError(Exception):
@@ -111,6 +112,17 @@ class RestoreRepository(Protocol):
         """One page of restores, newest first, and how many match the filter."""
 
 
+class VerificationRepository(Protocol):
+    async def get(self, backup_id: str, *, for_update: bool = False) -> Verification | None:
+        """The backup's latest verification; None when it was never verified."""
+
+    async def save(self, verification: Verification) -> None:
+        """Writes the verification and its events (at commit)."""
+
+    async def stalest(self, limit: int) -> list[str]:
+        """Completed backups, never verified first, then those verified longest ago."""
+
+
 class DocumentRepository(Protocol):
     async def get(self, name: str) -> StoredDocument:
         """The named document, seeded from its shipped default the first time it is read."""
@@ -142,19 +154,27 @@ class JobLeases(Protocol):
     async def release(self, lease: Lease, reason: str) -> None:
         """Gives the job back so another worker may claim it at once."""
 
+    async def reopen(self, job_key: str) -> None:
+        """Ends a job that recurs (a backup's verification): claimable again, with no attempt counted.
+        Fence first when ending one's own lease."""
+
     async def reap(self, max_attempts: int) -> ReapResult:
         """Releases expired leases claimed fewer than ``max_attempts`` times, fails the others."""
 
 
 class UnitOfWork(Protocol):
-    """One catalog transaction. ``commit`` writes the events recorded by every backup and restore
-    added or saved in it to the outbox, then commits; leaving the block without it rolls back."""
+    """One catalog transaction. ``commit`` writes the events recorded by every backup, restore and
+    verification added or saved in it to the outbox, then commits; leaving the block without it
+    rolls back."""
 
     @property
     def backups(self) -> BackupRepository: ...
 
     @property
     def restores(self) -> RestoreRepository: ...
+
+    @property
+    def verifications(self) -> VerificationRepository: ...
 
     @property
     def documents(self) -> DocumentRepository: ...
@@ -217,6 +237,9 @@ class Leases(Protocol):
 
     def keep_alive(self, lease: Lease) -> AbstractAsyncContextManager[Heartbeat]: ...
 
+    async def held(self, prefix: str) -> list[str]:
+        """The keys starting with ``prefix`` of jobs a live holder has now."""
+
 
 @dataclass(frozen=True)
 class WrappedKey:
@@ -251,8 +274,12 @@ class BackupStorage(Protocol):
 
     async def read_part_manifest(self, backup: Backup, part: BackupPart) -> dict[str, Any]: ...
 
-    async def write_manifest(self, backup: Backup, encryption: dict[str, Any]) -> None:
-        """Writes ``manifest.json`` from the part manifests, durably: after it, the backup is self-describing."""
+    async def write_manifest(self, backup: Backup, encryption: dict[str, Any], *, data_key: bytes) -> None:
+        """Writes ``manifest.json`` from the part manifests, signed with a MAC keyed from the backup's
+        data key, durably: after it, the backup is self-describing."""
+
+    async def read_manifest(self, backup: Backup) -> dict[str, Any]:
+        """``manifest.json`` as stored (OSError when it is missing, ValueError when it does not parse)."""
 
     async def usage(self) -> tuple[int, int] | None:
         """Total and free bytes of the filesystem the storage is on."""

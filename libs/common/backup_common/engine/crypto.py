@@ -27,6 +27,8 @@ WRAPPED_KEY_BYTES = 1 + NONCE_BYTES + KEY_BYTES + TAG_BYTES
 # Domain separation: the same secret never serves two purposes under the same derivation.
 _KEY_ID_PREFIX = b"backup-system master key id v1\x00"
 _ARCHIVE_PASSWORD_LABEL = b"backup-system archive password v1"
+_MANIFEST_MAC_LABEL = b"backup-system manifest mac v1"
+MANIFEST_MAC_ALGORITHM = "HMAC-SHA256"
 
 
 class KeyUnwrapError(Exception):
@@ -46,6 +48,14 @@ def archive_password(data_key: bytes) -> str:
     _check_data_key(data_key)
     digest = hmac.new(data_key, _ARCHIVE_PASSWORD_LABEL, hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def manifest_mac(data_key: bytes, document: bytes) -> str:
+    """The MAC of a backup's manifest, keyed from its data key: who holds neither the data key nor
+    the master key cannot forge a manifest, nor pass one backup's manifest off as another's."""
+    _check_data_key(data_key)
+    key = hmac.new(data_key, _MANIFEST_MAC_LABEL, hashlib.sha256).digest()
+    return hmac.new(key, document, hashlib.sha256).hexdigest()
 
 
 class MasterKey:

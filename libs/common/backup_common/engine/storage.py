@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hmac
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ from backup_common import __version__
 from backup_common.domain.events import BackupPart
 from backup_common.domain.model import Backup
 from backup_common.domain.ports import WrappedKey
+from backup_common.engine.crypto import MANIFEST_MAC_ALGORITHM, manifest_mac
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "backup-system/manifest"
@@ -91,6 +93,36 @@ def backup_manifest(backup: Backup, parts: dict[str, dict[str, Any]], encryption
     }
 
 
+MAC_FIELD = "mac"
+
+
+def _canonical(document: dict[str, Any]) -> bytes:
+    """The bytes a manifest's MAC covers: its JSON without the MAC, keys sorted, no spacing."""
+    unsigned = {key: value for key, value in document.items() if key != MAC_FIELD}
+    return json.dumps(unsigned, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def sign_manifest(document: dict[str, Any], data_key: bytes) -> dict[str, Any]:
+    """The manifest with its MAC (see engine.crypto.manifest_mac)."""
+    mac = {"algorithm": MANIFEST_MAC_ALGORITHM, "value": manifest_mac(data_key, _canonical(document))}
+    return {**document, MAC_FIELD: mac}
+
+
+def manifest_problem(document: dict[str, Any], backup_id: str, data_key: bytes) -> str | None:
+    """Why the manifest is not the authentic one of this backup; None when it is."""
+    mac = document.get(MAC_FIELD)
+    if not isinstance(mac, dict) or not isinstance(mac.get("value"), str):
+        return "the manifest carries no MAC (written before manifests were signed, or stripped): it cannot be trusted"
+    if mac.get("algorithm") != MANIFEST_MAC_ALGORITHM:
+        return f"the manifest's MAC algorithm {mac.get('algorithm')!r} is unknown"
+    if not hmac.compare_digest(mac["value"], manifest_mac(data_key, _canonical(document))):
+        return "the manifest's MAC does not match: it was edited, or belongs to another backup"
+    described = document.get("backup")
+    if not isinstance(described, dict) or described.get("id") != backup_id:
+        return f"the manifest describes backup {described.get('id') if isinstance(described, dict) else None}"
+    return None
+
+
 def find_backup_directory(root: Path, backup_id: str) -> Path | None:
     """The backup's directory below the storage root, whatever day it was made."""
     matches = sorted(root.glob(f"*/{backup_id}"))
@@ -150,14 +182,18 @@ class LocalStorage:
     async def read_part_manifest(self, backup: Backup, part: BackupPart) -> dict[str, Any]:
         return await asyncio.to_thread(read_json, self.directory(backup) / part_manifest_name(part))
 
-    async def write_manifest(self, backup: Backup, encryption: dict[str, Any]) -> None:
+    async def write_manifest(self, backup: Backup, encryption: dict[str, Any], *, data_key: bytes) -> None:
         directory = self.directory(backup)
 
         def write() -> None:
             described = {p.part.value: read_json(directory / part_manifest_name(p.part)) for p in backup.parts}
-            write_json_durably(directory / MANIFEST, backup_manifest(backup, described, encryption))
+            manifest = sign_manifest(backup_manifest(backup, described, encryption), data_key)
+            write_json_durably(directory / MANIFEST, manifest)
 
         await asyncio.to_thread(write)
+
+    async def read_manifest(self, backup: Backup) -> dict[str, Any]:
+        return await asyncio.to_thread(read_json, self.directory(backup) / MANIFEST)
 
     async def usage(self) -> tuple[int, int] | None:
         return await asyncio.to_thread(filesystem_usage, self.root)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
-from typing import Any, overload
+from collections.abc import Callable
+from typing import Any
 
 from asyncmy.connection import Connection
 from asyncmy.errors import IntegrityError
 
 from backup_common.adapters.mysql import db
+from backup_common.adapters.mysql.db import DUPLICATE_KEY, naive, placeholders, utc
+from backup_common.adapters.mysql.verifications import verifications_of
 from backup_common.domain.events import BackupPart, BackupType
 from backup_common.domain.jobs import Lease
 from backup_common.domain.model import (
@@ -27,7 +28,6 @@ from backup_common.domain.model import (
 )
 from backup_common.domain.ports import DuplicateRequest
 
-DUPLICATE_KEY = 1062
 # Bytes of these backups are on disk (a backup being deleted still holds its files).
 _HOLDING_FILES = (BackupStatus.COMPLETED.value, BackupStatus.DELETING.value)
 
@@ -39,30 +39,6 @@ _PART_COLUMNS = (
     "backup_id, part, status, file_name, size_bytes, sha256, item_count, progress, error, attempts,"
     " started_at, completed_at, updated_at"
 )
-
-
-@overload
-def utc(value: datetime) -> datetime: ...
-
-
-@overload
-def utc(value: None) -> None: ...
-
-
-def utc(value: datetime | None) -> datetime | None:
-    """Catalog times are stored naive in UTC; give them back their zone."""
-    return value.replace(tzinfo=UTC) if value is not None else None
-
-
-def naive(value: datetime | None) -> datetime | None:
-    """A time as the catalog stores it: naive, in UTC (every session runs in UTC)."""
-    if value is None or value.tzinfo is None:
-        return value
-    return value.astimezone(UTC).replace(tzinfo=None)
-
-
-def placeholders(values: Sequence[Any]) -> str:
-    return ", ".join(["%s"] * len(values))
 
 
 def _part(row: dict[str, Any]) -> Part:
@@ -159,7 +135,9 @@ class MysqlBackups:
             f"SELECT {_PART_COLUMNS} FROM backup_parts WHERE backup_id = %s ORDER BY part{lock}",
             (backup_id,),
         )
-        return _backup(row, [_part(part) for part in parts])
+        backup = _backup(row, [_part(part) for part in parts])
+        backup.verification = (await verifications_of(self._conn, [backup_id])).get(backup_id)
+        return backup
 
     async def by_idempotency_key(self, requested_by: str, key: str) -> tuple[Backup, str | None] | None:
         row = await db.fetch_one(
@@ -233,6 +211,13 @@ class MysqlBackups:
         if query.statuses:
             where.append(f"status IN ({placeholders(query.statuses)})")
             args.extend(s.value for s in query.statuses)
+        if query.verification:
+            # A backup never verified counts as pending.
+            where.append(
+                "COALESCE((SELECT v.status FROM backup_verifications v WHERE v.backup_id = backups.id), 'pending')"
+                f" IN ({placeholders(query.verification)})"
+            )
+            args.extend(v.value for v in query.verification)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         total_row = await db.fetch_one(self._conn, f"SELECT COUNT(*) AS n FROM backups {clause}", args)
         rows = await db.fetch_all(
@@ -250,7 +235,11 @@ class MysqlBackups:
             ):
                 parts[part["backup_id"]].append(_part(part))
         total = int(total_row["n"]) if total_row else 0
-        return [_backup(row, parts[row["id"]]) for row in rows], total
+        verified = await verifications_of(self._conn, [row["id"] for row in rows])
+        backups = [_backup(row, parts[row["id"]]) for row in rows]
+        for backup in backups:
+            backup.verification = verified.get(backup.id)
+        return backups, total
 
     async def stats(self) -> CatalogStats:
         groups = await db.fetch_all(
@@ -271,6 +260,16 @@ class MysqlBackups:
             " COALESCE(SUM(status = 'failed'), 0) AS failed FROM backups"
             " WHERE created_at >= UTC_TIMESTAMP(6) - INTERVAL 30 DAY",
         )
+        checked = await db.fetch_all(
+            self._conn,
+            "SELECT COALESCE(v.status, 'never') AS state, COUNT(*) AS n FROM backups b"
+            " LEFT JOIN backup_verifications v ON v.backup_id = b.id WHERE b.status = 'completed' GROUP BY state",
+        )
+        verification = {"verified": 0, "failed": 0, "never": 0}
+        for row in checked:
+            # A first verification still running has not proven anything yet.
+            state = "never" if row["state"] == "pending" else row["state"]
+            verification[state] += int(row["n"])
         by_type = {t.value: 0 for t in BackupType}
         by_status: dict[str, int] = {}
         bytes_by_type = {t.value: 0 for t in BackupType}
@@ -289,6 +288,7 @@ class MysqlBackups:
             bytes_by_type=bytes_by_type,
             last_success=last_success,
             last_30_days=Outcomes(int(outcome["ok"]) if outcome else 0, int(outcome["failed"]) if outcome else 0),
+            verification=verification,
         )
 
     async def previous_with_files(self, backup: Backup) -> Backup | None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, overload
 
 import asyncmy
 from asyncmy.connection import Connection
@@ -17,6 +18,33 @@ from backup_common.engine.database.target import MysqlTarget
 log = logging.getLogger(__name__)
 
 Pool = Any  # asyncmy ships no type information for its pool
+
+
+DUPLICATE_KEY = 1062
+
+
+@overload
+def utc(value: datetime) -> datetime: ...
+
+
+@overload
+def utc(value: None) -> None: ...
+
+
+def utc(value: datetime | None) -> datetime | None:
+    """Catalog times are stored naive in UTC; give them back their zone."""
+    return value.replace(tzinfo=UTC) if value is not None else None
+
+
+def naive(value: datetime | None) -> datetime | None:
+    """A time as the catalog stores it: naive, in UTC (every session runs in UTC)."""
+    if value is None or value.tzinfo is None:
+        return value
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
+def placeholders(values: Sequence[Any]) -> str:
+    return ", ".join(["%s"] * len(values))
 
 
 def connection_options(target: MysqlTarget) -> dict[str, Any]:

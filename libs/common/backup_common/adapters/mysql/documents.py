@@ -10,7 +10,7 @@ from typing import Any
 from asyncmy.connection import Connection
 
 from backup_common.adapters.mysql import db
-from backup_common.adapters.mysql.backups import utc
+from backup_common.adapters.mysql.db import utc
 from backup_common.domain.documents import DOCUMENTS, Document
 from backup_common.domain.ports import StoredDocument
 from backup_common.paths import CONFIG_DIR

@@ -100,6 +100,16 @@ class LeaseStore:
             log.info("claimed %s as %s (attempt %d)", job_key, holder, lease.attempts)
         return lease
 
+    async def held(self, prefix: str) -> list[str]:
+        """The keys starting with ``prefix`` of jobs a live holder has now."""
+        async with db.transaction(self._pool) as conn:
+            rows = await db.fetch_all(
+                conn,
+                "SELECT job_key FROM job_leases WHERE job_key LIKE %s AND state = 'held' AND expires_at > NOW(6)",
+                (prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%",),
+            )
+        return [row["job_key"] for row in rows]
+
     async def heartbeat(self, lease: Lease) -> Lease:
         """Extends the lease by ``lease_seconds`` from now; raises LeaseLost if it is no longer held.
 
@@ -338,6 +348,15 @@ class MysqlJobLeases:
 
     async def release(self, lease: Lease, reason: str) -> None:
         await self._store.release(lease, reason, conn=self._conn)
+
+    async def reopen(self, job_key: str) -> None:
+        # Released with no attempt counted: the next run is a new job, not a retry of this one.
+        await db.execute(
+            self._conn,
+            "UPDATE job_leases SET state = 'released', holder = NULL, attempts = 0, last_error = NULL,"
+            " expires_at = NULL, updated_at = NOW(6) WHERE job_key = %s",
+            (job_key,),
+        )
 
     async def reap(self, max_attempts: int) -> ReapResult:
         return await self._store.reap(max_attempts, conn=self._conn)

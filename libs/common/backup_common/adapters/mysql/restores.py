@@ -10,7 +10,7 @@ from asyncmy.connection import Connection
 from asyncmy.errors import IntegrityError
 
 from backup_common.adapters.mysql import db
-from backup_common.adapters.mysql.backups import DUPLICATE_KEY, naive, placeholders, utc
+from backup_common.adapters.mysql.db import DUPLICATE_KEY, naive, placeholders, utc
 from backup_common.domain.events import BackupPart
 from backup_common.domain.jobs import Lease
 from backup_common.domain.model import (

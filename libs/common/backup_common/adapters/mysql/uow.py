@@ -21,8 +21,10 @@ from backup_common.adapters.mysql.documents import MysqlDocuments
 from backup_common.adapters.mysql.leases import LeaseStore, MysqlJobLeases
 from backup_common.adapters.mysql.outbox import add_to_outbox
 from backup_common.adapters.mysql.restores import MysqlRestores
+from backup_common.adapters.mysql.verifications import MysqlVerifications
 from backup_common.domain.events import Event
 from backup_common.domain.model import Backup, Restore
+from backup_common.domain.verification import Verification
 
 
 class _Outbox:
@@ -43,6 +45,7 @@ class MysqlUnitOfWork:
 
     backups: MysqlBackups
     restores: MysqlRestores
+    verifications: MysqlVerifications
     documents: MysqlDocuments
     audit: MysqlAuditLog
     leases: MysqlJobLeases
@@ -54,7 +57,7 @@ class MysqlUnitOfWork:
         self._on_events = on_events
         self._conn: Connection | None = None
         self._stack = AsyncExitStack()
-        self._seen: list[Backup | Restore] = []
+        self._seen: list[Backup | Restore | Verification] = []
         self._events_written = False
 
     async def __aenter__(self) -> Self:
@@ -70,6 +73,7 @@ class MysqlUnitOfWork:
         self._conn = conn
         self.backups = MysqlBackups(conn, self._seen.append)
         self.restores = MysqlRestores(conn, self._seen.append)
+        self.verifications = MysqlVerifications(conn, self._seen.append)
         self.documents = MysqlDocuments(conn)
         self.audit = MysqlAuditLog(conn)
         self.leases = MysqlJobLeases(self._lease_store, conn)

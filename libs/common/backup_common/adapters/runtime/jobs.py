@@ -25,17 +25,18 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from backup_common.adapters.settings import SettingsError
 from backup_common.domain.documents import SettingsDocument
 from backup_common.domain.errors import DomainError
-from backup_common.domain.events import BackupPart, BackupRequested, RestoreRequested, parse_event
-from backup_common.domain.jobs import Lease, LeaseLost, parse_job_key, part_job_key
+from backup_common.domain.events import BackupPart, BackupRequested, RestoreRequested, VerifyRequested, parse_event
+from backup_common.domain.jobs import VERIFY_JOB_PREFIX, Lease, LeaseLost, parse_job_key, part_job_key
 from backup_common.domain.model import Backup, BackupStatus, PartResult, Trigger
 from backup_common.domain.ports import BackupStorage, Heartbeat, Ports, UnitOfWork, read_settings
+from backup_common.domain.verification import Check, Verification
 from backup_common.engine.archive import ArchiveError
 from backup_common.engine.crypto import KeyUnwrapError, archive_password
 from backup_common.engine.storage import encryption_info
 
 log = logging.getLogger(__name__)
 
-Request = TypeVar("Request", BackupRequested, RestoreRequested)
+Request = TypeVar("Request", BackupRequested, RestoreRequested, VerifyRequested)
 PROGRESS_SECONDS = 1.0
 
 
@@ -136,8 +137,11 @@ class PartJobs:
             await uow.leases.complete(lease)
             if completed:
                 # Durable before the commit that lists the backup as usable.
+                # Parts that encrypted created the data key; read it before the MAC below creates one
+                # for a backup whose archives are not encrypted.
                 wrapped = await self._ports.keys.wrapped(backup_id)
-                await self._ports.storage.write_manifest(backup, encryption_info(wrapped))
+                data_key = await self._ports.keys.data_key(backup_id)
+                await self._ports.storage.write_manifest(backup, encryption_info(wrapped), data_key=data_key)
             await uow.backups.save(backup)
             await settle_waiting_restore(uow, backup, self._ports.clock())
             await uow.commit()
@@ -165,6 +169,16 @@ async def settle_waiting_restore(uow: UnitOfWork, backup: Backup, now: datetime)
         await uow.restores.save(restore)
 
 
+async def _give_up_verification(uow: UnitOfWork, job_key: str, attempts: int, now: datetime) -> None:
+    """A verification whose verifier was lost too often fails, and may be requested again."""
+    backup_id = job_key.removeprefix(VERIFY_JOB_PREFIX)
+    if await uow.backups.get(backup_id) is not None:
+        verification = await uow.verifications.get(backup_id, for_update=True) or Verification(backup_id)
+        verification.record([Check("verification", False, f"the verifier was lost {attempts} times; giving up")], now)
+        await uow.verifications.save(verification)
+    await uow.leases.reopen(job_key)
+
+
 async def reap_jobs(ports: Ports, max_attempts: int) -> None:
     """Re-requests the jobs (backup or restore parts) whose worker was lost, or fails them after too
     many losses."""
@@ -178,6 +192,9 @@ async def reap_jobs(ports: Ports, max_attempts: int) -> None:
             await uow.outbox.add(event.model_copy(update={"event_id": uuid.uuid4()}))
         now = ports.clock()
         for job in result.failed:
+            if job.job_key.startswith(VERIFY_JOB_PREFIX):
+                await _give_up_verification(uow, job.job_key, job.attempts, now)
+                continue
             parsed = parse_job_key(job.job_key)
             if parsed is None:
                 continue
@@ -262,14 +279,17 @@ class JobWorker(Generic[Request]):
     task kept alive by its lease's heartbeat, counts it, and turns every failure into a reason.
     """
 
-    def __init__(self, part: BackupPart, ports: Ports, metrics: JobMetrics) -> None:
-        self.part = part
+    def __init__(self, ports: Ports, metrics: JobMetrics) -> None:
         self._ports = ports
         self._metrics = metrics
         self._running: dict[str, tuple[asyncio.Task[None], Lease, Request]] = {}
 
     def _describe(self, event: Request) -> str:
         raise NotImplementedError
+
+    def _wants(self, event: Request) -> bool:
+        """Whether the request is for this worker at all (a backup part asks for its own part)."""
+        return True
 
     async def _claim(self, event: Request) -> Lease | None:
         raise NotImplementedError
@@ -288,19 +308,20 @@ class JobWorker(Generic[Request]):
             await uow.outbox.add(event.model_copy(update={"event_id": uuid.uuid4()}))
             await uow.commit()
 
-    async def start(self, event: Request) -> None:
-        """Claims the job and starts it; returns at once (the job runs on). A request without this
-        worker's part, or whose job is done or held by a live worker, is a no-op."""
-        if self.part not in event.parts:
-            return
+    async def start(self, event: Request) -> asyncio.Task[None] | None:
+        """Claims the job and starts it; returns at once with its task (the job runs on). A request
+        not for this worker, or whose job is done or held by a live worker, is a no-op (None)."""
+        if not self._wants(event):
+            return None
         lease = await self._claim(event)
         if lease is None:
             log.info("%s: already done or in progress elsewhere", self._describe(event))
-            return
+            return None
         # Claim, then acknowledge: the job outlives the message, kept alive by its lease.
         task = asyncio.create_task(self._run(lease, event), name=lease.job_key)
         self._running[lease.job_key] = (task, lease, event)
         task.add_done_callback(lambda _: self._running.pop(lease.job_key, None))
+        return task
 
     async def wait_idle(self) -> None:
         """Returns once no job runs (for tests and orderly stops)."""
@@ -346,12 +367,16 @@ class PartWorker(JobWorker[BackupRequested]):
     """Makes one part (database or files) of the backups requested."""
 
     def __init__(self, part: BackupPart, produce: Producer, ports: Ports, metrics: JobMetrics) -> None:
-        super().__init__(part, ports, metrics)
+        super().__init__(ports, metrics)
+        self.part = part
         self._produce = produce
         self.jobs = PartJobs(ports)
 
     def _describe(self, event: BackupRequested) -> str:
         return f"backup {event.backup_id}: {self.part.value} part"
+
+    def _wants(self, event: BackupRequested) -> bool:
+        return self.part in event.parts
 
     async def _claim(self, event: BackupRequested) -> Lease | None:
         return await self.jobs.claim(event, self.part)

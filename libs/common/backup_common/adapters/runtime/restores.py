@@ -12,29 +12,17 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from backup_common.adapters.runtime.jobs import JobMetrics, JobWorker, PartFailure
+from backup_common.adapters.runtime.stored import StoredPart, StoredParts
 from backup_common.domain.documents import SettingsDocument
 from backup_common.domain.events import BackupPart, RestorePartProgressed, RestoreRequested
 from backup_common.domain.jobs import Lease, restore_job_key
 from backup_common.domain.model import Backup, BackupStatus, Restore
 from backup_common.domain.ports import Heartbeat, Ports, read_settings
-from backup_common.engine.crypto import archive_password
-from backup_common.engine.locate import MAX_CHAIN
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class StoredPart:
-    """A backup's part as storage holds it, with the password of its archive."""
-
-    backup_id: str
-    archive: Path
-    manifest: dict[str, Any]
-    password: str | None
 
 
 class RestoreJobs:
@@ -42,6 +30,7 @@ class RestoreJobs:
 
     def __init__(self, ports: Ports) -> None:
         self._ports = ports
+        self.stored = StoredParts(ports)
 
     async def claim(self, event: RestoreRequested, part: BackupPart) -> Lease | None:
         """Takes the part's job unless the restore or the part is finished or a live worker holds it."""
@@ -122,40 +111,6 @@ class RestoreJobs:
             raise PartFailure(f"backup {restore.backup_id} is {state}; only a completed backup can be restored")
         return restore, backup
 
-    async def stored_part(self, backup: Backup, part: BackupPart) -> StoredPart:
-        """Where the part's archive is, its manifest, and the password its data key gives."""
-        record = backup.part(part)
-        if record.file_name is None:
-            raise PartFailure(f"backup {backup.id} records no archive for its {part.value} part")
-        try:
-            manifest = await self._ports.storage.read_part_manifest(backup, part)
-        except OSError as exc:
-            raise PartFailure(
-                f"backup {backup.id}: the {part.value} part manifest is unreadable ({exc.strerror or exc})"
-            ) from exc
-        password = None
-        if (manifest.get("encryption") or {}).get("scheme", "none") != "none":
-            key = await self._ports.keys.existing_key(backup.id)
-            if key is None:
-                raise PartFailure(f"backup {backup.id} has no data key any more (it was crypto-erased)")
-            password = archive_password(key)
-        return StoredPart(backup.id, self._ports.storage.directory(backup) / record.file_name, manifest, password)
-
-    async def files_chain(self, backup: Backup) -> list[StoredPart]:
-        """The files parts a restore of ``backup`` replays: its complete base first, then each
-        incremental up to ``backup``."""
-        chain = [await self.stored_part(backup, BackupPart.FILES)]
-        while (parent_id := chain[-1].manifest.get("parent_id")) is not None:
-            if len(chain) > MAX_CHAIN:
-                raise PartFailure(f"the chain of backup {backup.id} is longer than {MAX_CHAIN} backups")
-            async with self._ports.uow() as uow:
-                parent = await uow.backups.get(str(parent_id))
-            if parent is None or parent.status is not BackupStatus.COMPLETED:
-                state = "gone from the catalog" if parent is None else parent.status.value
-                raise PartFailure(f"backup {chain[-1].backup_id} is an incremental on {parent_id}, which is {state}")
-            chain.append(await self.stored_part(parent, BackupPart.FILES))
-        return chain[::-1]
-
 
 @dataclass
 class RestoreJob:
@@ -181,10 +136,10 @@ class RestoreJob:
         self.phase = phase
 
     async def stored_part(self) -> StoredPart:
-        return await self.jobs.stored_part(self.backup, self.part)
+        return await self.jobs.stored.part(self.backup, self.part)
 
     async def files_chain(self) -> list[StoredPart]:
-        return await self.jobs.files_chain(self.backup)
+        return await self.jobs.stored.files_chain(self.backup)
 
 
 # Restores the part, checking everything before it touches a live target; returns its final progress.
@@ -195,12 +150,16 @@ class RestoreWorker(JobWorker[RestoreRequested]):
     """Restores one part (database or files) of the restores requested."""
 
     def __init__(self, part: BackupPart, restore: Restorer, ports: Ports, metrics: JobMetrics) -> None:
-        super().__init__(part, ports, metrics)
+        super().__init__(ports, metrics)
+        self.part = part
         self._restore = restore
         self.jobs = RestoreJobs(ports)
 
     def _describe(self, event: RestoreRequested) -> str:
         return f"restore {event.restore_id} of backup {event.backup_id}: {self.part.value} part"
+
+    def _wants(self, event: RestoreRequested) -> bool:
+        return self.part in event.parts
 
     async def _claim(self, event: RestoreRequested) -> Lease | None:
         return await self.jobs.claim(event, self.part)

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -57,6 +57,7 @@ class Service:
     stop: Callable[[], Awaitable[None]] = _nothing  # gives running jobs back, so another replica resumes them
     wait_idle: Callable[[], Awaitable[None]] = _nothing  # returns once no job of this process runs
     reaps_leases: bool = False  # re-requests (or fails) the jobs of workers that were lost
+    loops: tuple[Callable[[], Coroutine[Any, Any, None]], ...] = ()  # run for the life of the process (timers)
 
 
 def job_worker_service(name: str, handlers: HandlerTable, *workers: JobWorker[Any]) -> Service:
@@ -148,21 +149,30 @@ def lifecycle(
         tasks = [asyncio.create_task(relay.run(broker), name="outbox-relay")]
         if service.reaps_leases:
             tasks.append(asyncio.create_task(_reap_forever(running), name="lease-reaper"))
+        loops: list[asyncio.Task[None]] = [
+            asyncio.create_task(loop(), name=getattr(loop, "__name__", "loop")) for loop in service.loops
+        ]
         consuming = asyncio.create_task(_consume(running), name="consumer") if service.handlers else None
         yield
         consumer = await _started(consuming) if consuming is not None else None
         if consumer is not None:
             await consumer.stop()
+        # The service's own loops first, so none starts a job while its jobs are handed back.
+        await _cancel(loops)
         await service.stop()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await _cancel(tasks)
         await broker.close()
         await db.close_pool(pool)
 
     return run
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def _consume(running: Running) -> Consumer:
