@@ -11,6 +11,8 @@ runs, in this fixed order, each from the same settled state:
   restores in place: gunzip | mariadb, ours   (each over a live copy of the database, which is made
            unmeasured first; mariadb-dump's output drops and recreates each table, ours stages the
            tables and swaps them in with one RENAME TABLE; checked, then dropped)
+  drill:   ours restore drill (the verification service's: a scratch database, every table's rows
+           compared with the dump's digests, then dropped), beside the loads above
 
 Before every measured run InnoDB writes back its dirty pages (so no run pays for the previous one's
 writes; this lowers the global innodb_max_dirty_pages_pct to 0 for a few seconds, then restores it),
@@ -289,6 +291,18 @@ class Bench(Harness):
             self.server.drop_database(target)
         return row
 
+    def drill_ours(self) -> Row:
+        if not self.ours_path.exists():
+            return Row("ours restore drill", status=f"not available: no backup at {self.ours_path.relative_to(ROOT)}")
+        argv = [sys.executable, "-m", "bench.run_ours", "drill", "--archive", str(self.ours_path)]
+        argv += ["--mysql-url", self.server.url(self.database), "--parallelism", str(self.threads)]
+        report = WORK_DIR / "logs" / "ours-drill.out"
+        row = self.run("ours restore drill", [argv], stdout=report, env=self._ours_env())
+        row.detail = _read_json(report)
+        if row.ok:
+            row.verified = "identical (digests)"
+        return row
+
     # --- restores in place ----------------------------------------------------------------------
 
     def restore_mariadb(self) -> Row:
@@ -546,7 +560,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"restores in place (checked: {args.verify}):")
             if args.verify != "none":
                 bench.expected()
-            restores = _repeat(args.runs, [bench.restore_mariadb, bench.restore_ours])
+            restores = _repeat(args.runs, [bench.restore_mariadb, bench.restore_ours, bench.drill_ours])
     finally:
         # Only what this invocation wrote: --only load and --only restore leave the backups they were given.
         if not args.keep and args.only not in ("load", "restore"):

@@ -3,6 +3,7 @@
     python -m bench.run_ours dump --mysql-url mysql://root@127.0.0.1:3306/backup_bench --out var/bench/ours.archive
     python -m bench.run_ours load --archive var/bench/ours.archive --mysql-url mysql://root@127.0.0.1:3306/target
     python -m bench.run_ours restore --archive var/bench/ours.archive --mysql-url mysql://root@127.0.0.1:3306/live
+    python -m bench.run_ours drill --archive var/bench/ours.archive --mysql-url mysql://root@127.0.0.1:3306/mysql
 
 `dump` writes the part manifest beside the archive (`ours.json`), as the service does; `restore`
 restores in place over a live database with it (staging database, one RENAME TABLE), as a restore
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from backup_common.adapters.mysql.source import AsyncmySqlServer
+from backup_common.engine.database.drill import restore_drill
 from backup_common.engine.database.dump import dump_database
 from backup_common.engine.database.load import load_database
 from backup_common.engine.database.manifest import database_part_manifest
@@ -95,6 +97,18 @@ def load(archive: Path, url: str, password: str, parallelism: int) -> dict[str, 
     return {"seconds": time.monotonic() - started, "result": _describe(result)}
 
 
+def drill(archive: Path, url: str, password: str, parallelism: int) -> dict[str, Any]:
+    """The verification service's restore drill: a scratch database on the URL's server, compared
+    with the dump's row counts and digests, then dropped."""
+    server = AsyncmySqlServer(MysqlTarget(url))
+    manifest = read_json(manifest_of(archive))
+    started = time.monotonic()
+    check = asyncio.run(
+        restore_drill(archive, manifest, server, "bk_drill_bench", password=password, parallelism=parallelism)
+    )
+    return {"seconds": time.monotonic() - started, "ok": check.ok, "result": _describe(check)}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run_ours", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -109,7 +123,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     restore_parser.add_argument(
         "--mysql-url", required=True, help="mysql://user:password@host:port/database to restore"
     )
-    for sub in (dump_parser, load_parser, restore_parser):
+    drill_parser = commands.add_parser("drill", help="restore drill: load into a scratch database and compare")
+    drill_parser.add_argument("--archive", type=Path, required=True)
+    drill_parser.add_argument("--mysql-url", required=True, help="mysql://user:password@host:port/any (the server)")
+    for sub in (dump_parser, load_parser, restore_parser, drill_parser):
         sub.add_argument("--parallelism", type=int, default=2)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
@@ -118,10 +135,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = dump(args.mysql_url, args.out, password, args.parallelism)
     elif args.command == "load":
         report = load(args.archive, args.mysql_url, password, args.parallelism)
-    else:
+    elif args.command == "restore":
         report = restore(args.archive, args.mysql_url, password, args.parallelism)
+    else:
+        report = drill(args.archive, args.mysql_url, password, args.parallelism)
     print(json.dumps(report, default=str))
-    return 0
+    return 0 if report.get("ok", True) else 1
 
 
 if __name__ == "__main__":

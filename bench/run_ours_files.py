@@ -4,6 +4,7 @@
     python -m bench.run_ours_files incremental --root var/bench/tree --parent var/bench/ours-files.json \\
         --out var/bench/ours-incremental.archive
     python -m bench.run_ours_files restore --archive var/bench/ours-files.archive [--archive …] --target DIR
+    python -m bench.run_ours_files verify --archive var/bench/ours-files.archive [--archive …]
 
 A backup scans the tree root's three subtrees (uploads, configs, logs), writes an encrypted archive
 and its manifest (``<archive without suffix>.json``: ``entries``, ``deleted``, ``state``, as the files
@@ -29,6 +30,8 @@ from backup_common.domain.documents import RestoreLimits
 from backup_common.engine.files.backup import Parent, files_part_manifest, plan_files, write_files_part
 from backup_common.engine.files.model import TREES
 from backup_common.engine.files.restore import ChainLink, restore_chain
+from backup_common.engine.files.verify import check_files_chain
+from backup_common.engine.verify import check_archive_file, check_archive_members
 from bench.run_ours import DEFAULT_PASSWORD, PASSWORD_VARIABLE
 
 COMPRESSION_LEVEL = 3
@@ -76,13 +79,31 @@ def incremental(root: Path, parent: Path, out: Path, password: str) -> dict[str,
 
 def restore(archives: Sequence[Path], target: Path, password: str) -> dict[str, Any]:
     started = time.monotonic()
-    chain = [
-        ChainLink(archive.stem, archive, password, json.loads(manifest_path(archive).read_text()))
-        for archive in archives
-    ]
+    chain = _chain(archives, password)
     target.mkdir(parents=True, exist_ok=True)
     summary = restore_chain(chain, target, RestoreLimits())
     return {"seconds": time.monotonic() - started, "result": asdict(summary)}
+
+
+def _chain(archives: Sequence[Path], password: str) -> list[ChainLink]:
+    return [
+        ChainLink(archive.stem, archive, password, json.loads(manifest_path(archive).read_text()))
+        for archive in archives
+    ]
+
+
+def verify(archives: Sequence[Path], password: str) -> dict[str, Any]:
+    """What the verification service checks of a files part, without writing anything: every archive's
+    digest and members, then the chain and every file's content."""
+    started = time.monotonic()
+    limits = RestoreLimits()
+    checks = []
+    for archive in archives:
+        described = json.loads(manifest_path(archive).read_text())
+        checks.append(check_archive_file(archive, size_bytes=described["size_bytes"], sha256=described["sha256"]))
+        checks.append(check_archive_members(archive, password=password, limits=limits))
+    checks.extend(check_files_chain(_chain(archives, password), limits))
+    return {"seconds": time.monotonic() - started, "ok": all(check.ok for check in checks), "checks": checks}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -99,6 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--archive", type=Path, action="append", required=True, help="repeat for a chain, oldest (complete) first"
     )
     restore_parser.add_argument("--target", type=Path, required=True)
+    verify_parser = commands.add_parser("verify", help="verify a chain of backups without writing anything")
+    verify_parser.add_argument(
+        "--archive", type=Path, action="append", required=True, help="repeat for a chain, oldest (complete) first"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     password = os.environ.get(PASSWORD_VARIABLE, DEFAULT_PASSWORD)
@@ -106,10 +131,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = backup(args.root, args.out, password)
     elif args.command == "incremental":
         report = incremental(args.root, args.parent, args.out, password)
-    else:
+    elif args.command == "restore":
         report = restore(args.archive, args.target, password)
-    print(json.dumps(report, default=str))
-    return 0
+    else:
+        report = verify(args.archive, password)
+    print(
+        json.dumps(
+            report, default=lambda value: asdict(value) if hasattr(value, "__dataclass_fields__") else str(value)
+        )
+    )
+    return 0 if report.get("ok", True) else 1
 
 
 if __name__ == "__main__":
