@@ -268,7 +268,7 @@ class FilesBench(Harness):
         return self._verify(row, target, self.mutated)
 
     def verify_ours_chain(self) -> Row:
-        tool = "ours verify (full + incremental)"
+        tool = "ours verify (chain)"
         if not (self.ours_full.exists() and self.ours_incremental.exists()):
             return Row(tool, status="not available: our complete or incremental backup did not run")
         argv = self._ours("verify", "--archive", str(self.ours_full), "--archive", str(self.ours_incremental))
