@@ -44,6 +44,7 @@ from backup_common.engine.database.load import (
     all_or_cancel,
     load_database,
 )
+from backup_common.engine.database.manifest import ManifestError, manifest_tables
 from backup_common.engine.database.model import LoadSummary
 from backup_common.engine.database.restore import parse_object
 from backup_common.engine.database.sql import SqlConnection, SqlError, SqlServer, quote_identifier
@@ -57,7 +58,6 @@ CHECK_NAME = "restore_drill"
 MAX_NAME = 64  # characters in a database name
 # Table problems named in the detail; a damaged backup can differ in every table.
 MAX_PROBLEMS = 10
-_HEX_DIGEST = re.compile(r"[0-9a-f]{32}")
 _KINDS = ("views", "routines", "triggers", "events")
 _KIND_OF = {"PROCEDURE": "routines", "FUNCTION": "routines", "VIEW": "views", "TRIGGER": "triggers", "EVENT": "events"}
 # SHOW CREATE EVENT always writes the status after ON COMPLETION; the first match is in the header.
@@ -86,35 +86,18 @@ class _Manifest:
 
 
 def _expected_tables(manifest: dict[str, Any]) -> _Manifest:
-    listed = manifest.get("tables")
-    if not isinstance(listed, list):
-        raise _Failed("the part manifest has no list of tables")
     algorithm = manifest.get("row_digest")
     no_digests = None
     if algorithm is None:
         no_digests = "the manifest records no row digests (the backup was made before they were)"
     elif algorithm != ROW_DIGEST:
         no_digests = f"the manifest's row digests are {algorithm!r}, which this version does not compute"
-    tables: list[_Expected] = []
-    seen: set[str] = set()
-    for index, entry in enumerate(listed, start=1):
-        name = entry.get("name") if isinstance(entry, dict) else None
-        rows = entry.get("rows") if isinstance(entry, dict) else None
-        # An empty digest is a table the dump did not digest: compared by its row count.
-        digest = (entry.get("digest") or None) if isinstance(entry, dict) and no_digests is None else None
-        if (
-            not isinstance(name, str)
-            or not name
-            or not isinstance(rows, int)
-            or isinstance(rows, bool)
-            or rows < 0
-            or (digest is not None and not (isinstance(digest, str) and _HEX_DIGEST.fullmatch(digest)))
-        ):
-            raise _Failed(f"the part manifest's table entry {index} is malformed")
-        if name in seen:
-            raise _Failed(f"the part manifest lists table {name} twice")
-        seen.add(name)
-        tables.append(_Expected(name, rows, digest))
+    try:
+        listed = manifest_tables(manifest)
+    except ManifestError as exc:
+        raise _Failed(str(exc)) from exc
+    # A table without a digest is compared by its row count.
+    tables = [_Expected(table.name, table.rows, table.digest if no_digests is None else None) for table in listed]
     return _Manifest(tables, no_digests)
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import re
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from backup_common.domain.events import BackupPart
@@ -52,3 +53,50 @@ def database_part_manifest(
         "tool": tool_info(),
         "progress": dump_progress(result),
     }
+
+
+_HEX_DIGEST = re.compile(r"[0-9a-f]{32}")
+
+
+class ManifestError(ValueError):
+    """The part manifest does not describe its tables as the dump writes them; the message says how."""
+
+
+@dataclass(frozen=True)
+class ManifestTable:
+    """One table as the part manifest records it."""
+
+    index: int  # position in the manifest from 1, as in the names of its members
+    name: str
+    rows: int
+    members: tuple[str, ...]  # its data members
+    digest: str | None  # the dump's row digest; None when it computed none
+
+
+def manifest_tables(manifest: dict[str, Any]) -> list[ManifestTable]:
+    """The manifest's tables, each checked: a name met once, a row count, data members, a digest."""
+    listed = manifest.get("tables")
+    if not isinstance(listed, list):
+        raise ManifestError("the part manifest has no list of tables")
+    tables: list[ManifestTable] = []
+    seen: set[str] = set()
+    for index, entry in enumerate(listed, start=1):
+        found = entry if isinstance(entry, dict) else {}
+        name, rows, members = found.get("name"), found.get("rows"), found.get("members")
+        digest = found.get("digest") or None  # empty: a table the dump did not digest
+        if (
+            not isinstance(name, str)
+            or not name
+            or not isinstance(rows, int)
+            or isinstance(rows, bool)
+            or rows < 0
+            or not isinstance(members, list)
+            or not all(isinstance(member, str) and member.startswith("2-data/") for member in members)
+            or (digest is not None and not (isinstance(digest, str) and _HEX_DIGEST.fullmatch(digest)))
+        ):
+            raise ManifestError(f"the part manifest's table entry {index} is malformed")
+        if name in seen:
+            raise ManifestError(f"the part manifest lists table {name} twice")
+        seen.add(name)
+        tables.append(ManifestTable(index, name, rows, tuple(members), digest))
+    return tables

@@ -59,6 +59,7 @@ from backup_common.engine.database.load import (
     run_statements,
     split_statements,
 )
+from backup_common.engine.database.manifest import ManifestError, manifest_tables
 from backup_common.engine.database.model import DatabaseRestoreProgress, DatabaseRestoreSummary
 from backup_common.engine.database.schema import row_value
 from backup_common.engine.database.sql import SqlConnection, SqlError, SqlServer, quote_identifier
@@ -131,30 +132,16 @@ def unknown_tables(manifest: dict[str, Any], tables: Sequence[str]) -> list[str]
 
 
 def _manifest_tables(manifest: dict[str, Any]) -> list[_Table]:
-    listed = manifest.get("tables")
-    if not isinstance(listed, list):
-        raise DamagedBackup("the part manifest has no list of tables")
-    tables: list[_Table] = []
-    seen: set[str] = set()
-    for index, entry in enumerate(listed, start=1):
-        name = entry.get("name") if isinstance(entry, dict) else None
-        rows = entry.get("rows") if isinstance(entry, dict) else None
-        members = entry.get("members") if isinstance(entry, dict) else None
-        if (
-            not isinstance(name, str)
-            or not name
-            or not isinstance(rows, int)
-            or isinstance(rows, bool)
-            or rows < 0
-            or not isinstance(members, list)
-            or not all(isinstance(member, str) and member.startswith("2-data/") for member in members)
-        ):
-            raise DamagedBackup(f"the part manifest's table entry {index} is malformed")
-        if name in seen:
-            raise DamagedBackup(f"the part manifest lists table {name} twice")
-        seen.add(name)
-        tables.append(_Table(index, name, rows, f"1-tables/{member_stem(index, name)}.sql", tuple(members)))
-    return tables
+    try:
+        listed = manifest_tables(manifest)
+    except ManifestError as exc:
+        raise DamagedBackup(str(exc)) from exc
+    return [
+        _Table(
+            table.index, table.name, table.rows, f"1-tables/{member_stem(table.index, table.name)}.sql", table.members
+        )
+        for table in listed
+    ]
 
 
 # --- statements of the backup --------------------------------------------------------------------
