@@ -40,8 +40,8 @@ Drill = Callable[[StoredPart], Awaitable[Check]]
 
 
 async def verify_backup(ports: Ports, backup: Backup, limits: RestoreLimits, drill: Drill) -> list[Check]:
-    checks = [await _manifest_check(ports, backup)]
-    signed = await _signed_parts(ports, backup)
+    check, signed = await _manifest_check(ports, backup)
+    checks = [check]
     stored = StoredParts(ports)
     for record in backup.parts:
         part = record.part
@@ -75,11 +75,14 @@ async def verify_backup(ports: Ports, backup: Backup, limits: RestoreLimits, dri
     return checks
 
 
-async def _manifest_check(ports: Ports, backup: Backup) -> Check:
+async def _manifest_check(ports: Ports, backup: Backup) -> tuple[Check, dict[str, dict[str, Any]]]:
+    """The check, and the part descriptions of manifest.json when it reads (authentic or not: the
+    archive checks compare with what it says, the check above says whether to believe it)."""
     started = time.monotonic()
+    parts: dict[str, dict[str, Any]] = {}
 
-    def result(ok: bool, detail: str) -> Check:
-        return Check("manifest_authentic", ok, detail, time.monotonic() - started)
+    def result(ok: bool, detail: str) -> tuple[Check, dict[str, dict[str, Any]]]:
+        return Check("manifest_authentic", ok, detail, time.monotonic() - started), parts
 
     try:
         manifest = await ports.storage.read_manifest(backup)
@@ -87,13 +90,16 @@ async def _manifest_check(ports: Ports, backup: Backup) -> Check:
         return result(False, f"manifest.json is unreadable: {exc.strerror or exc}")
     except ValueError as exc:
         return result(False, f"manifest.json does not parse: {exc}")
+    described = manifest.get("parts")
+    if isinstance(described, dict):
+        parts.update({name: value for name, value in described.items() if isinstance(value, dict)})
     key = await ports.keys.existing_key(backup.id)
     if key is None:
         return result(False, "the backup has no data key any more (crypto-erased): its manifest cannot be checked")
-    problem = manifest_problem(manifest, backup.id, key)
+    # Canonical JSON of a manifest listing every file of the trees: CPU work, off the event loop.
+    problem = await asyncio.to_thread(manifest_problem, manifest, backup.id, key)
     if problem is not None:
         return result(False, problem)
-    parts = manifest.get("parts") or {}
     for record in backup.parts:
         try:
             beside = await ports.storage.read_part_manifest(backup, record.part)
@@ -102,16 +108,6 @@ async def _manifest_check(ports: Ports, backup: Backup) -> Check:
         if beside != parts.get(record.part.value):
             return result(False, f"{record.part.value}.json differs from what the signed manifest says of that part")
     return result(True, f"signed with the backup's key; {len(backup.parts)} part manifest(s) agree with it")
-
-
-async def _signed_parts(ports: Ports, backup: Backup) -> dict[str, dict[str, Any]]:
-    """The part descriptions of manifest.json, when it reads (its authenticity is the check above)."""
-    try:
-        manifest = await ports.storage.read_manifest(backup)
-    except (OSError, ValueError):
-        return {}
-    parts = manifest.get("parts")
-    return {name: value for name, value in parts.items() if isinstance(value, dict)} if isinstance(parts, dict) else {}
 
 
 async def _files_checks(stored: StoredParts, backup: Backup, limits: RestoreLimits) -> list[Check]:
