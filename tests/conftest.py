@@ -69,15 +69,16 @@ async def amqp_connection(settings: Settings) -> AsyncIterator[aio_pika.abc.Abst
         await connection.close()
 
 
-# Queue names the tests declared; deleted with the run's exchanges at the end.
+# Queue and exchange names the tests declared; deleted with the run's exchanges at the end.
 DECLARED_QUEUES: list[str] = []
+DECLARED_EXCHANGES: list[str] = []
 
 
 async def delete_run_topology(connection: aio_pika.abc.AbstractConnection, settings: Settings) -> None:
     channel = await connection.channel()
     for queue in DECLARED_QUEUES:
         await channel.queue_delete(queue)
-    for exchange in (settings.amqp_exchange, f"{settings.amqp_exchange}.dlx"):
+    for exchange in (settings.amqp_exchange, f"{settings.amqp_exchange}.dlx", *DECLARED_EXCHANGES):
         await channel.exchange_delete(exchange)
     await channel.close()
 

@@ -3,6 +3,8 @@ queues and processed ids."""
 
 from __future__ import annotations
 
+import asyncio
+import io
 import secrets
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -95,3 +97,21 @@ async def channel(amqp_connection: AbstractRobustConnection) -> AsyncIterator[Ab
 @pytest.fixture
 def processed(catalog_pool: db.Pool) -> MysqlProcessedMessages:
     return MysqlProcessedMessages(catalog_pool)
+
+
+@pytest.fixture(autouse=True)
+async def no_task_left_behind() -> AsyncIterator[None]:
+    """Fails a test that leaves a task running: on the run's one event loop, a leaked consumer or
+    relay would live on into later tests (and a robust connection reconnects forever)."""
+    before = asyncio.all_tasks()
+    yield
+    left: set[asyncio.Task[Any]] = set()
+    for _ in range(40):  # tasks that are ending get two seconds to finish
+        left = asyncio.all_tasks() - before - {asyncio.current_task()}
+        if not left:
+            return
+        await asyncio.sleep(0.05)
+    stacks = io.StringIO()
+    for task in left:
+        task.print_stack(limit=8, file=stacks)
+    pytest.fail(f"{len(left)} tasks left running:\n{stacks.getvalue()}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import json
 import secrets
 from collections.abc import AsyncIterator, Callable
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -24,7 +26,7 @@ from backup_database import bootstrap as database_backup
 from backup_files import bootstrap as file_backup
 from backup_gateway.bootstrap import create_app
 from backup_verification import bootstrap as verification
-from tests.conftest import DECLARED_QUEUES
+from tests.conftest import DECLARED_EXCHANGES, DECLARED_QUEUES
 
 # The services that consume a queue, by name, and how each builds its application.
 SERVICES: dict[str, Callable[[Settings], web.Application]] = {
@@ -34,14 +36,33 @@ SERVICES: dict[str, Callable[[Settings], web.Application]] = {
 }
 
 
-def register_service_queues(settings: Settings) -> None:
-    """Every process declares every service queue of the run's prefix; the run deletes them."""
+def service_topology(settings: Settings) -> tuple[list[str], list[str]]:
+    """The exchanges and the service queues (each with its dead-letter queue) every process declares."""
     topology = Topology(settings)
-    for service in load_service_queues():
-        queue = topology.queue_name(service)
-        for name in (queue, topology.dead_letter_queue_name(queue)):
-            if name not in DECLARED_QUEUES:
-                DECLARED_QUEUES.append(name)
+    queues = [topology.queue_name(service) for service in load_service_queues()]
+    return [topology.exchange, topology.dead_letter_exchange], [
+        name for queue in queues for name in (queue, topology.dead_letter_queue_name(queue))
+    ]
+
+
+def register_service_queues(settings: Settings) -> None:
+    """Leaves the processes' exchanges and queues to the run, which deletes them at its end."""
+    exchanges, queues = service_topology(settings)
+    DECLARED_EXCHANGES.extend(name for name in exchanges if name not in DECLARED_EXCHANGES)
+    DECLARED_QUEUES.extend(name for name in queues if name not in DECLARED_QUEUES)
+
+
+async def delete_service_topology(amqp_url: str, settings: Settings) -> None:
+    exchanges, queues = service_topology(settings)
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        for queue in queues:
+            await channel.queue_delete(queue)
+        for exchange in exchanges:
+            await channel.exchange_delete(exchange)
+    finally:
+        await connection.close()
 
 
 # What Gateway.complete describes each part as holding: one table, one config file.
@@ -134,19 +155,28 @@ class Gateway:
 
 @asynccontextmanager
 async def running_gateway(base: Settings, **overrides: Any) -> AsyncIterator[Gateway]:
-    """A gateway on a catalog database of its own, so counts and lists see only this test's backups."""
-    catalog_url = base.mysql_url.get_secret_value().rsplit("/", 1)[0] + f"/backup_gw_{secrets.token_hex(4)}"
-    settings = Settings.model_validate(base.model_dump() | {"mysql_url": catalog_url} | overrides)
-    register_service_queues(settings)
+    """A gateway on a catalog database, an exchange and queues of its own: counts and lists see only
+    this test's backups, and a test that hung with its workers connected cannot take another's jobs."""
+    own = secrets.token_hex(4)
+    isolated = {
+        "mysql_url": base.mysql_url.get_secret_value().rsplit("/", 1)[0] + f"/backup_gw_{own}",
+        "amqp_exchange": f"{base.amqp_exchange}.{own}",
+        "amqp_queue_prefix": f"{base.amqp_queue_prefix}.{own}",
+    }
+    settings = Settings.model_validate(base.model_dump() | isolated | overrides)
     client = TestClient(TestServer(create_app(settings)))
     await client.start_server()
     pool = await db.create_pool(settings.catalog)
     try:
         yield Gateway(client, settings, pool)
     finally:
-        await db.close_pool(pool)
-        await client.close()
-        await db.drop_database(settings.catalog)
+        try:
+            await db.close_pool(pool)
+            async with stopping_within("the gateway"):
+                await client.close()
+        finally:
+            await db.drop_database(settings.catalog)
+            await delete_service_topology(base.amqp_url.get_secret_value(), settings)
 
 
 async def make_source(url: str) -> MysqlTarget:
@@ -168,6 +198,25 @@ async def make_source(url: str) -> MysqlTarget:
     return target
 
 
+# A service stops in well under a second; one that takes this long waits on something that never comes.
+STOP_SECONDS = 30
+
+
+@asynccontextmanager
+async def stopping_within(what: str) -> AsyncIterator[None]:
+    """Fails a stop that hangs, with the stack of every task still waiting (pytest-timeout shows only
+    the threads, where an event loop waiting on a lost future looks idle)."""
+    try:
+        async with asyncio.timeout(STOP_SECONDS):
+            yield
+    except TimeoutError:
+        stacks = io.StringIO()
+        for task in asyncio.all_tasks():
+            print(f"--- {task.get_name()}", file=stacks)
+            task.print_stack(file=stacks)
+        raise AssertionError(f"{what} did not stop within {STOP_SECONDS} s; its tasks:\n{stacks.getvalue()}") from None
+
+
 @asynccontextmanager
 async def running_workers(gateway: Gateway, *services: str) -> AsyncIterator[None]:
     """The named services, in-process, sharing the gateway's catalog, broker and storage."""
@@ -177,8 +226,9 @@ async def running_workers(gateway: Gateway, *services: str) -> AsyncIterator[Non
             await server.start_server()
         yield
     finally:
-        for server in servers:
-            await server.close()
+        for name, server in zip(services, servers, strict=True):
+            async with stopping_within(name):
+                await server.close()
 
 
 async def wait_finished(gateway: Gateway, backup_id: str) -> dict[str, Any]:

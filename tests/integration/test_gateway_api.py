@@ -13,7 +13,7 @@ from typing import Any
 import aio_pika
 import jwt
 import pytest
-from aio_pika.abc import AbstractRobustConnection
+from aio_pika.abc import AbstractChannel
 
 from backup_common.adapters.settings import Settings
 from backup_common.domain.events import BackupRequested, DeleteRequested, RestoreRequested, parse_event
@@ -517,8 +517,7 @@ async def test_readiness_reports_an_unreachable_broker(settings: Settings) -> No
     assert ready["checks"] == {"mysql": "ok", "rabbitmq": "unavailable"}
 
 
-async def bind_queue(connection: AbstractRobustConnection, settings: Settings, name: str) -> aio_pika.abc.AbstractQueue:
-    channel = await connection.channel()
+async def bind_queue(channel: AbstractChannel, settings: Settings, name: str) -> aio_pika.abc.AbstractQueue:
     exchange = await channel.declare_exchange(settings.amqp_exchange, aio_pika.ExchangeType.TOPIC, durable=True)
     queue = await channel.declare_queue(name, durable=True)
     await queue.bind(exchange, routing_key="backup.requested")
@@ -537,9 +536,9 @@ async def collect(queue: aio_pika.abc.AbstractQueue, count: int) -> list[aio_pik
 
 
 async def test_each_created_backup_publishes_one_backup_requested_event(
-    gateway: Gateway, amqp_connection: AbstractRobustConnection, declare_queue_name: Callable[[str], str]
+    gateway: Gateway, channel: AbstractChannel, declare_queue_name: Callable[[str], str]
 ) -> None:
-    queue = await bind_queue(amqp_connection, gateway.settings, declare_queue_name("observer"))
+    queue = await bind_queue(channel, gateway.settings, declare_queue_name("observer"))
     made = [await gateway.create(kind) for kind in ("full", "database", "files", "incremental")]
     messages = await collect(queue, 4)
     events = [parse_event(message.body) for message in messages]
@@ -557,9 +556,9 @@ async def test_each_created_backup_publishes_one_backup_requested_event(
 
 
 async def test_a_backup_requested_while_rabbitmq_is_down_is_published_once_it_is_back(
-    settings: Settings, amqp_connection: AbstractRobustConnection, declare_queue_name: Callable[[str], str]
+    settings: Settings, channel: AbstractChannel, declare_queue_name: Callable[[str], str]
 ) -> None:
-    queue = await bind_queue(amqp_connection, settings, declare_queue_name("late"))
+    queue = await bind_queue(channel, settings, declare_queue_name("late"))
     async with running_gateway(settings, amqp_url="amqp://guest:guest@127.0.0.1:1/") as down:
         backup = await down.create("full")
         await asyncio.sleep(0.5)

@@ -187,13 +187,13 @@ async def _supervise(services: Sequence[str], env: dict[str, str]) -> int:
     for child in children:
         if child.returncode is None:
             child.terminate()
-    try:
-        await asyncio.wait_for(asyncio.gather(*waits), timeout=15)
-    except TimeoutError:
+    # wait(), not a timeout around gather(): that would cancel the waits it must then wait on again.
+    _, still_running = await asyncio.wait(waits, timeout=15)
+    if still_running:
         for child in children:
             if child.returncode is None:
                 child.kill()
-        await asyncio.gather(*waits)
+        await asyncio.wait(still_running)
     stopper.cancel()
     return code
 
@@ -202,7 +202,8 @@ async def _supervise(services: Sequence[str], env: dict[str, str]) -> int:
 async def _catalog(settings: Settings) -> AsyncIterator[UnitOfWorkFactory | None]:
     """The catalog if it answers within 5 s, else None: commands that read backups work from storage alone."""
     try:
-        pool = await asyncio.wait_for(db.create_pool(settings.catalog, minsize=1, maxsize=1), timeout=5)
+        async with asyncio.timeout(5):
+            pool = await db.create_pool(settings.catalog, minsize=1, maxsize=1)
     except Exception as exc:
         log.warning("catalog unreachable (%s); looking in storage alone", type(exc).__name__)
         yield None

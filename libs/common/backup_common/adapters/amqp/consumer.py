@@ -8,7 +8,6 @@ times, and dead-letters whatever it cannot handle, an event its table has no han
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Mapping
 from typing import Any
@@ -27,6 +26,7 @@ from pydantic import ValidationError
 
 from backup_common.adapters.amqp.publisher import KeyedLocks, confirmed_publish, event_type
 from backup_common.adapters.amqp.topology import Topology, routing_keys
+from backup_common.adapters.waiting import wait_event
 from backup_common.domain.events import Event, parse_event
 from backup_common.domain.ports import EventHandler, ProcessedMessages, PublishError
 
@@ -195,8 +195,7 @@ class Consumer:
             self.name, kind, message.message_id, attempt, self.max_attempts, delay, error, exc_info=exc,
         )  # fmt: skip
         # Cut short on stop() so shutdown does not wait out a long backoff.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), delay)
+        await wait_event(self._stopping, delay)
         try:
             await self._republish(message, attempt + 1, error)
         except PublishError as publish_error:

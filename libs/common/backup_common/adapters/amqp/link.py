@@ -8,7 +8,6 @@ Once connected, the link declares the exchanges and every service's queue (``Top
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 import aio_pika
@@ -16,6 +15,7 @@ from aio_pika.abc import AbstractRobustConnection
 
 from backup_common.adapters.amqp.publisher import AmqpPublisher
 from backup_common.adapters.amqp.topology import ServiceQueues, Topology
+from backup_common.adapters.waiting import cancel_and_wait
 from backup_common.domain.events import Event
 from backup_common.domain.ports import PublishError
 
@@ -71,9 +71,12 @@ class BrokerLink:
                 self._up.set()
                 log.info("connected to RabbitMQ; exchange %s", self._topology.exchange)
                 return
-            except Exception as exc:
+            except BaseException as exc:
+                # Also when stopped half-way: a robust connection left open would reconnect forever.
                 if connection is not None:
                     await connection.close()
+                if not isinstance(exc, Exception):
+                    raise
                 log.warning("RabbitMQ not reachable (%s); retrying in %.0f s", type(exc).__name__, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
@@ -94,9 +97,7 @@ class BrokerLink:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait([self._task])
         if self._publisher is not None:
             await self._publisher.close()
         if self._connection is not None:

@@ -20,6 +20,7 @@ from asyncmy.connection import Connection
 from asyncmy.errors import OperationalError
 
 from backup_common.adapters.mysql import db
+from backup_common.adapters.waiting import cancel_and_wait, wait_event
 from backup_common.domain.jobs import Lease, LeaseLost, ReapedJob, ReapResult
 
 log = logging.getLogger(__name__)
@@ -302,17 +303,12 @@ class Heartbeat:
         # connection half-read. Only a heartbeat that hangs is cancelled.
         self._stop.set()
         try:
-            _, pending = await asyncio.wait([task], timeout=self.interval)
+            await asyncio.wait([task], timeout=self.interval)
         finally:
-            if not task.done():
-                task.cancel()
-        if pending:
-            # wait() rather than awaiting the task: it never raises the task's CancelledError, so
-            # a cancellation of the caller itself still propagates.
-            await asyncio.wait(pending)
+            await cancel_and_wait([task])
 
     async def _run(self) -> None:
-        while not await self._stopped_within(self.interval):
+        while not await wait_event(self._stop, self.interval):
             try:
                 self._lease = await self._store.heartbeat(self._lease)
             except LeaseLost as exc:
@@ -321,13 +317,6 @@ class Heartbeat:
                 return
             except Exception as exc:
                 log.warning("heartbeat of %s failed, retrying: %r", self._lease.job_key, exc)
-
-    async def _stopped_within(self, seconds: float) -> bool:
-        try:
-            await asyncio.wait_for(self._stop.wait(), seconds)
-        except TimeoutError:
-            return False
-        return True
 
 
 class MysqlJobLeases:

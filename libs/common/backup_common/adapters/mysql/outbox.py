@@ -9,7 +9,6 @@ events go out at once. While the broker is unreachable nothing is parked: every 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 from asyncmy.connection import Connection
 
 from backup_common.adapters.mysql import db
+from backup_common.adapters.waiting import wait_event
 from backup_common.domain.events import Event, parse_event
 from backup_common.domain.ports import EventRefused, Publisher
 
@@ -171,7 +171,8 @@ class OutboxRelay:
     @staticmethod
     async def _publish(publisher: Publisher, payload: bytes) -> None:
         # Bounded, so a broker that stops answering cannot hold the rows' locks indefinitely.
-        await asyncio.wait_for(publisher.publish(parse_event(payload)), timeout=PUBLISH_TIMEOUT_SECONDS)
+        async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
+            await publisher.publish(parse_event(payload))
 
     async def run(self, publisher: Publisher) -> None:
         """Relays until cancelled. Backs off while the broker or the catalog is unavailable; an event
@@ -195,8 +196,7 @@ class OutboxRelay:
     async def _wait(self, seconds: float) -> None:
         """Sleeps ``seconds``, or less if woken."""
         self._wakeup.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wakeup.wait(), timeout=seconds)
+        await wait_event(self._wakeup, seconds)
 
     async def counts(self) -> tuple[int, int]:
         """Events waiting to be sent, and events parked."""

@@ -41,7 +41,8 @@ async def readiness(pool: db.Pool, broker: BrokerLink) -> web.Response:
     """200 when MySQL answers and RabbitMQ is connected, else 503 naming what is not."""
     checks: dict[str, str] = {}
     try:
-        await asyncio.wait_for(db.ping(pool), timeout=3)
+        async with asyncio.timeout(3):
+            await db.ping(pool)
         checks["mysql"] = "ok"
     except Exception as exc:
         checks["mysql"] = f"unavailable: {type(exc).__name__}"

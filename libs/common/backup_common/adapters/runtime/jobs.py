@@ -23,6 +23,7 @@ from typing import Any, Generic, TypeVar
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from backup_common.adapters.settings import SettingsError
+from backup_common.adapters.waiting import cancel_and_wait
 from backup_common.domain.documents import SettingsDocument
 from backup_common.domain.errors import DomainError
 from backup_common.domain.events import BackupPart, BackupRequested, RestoreRequested, VerifyRequested, parse_event
@@ -226,13 +227,11 @@ async def reporting(
             await asyncio.sleep(PROGRESS_SECONDS)
             await send(snapshot())
 
-    reporter = asyncio.create_task(report())
+    reporter = asyncio.create_task(report(), name="progress reporter")
     try:
         yield
     finally:
-        reporter.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reporter
+        await cancel_and_wait([reporter])
 
 
 @dataclass
@@ -331,9 +330,7 @@ class JobWorker(Generic[Request]):
     async def shutdown(self) -> None:
         """Stops every running job and gives it back, so another replica resumes it."""
         for task, lease, event in list(self._running.values()):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await cancel_and_wait([task])
             with contextlib.suppress(Exception):
                 await self._release(lease, event, "the worker was stopped")
 
@@ -352,6 +349,9 @@ class JobWorker(Generic[Request]):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            if (task := asyncio.current_task()) is not None and task.cancelling():
+                # Stopped, and the cancellation surfaced as another error: the job is given back, not failed.
+                raise asyncio.CancelledError from exc
             self._metrics.finished("failed")
             reason = failure_reason(exc)
             log.error("%s failed: %s", what, reason)

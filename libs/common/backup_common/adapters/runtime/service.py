@@ -9,7 +9,6 @@ which unit tests call with fakes of the ports.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -35,6 +34,7 @@ from backup_common.adapters.mysql.uow import unit_of_work_factory
 from backup_common.adapters.runtime.health import ServiceMetrics, healthz, metrics_response, readiness
 from backup_common.adapters.runtime.jobs import JobWorker, reap_jobs
 from backup_common.adapters.settings import Settings, SettingsError, load_settings
+from backup_common.adapters.waiting import cancel_and_wait
 from backup_common.domain.events import Event
 from backup_common.domain.jobs import MAX_JOB_ATTEMPTS
 from backup_common.domain.ports import Ports
@@ -158,21 +158,13 @@ def lifecycle(
         if consumer is not None:
             await consumer.stop()
         # The service's own loops first, so none starts a job while its jobs are handed back.
-        await _cancel(loops)
+        await cancel_and_wait(loops)
         await service.stop()
-        await _cancel(tasks)
+        await cancel_and_wait(tasks)
         await broker.close()
         await db.close_pool(pool)
 
     return run
-
-
-async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
-    for task in tasks:
-        task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def _consume(running: Running) -> Consumer:
@@ -192,9 +184,9 @@ async def _started(task: asyncio.Task[Consumer]) -> Consumer | None:
     """The consumer if it started; otherwise its start is cancelled (the broker never answered)."""
     if task.done() and not task.cancelled() and task.exception() is None:
         return task.result()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task
+    await cancel_and_wait([task])
+    if task.done() and not task.cancelled() and task.exception() is None:
+        return task.result()  # it started as it was being cancelled
     return None
 
 

@@ -367,6 +367,9 @@ async def restore_drill(
     finally:
         # Shielded: a cancellation while dropping stops the wait, not the drop.
         left = await asyncio.shield(_drop_scratch(server, scratch))
+    if (task := asyncio.current_task()) is not None and task.cancelling():
+        # The driver's connect (asyncio.wait_for on Python 3.11) can swallow a cancellation: stop anyway.
+        raise asyncio.CancelledError
     if left is not None:
         detail += f"; the scratch database {scratch} could not be dropped ({left}): the next sweep drops it"
     return Check(CHECK_NAME, ok, detail, time.monotonic() - started)
