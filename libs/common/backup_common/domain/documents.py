@@ -71,10 +71,31 @@ class ScheduleDocument(_Strict):
 
 class RetentionPolicy(_Strict):
     keep_last: int = Field(3, ge=1, le=1000, description="Most recent completed backups always kept.")
-    keep_daily: int = Field(7, ge=0, le=3650)
-    keep_weekly: int = Field(4, ge=0, le=520)
-    keep_monthly: int = Field(12, ge=0, le=1200)
-    max_age_days: int | None = Field(None, ge=1, le=36500)
+    keep_daily: int = Field(
+        7, ge=0, le=3650, description="For this many most recent days with a backup, the newest of each day is kept."
+    )
+    keep_weekly: int = Field(
+        4, ge=0, le=520, description="For this many most recent ISO weeks with a backup, the newest of each is kept."
+    )
+    keep_monthly: int = Field(
+        12,
+        ge=0,
+        le=1200,
+        description="For this many most recent months with a backup, the newest of each is kept (archives too).",
+    )
+    keep_yearly: int = Field(
+        0,
+        ge=0,
+        le=100,
+        description="For this many most recent years with a backup, the newest of each is kept (archives too).",
+    )
+    max_age_days: int | None = Field(
+        None,
+        ge=1,
+        le=36500,
+        description="Backups older than this many days are deleted even if a daily, weekly, monthly or yearly rule "
+        "would keep them; keep_last and archives are exempt. Null means no limit.",
+    )
 
 
 class EncryptionSettings(_Strict):
@@ -120,5 +141,6 @@ class SettingsDocument(_Strict):
 
 
 Document = ScheduleDocument | SettingsDocument
+
 
 DOCUMENTS: dict[str, type[Document]] = {"schedule": ScheduleDocument, "settings": SettingsDocument}
