@@ -18,6 +18,8 @@ from backup_files import bootstrap as file_backup
 from backup_files.handlers import HANDLERS as FILE_BACKUP
 from backup_gateway import bootstrap as gateway
 from backup_gateway.handlers import HANDLERS as GATEWAY
+from backup_retention import bootstrap as retention
+from backup_retention.handlers import HANDLERS as RETENTION
 from backup_verification import bootstrap as verification
 from backup_verification.handlers import HANDLERS as VERIFICATION
 
@@ -26,6 +28,7 @@ TABLES = {
     database_backup.NAME: DATABASE_BACKUP,
     file_backup.NAME: FILE_BACKUP,
     verification.NAME: VERIFICATION,
+    retention.NAME: RETENTION,
 }
 
 

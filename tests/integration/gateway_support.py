@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import io
 import json
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from backup_common.engine.database.target import MysqlTarget
 from backup_database import bootstrap as database_backup
 from backup_files import bootstrap as file_backup
 from backup_gateway.bootstrap import create_app
+from backup_retention import bootstrap as retention
 from backup_verification import bootstrap as verification
 from tests.conftest import DECLARED_EXCHANGES, DECLARED_QUEUES
 
@@ -33,6 +35,7 @@ SERVICES: dict[str, Callable[[Settings], web.Application]] = {
     database_backup.NAME: database_backup.create_app,
     file_backup.NAME: file_backup.create_app,
     verification.NAME: verification.create_app,
+    retention.NAME: retention.create_app,
 }
 
 
@@ -179,6 +182,25 @@ async def running_gateway(base: Settings, **overrides: Any) -> AsyncIterator[Gat
             await delete_service_topology(base.amqp_url.get_secret_value(), settings)
 
 
+def source_url(base: Settings) -> str:
+    """A new database name for a test's own source database, on the run's server."""
+    return base.mysql_url.get_secret_value().rsplit("/", 1)[0] + f"/backup_src_{secrets.token_hex(4)}"
+
+
+def system_overrides(source: str, root: Path) -> dict[str, Any]:
+    """A test system's settings: its source database, a master key of its own, and its storage and
+    the application's three trees (``root/app/uploads``, ``configs``, ``logs``) below ``root``."""
+    app = root / "app"
+    return {
+        "source_mysql_url": source,
+        "master_key": base64.b64encode(secrets.token_bytes(32)).decode(),
+        "storage_dir": root / "storage",
+        "uploads_dir": app / "uploads",
+        "configs_dir": app / "configs",
+        "logs_dir": app / "logs",
+    }
+
+
 async def make_source(url: str) -> MysqlTarget:
     """A small application database to back up: one table, three rows, quotes and unicode."""
     target = MysqlTarget(url)
@@ -220,13 +242,20 @@ async def stopping_within(what: str) -> AsyncIterator[None]:
 @asynccontextmanager
 async def running_workers(gateway: Gateway, *services: str) -> AsyncIterator[None]:
     """The named services, in-process, sharing the gateway's catalog, broker and storage."""
-    servers = [TestServer(SERVICES[name](gateway.settings)) for name in services]
+    async with running_apps([(name, SERVICES[name](gateway.settings)) for name in services]):
+        yield
+
+
+@asynccontextmanager
+async def running_apps(apps: Sequence[tuple[str, web.Application]]) -> AsyncIterator[None]:
+    """Service applications (name, application), served in-process until the block ends."""
+    servers = [(name, TestServer(app)) for name, app in apps]
     try:
-        for server in servers:
+        for _, server in servers:
             await server.start_server()
         yield
     finally:
-        for name, server in zip(services, servers, strict=True):
+        for name, server in servers:
             async with stopping_within(name):
                 await server.close()
 

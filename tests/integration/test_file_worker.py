@@ -17,7 +17,15 @@ import pytest
 from backup_common.adapters.mysql import db
 from backup_common.adapters.settings import Settings
 from backup_common.cli import main as backupctl
-from tests.integration.gateway_support import Gateway, make_source, running_gateway, running_workers, wait_finished
+from tests.integration.gateway_support import (
+    Gateway,
+    make_source,
+    running_gateway,
+    running_workers,
+    source_url,
+    system_overrides,
+    wait_finished,
+)
 from tests.integration.trees import TREES, trees
 
 pytestmark = pytest.mark.integration
@@ -33,20 +41,12 @@ class System:
 
 @pytest.fixture
 async def system(settings: Settings, tmp_path: Path) -> AsyncIterator[System]:
-    source_url = settings.mysql_url.get_secret_value().rsplit("/", 1)[0] + f"/backup_src_{secrets.token_hex(4)}"
-    source = await make_source(source_url)
+    url = source_url(settings)
+    source = await make_source(url)
     app = tmp_path / "app"
     for tree in TREES:
         (app / tree).mkdir(parents=True)
-    overrides: dict[str, Any] = {
-        "source_mysql_url": source_url,
-        "master_key": base64.b64encode(secrets.token_bytes(32)).decode(),
-        "storage_dir": tmp_path / "storage",
-        "uploads_dir": app / "uploads",
-        "configs_dir": app / "configs",
-        "logs_dir": app / "logs",
-    }
-    async with running_gateway(settings, **overrides) as gateway:
+    async with running_gateway(settings, **system_overrides(url, tmp_path)) as gateway:
         try:
             async with running_workers(gateway, "file_backup", "database_backup"):
                 yield System(gateway, app)

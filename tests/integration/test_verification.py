@@ -21,7 +21,15 @@ from backup_common.adapters.runtime import service as runtime
 from backup_common.adapters.settings import Settings
 from backup_common.domain.documents import SettingsDocument
 from backup_verification import handlers as verification
-from tests.integration.gateway_support import Gateway, make_source, running_gateway, running_workers, wait_finished
+from tests.integration.gateway_support import (
+    Gateway,
+    make_source,
+    running_gateway,
+    running_workers,
+    source_url,
+    system_overrides,
+    wait_finished,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -31,23 +39,14 @@ API = "/api/admin/backup"
 @pytest.fixture
 async def system(settings: Settings, tmp_path: Path) -> AsyncIterator[Gateway]:
     """A gateway, both backup workers and two verification replicas sharing one catalog and storage."""
-    source_url = settings.mysql_url.get_secret_value().rsplit("/", 1)[0] + f"/backup_src_{secrets.token_hex(4)}"
-    source = await make_source(source_url)
+    url = source_url(settings)
+    source = await make_source(url)
     app = tmp_path / "app"
     (app / "uploads" / "2025").mkdir(parents=True)
     (app / "uploads" / "2025" / "cat.txt").write_text("meow\n" * 1000)
     (app / "configs").mkdir()
     (app / "configs" / "app.ini").write_text("[db]\n")
-    overrides: dict[str, Any] = {
-        "source_mysql_url": source_url,
-        "master_key": base64.b64encode(secrets.token_bytes(32)).decode(),
-        "storage_dir": tmp_path / "storage",
-        "uploads_dir": app / "uploads",
-        "configs_dir": app / "configs",
-        "logs_dir": app / "logs",
-        "lease_seconds": 5,
-    }
-    async with running_gateway(settings, **overrides) as gateway:
+    async with running_gateway(settings, **system_overrides(url, tmp_path), lease_seconds=5) as gateway:
         try:
             async with running_workers(gateway, "database_backup", "file_backup", "verification", "verification"):
                 yield gateway

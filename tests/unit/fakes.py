@@ -34,12 +34,16 @@ from backup_common.domain.model import (
     PartStatus,
     Restore,
     RestoreFilter,
+    RestoreStatus,
     target_busy,
 )
 from backup_common.domain.ports import DuplicateRequest, Ports, StoredDocument, WrappedKey
+from backup_common.domain.retention import Candidate
+from backup_common.domain.schedule import Firing
 from backup_common.domain.verification import Verification, VerificationStatus
 from backup_common.engine.crypto import MasterKey, new_data_key
 from backup_common.engine.storage import LocalStorage
+from tests.unit.fake_upkeep import FakeHousekeeping, FakeLocks, FakeSchedules
 
 LEASE_SECONDS = 60.0
 
@@ -82,6 +86,10 @@ class FakeCatalog:
     leases: dict[str, StoredLease] = field(default_factory=dict)
     restore_targets: dict[str, str] = field(default_factory=dict)  # target key -> unfinished restore
     verifications: dict[str, Verification] = field(default_factory=dict)
+    firings: dict[tuple[str, datetime], Firing] = field(default_factory=dict)
+    cursors: dict[str, datetime] = field(default_factory=dict)
+    locks: set[str] = field(default_factory=set)
+    purges: list[datetime] = field(default_factory=list)
     commits: int = 0
 
     def events(self, kind: type[Event]) -> list[Any]:
@@ -136,6 +144,38 @@ class _Backups:
         if stored is None or (stored.holder, stored.version, stored.state) != (lease.holder, lease.version, "held"):
             return
         self._uow.staged_progress.append(("backup", backup_id, part, progress))
+
+    async def retention_candidates(self) -> list[Candidate]:
+        return [
+            Candidate(b.id, b.type, b.created_at, b.parent_id, b.archive)
+            for b in self._catalog.backups.values()
+            if b.status is BackupStatus.COMPLETED
+        ]
+
+    async def dependents(self, backup_id: str) -> list[str]:
+        live = [b for b in self._catalog.backups.values() if b.status.in_progress or b.status is BackupStatus.COMPLETED]
+        chain, found = {backup_id}, True
+        while found:
+            found = False
+            for backup in live:
+                if backup.parent_id in chain and backup.id not in chain:
+                    chain.add(backup.id)
+                    found = True
+        return [b.id for b in sorted(live, key=lambda b: (b.created_at, b.id)) if b.id in chain - {backup_id}]
+
+    async def running_of_schedule(self, schedule: str) -> Backup | None:
+        running = [b for b in self._catalog.backups.values() if b.schedule == schedule and b.status.in_progress]
+        newest = max(running, key=lambda b: b.created_at, default=None)
+        return _fresh(newest) if newest else None
+
+    async def idle_since(self, status: BackupStatus, before: datetime, limit: int) -> list[str]:
+        idle = [b for b in self._catalog.backups.values() if b.status is status and b.updated_at < before]
+        return [b.id for b in sorted(idle, key=lambda b: b.updated_at)][:limit]
+
+    async def unerased_failures(self, before: datetime, limit: int) -> list[str]:
+        backups = self._catalog.backups.values()
+        failed = [b for b in backups if b.status is BackupStatus.FAILED and not b.erased_at and b.updated_at < before]
+        return [b.id for b in failed][:limit]
 
     async def list(self, query: BackupFilter) -> tuple[list[Backup], int]:
         matching = [
@@ -229,6 +269,17 @@ class _Restores:
                 return waiting
         return None
 
+    async def idle_pending(self, before: datetime, limit: int) -> list[str]:
+        backups = self._uow.catalog.backups
+
+        def waiting(restore: Restore) -> bool:
+            safety = backups.get(restore.safety_backup_id or "")
+            return safety is not None and safety.status.in_progress
+
+        restores = self._uow.catalog.restores.values()
+        idle = [r for r in restores if r.status is RestoreStatus.PENDING and r.updated_at < before and not waiting(r)]
+        return [r.id for r in idle][:limit]
+
     async def unfinished_of(self, backup_id: str) -> list[str]:
         restores = self._uow.catalog.restores.values()
         return [r.id for r in restores if r.backup_id == backup_id and not r.status.finished]
@@ -272,7 +323,7 @@ class _Documents:
     def __init__(self, uow: FakeUnitOfWork) -> None:
         self._uow = uow
 
-    async def get(self, name: str) -> StoredDocument:
+    async def get(self, name: str, *, for_update: bool = False) -> StoredDocument:
         stored = self._uow.staged_documents.get(name) or self._uow.catalog.documents.get(name)
         if stored is None:
             stored = StoredDocument(name, default_document(name), 1, "defaults", self._uow.catalog.clock())
@@ -375,6 +426,8 @@ class FakeUnitOfWork:
         self.staged_progress: list[tuple[str, str, BackupPart, dict[str, Any]]] = []  # kind, id, part, progress
         self.staged_targets: dict[str, str] = {}
         self.staged_verifications: dict[str, Verification] = {}
+        self.staged_firings: dict[tuple[str, datetime], Firing] = {}
+        self.staged_cursors: dict[str, datetime] = {}
         self.backups = _Backups(self)
         self.restores = _Restores(self)
         self.verifications = _Verifications(self)
@@ -382,6 +435,8 @@ class FakeUnitOfWork:
         self.audit = _Audit(self)
         self.outbox = _Outbox(self)
         self.leases = _JobLeases(self)
+        self.schedules = FakeSchedules(self)
+        self.housekeeping = FakeHousekeeping(self)
 
     def stage(self, aggregate: Backup | Restore) -> None:
         self.staged[aggregate.id] = aggregate
@@ -393,6 +448,7 @@ class FakeUnitOfWork:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
     ) -> None:
         self.staged.clear()
+        self.staged_firings.clear()
 
     async def commit(self) -> None:
         catalog = self.catalog
@@ -420,11 +476,14 @@ class FakeUnitOfWork:
         catalog.audit.extend(self.staged_audit)
         catalog.outbox.extend(self.staged_events)
         catalog.leases.update(self.staged_leases)
+        catalog.firings.update(self.staged_firings)
+        catalog.cursors.update(self.staged_cursors)
         catalog.commits += 1
         self.staged.clear()
         self.staged_events, self.staged_audit, self.staged_progress = [], [], []
         self.staged_idempotency, self.staged_documents, self.staged_leases = {}, {}, {}
         self.staged_targets, self.staged_verifications = {}, {}
+        self.staged_firings, self.staged_cursors = {}, {}
 
 
 class FakeHeartbeat:
@@ -522,6 +581,7 @@ def fake_ports(storage: Path, holder: str = "test-worker") -> FakeSystem:
         leases=FakeLeases(catalog),
         keys=keys,
         storage=local,
+        locks=FakeLocks(catalog),
         clock=clock,
         holder=holder,
     )

@@ -9,6 +9,7 @@ import pytest
 from backup_common.domain.errors import Conflict
 from backup_common.domain.events import (
     BackupCompleted,
+    BackupDeleted,
     BackupFailed,
     BackupPart,
     BackupRequested,
@@ -136,16 +137,45 @@ def test_no_status_leaves_deleted_and_every_status_is_reached_from_pending() -> 
     assert BACKUP_TRANSITIONS[BackupStatus.DELETED] == frozenset()
 
 
-def test_deleting_is_refused_while_the_backup_runs_and_asked_for_once() -> None:
+def test_deleting_is_refused_while_the_backup_runs_and_asked_for_again_when_repeated() -> None:
     with pytest.raises(Conflict, match="wait until it completes or fails"):
         running().request_delete("alice", LATER)
     backup = completed()
 
     backup.request_delete("alice", LATER)
-    backup.request_delete("alice", LATER)
+    backup.request_delete("housekeeping", LATER + timedelta(minutes=10))
 
     assert backup.status is BackupStatus.DELETING
-    assert [type(event) for event in backup.events] == [DeleteRequested]
+    assert [type(event) for event in backup.events] == [DeleteRequested, DeleteRequested]
+    assert backup.updated_at == LATER + timedelta(minutes=10)  # the retry delay counts from the last request
+
+
+def test_erasing_finishes_a_deletion_and_leaves_a_failed_backup_listed_as_failed() -> None:
+    deleting = completed()
+    deleting.request_delete("alice", LATER)
+    deleting.events.clear()
+    failed = running()
+    failed.fail_part(BackupPart.DATABASE, "disk full", LATER)
+
+    deleting.erased(LATER)
+    failed.erased(LATER)
+
+    assert (deleting.status, deleting.erased_at, deleting.needs_erasing) == (BackupStatus.DELETED, LATER, False)
+    assert [type(event) for event in deleting.events] == [BackupDeleted]
+    assert (failed.status, failed.erased_at, failed.needs_erasing) == (BackupStatus.FAILED, LATER, False)
+    with pytest.raises(InvalidTransition):
+        completed().erased(LATER)
+
+
+def test_a_backup_no_worker_took_fails_with_the_reason_in_every_part() -> None:
+    backup = Backup.request(BackupType.FULL, requested_by="alice", now=NOW)
+
+    backup.abandon("no worker took it within 60 minutes", LATER)
+
+    assert backup.status is BackupStatus.FAILED
+    assert backup.error == "no worker took it within 60 minutes"
+    assert {part.status for part in backup.parts} == {PartStatus.FAILED}
+    assert [type(event) for event in backup.events] == [BackupRequested, BackupFailed]
 
 
 def test_a_job_key_names_its_kind_id_and_part_and_nothing_else_parses_as_one() -> None:

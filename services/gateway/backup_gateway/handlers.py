@@ -11,14 +11,14 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from backup_common.adapters.runtime.service import Handlers
-from backup_common.domain.documents import DOCUMENTS
-from backup_common.domain.errors import Conflict, InvalidRequest, NotFound, Unavailable
+from backup_common.domain.documents import DOCUMENTS, Document, merge_patch, missing_sections
+from backup_common.domain.errors import Conflict, InvalidRequest, NotFound, PreconditionFailed, Unavailable
 from backup_common.domain.events import BackupPart, BackupType, VerifyRequested
 from backup_common.domain.model import (
     SYSTEM_DATABASES,
@@ -33,8 +33,9 @@ from backup_common.domain.model import (
     RestoreTarget,
     Trigger,
 )
-from backup_common.domain.ports import DuplicateRequest, Ports, StoredDocument
+from backup_common.domain.ports import DuplicateRequest, Ports, StoredDocument, retention_plan
 from backup_common.domain.ports import read_document as read_stored_document
+from backup_common.domain.retention import RetentionPlan
 from backup_common.engine.database.restore import database_objects, unknown_tables
 from backup_common.engine.database.sql import SqlError, SqlServer
 from backup_common.engine.files.in_place import non_empty_trees, unknown_paths
@@ -277,8 +278,8 @@ async def request_verification(ports: Ports, backup_id: str, *, requested_by: st
 
 
 async def request_delete(ports: Ports, backup_id: str, *, requested_by: str) -> Backup:
-    """Marks the backup `deleting` and asks for its deletion (Conflict while it is in progress or
-    being restored)."""
+    """Marks the backup `deleting` and asks for its deletion (Conflict while it is in progress, being
+    restored, or the base of an incremental that is kept)."""
     async with ports.uow() as uow:
         backup = await uow.backups.get(backup_id, for_update=True)
         if backup is None:
@@ -289,21 +290,67 @@ async def request_delete(ports: Ports, backup_id: str, *, requested_by: str) -> 
                 f"backup {backup_id} is being restored (restore {restoring[0]}); delete it once that has finished",
                 code="backup_being_restored",
             )
+        dependents = await uow.backups.dependents(backup_id)
+        if dependents:
+            raise Conflict(
+                f"backup {backup_id} is needed to restore the incremental backups {', '.join(dependents)}:"
+                " delete those first, newest first",
+                code="backup_has_dependents",
+            )
         backup.request_delete(requested_by, ports.clock())
         await uow.backups.save(backup)
         await uow.commit()
     return backup
 
 
+async def preview_retention(ports: Ports) -> RetentionPlan:
+    """What the retention policy would keep and delete now."""
+    return await retention_plan(ports.uow, ports.clock())
+
+
 async def read_document(ports: Ports, name: str) -> StoredDocument:
     return await read_stored_document(ports.uow, name)
 
 
-async def replace_document(ports: Ports, name: str, body: dict[str, Any], *, updated_by: str) -> StoredDocument:
-    """Validates the whole document (pydantic.ValidationError names each bad field) and stores it."""
+async def replace_document(
+    ports: Ports, name: str, body: dict[str, Any], *, updated_by: str, if_match: int | None = None
+) -> StoredDocument:
+    """Validates the whole document (pydantic.ValidationError names each bad field) and stores it; a
+    body that leaves out a section is refused rather than taken to mean its defaults."""
     document = DOCUMENTS[name].model_validate(body)
+    missing = missing_sections(DOCUMENTS[name], body)
+    if missing:
+        raise InvalidRequest(
+            f"PUT replaces the whole {name} document, and this one leaves out {', '.join(missing)}:"
+            " send them all (as GET shows them), or PATCH just what changes",
+            code="incomplete_document",
+        )
+    return await _store_document(ports, name, lambda current: document, updated_by, if_match)
+
+
+async def patch_document(
+    ports: Ports, name: str, patch: dict[str, Any], *, updated_by: str, if_match: int | None = None
+) -> StoredDocument:
+    """Applies a JSON merge patch (RFC 7396) to the stored document and stores the valid result."""
+
+    def patched(current: Document) -> Document:
+        return DOCUMENTS[name].model_validate(merge_patch(current.model_dump(mode="json"), patch))
+
+    return await _store_document(ports, name, patched, updated_by, if_match)
+
+
+async def _store_document(
+    ports: Ports, name: str, change: Callable[[Document], Document], updated_by: str, if_match: int | None
+) -> StoredDocument:
     async with ports.uow() as uow:
-        stored = await uow.documents.put(name, document, updated_by)
+        # Locked until the commit: two writers with the same If-Match cannot both succeed.
+        current = await uow.documents.get(name, for_update=True)
+        if if_match is not None and if_match != current.revision:
+            raise PreconditionFailed(
+                f"the {name} document is at revision {current.revision}, not {if_match}: someone changed it"
+                " meanwhile; read it again and reapply your change"
+            )
+        stored = await uow.documents.put(name, change(current.document), updated_by)
         await uow.commit()
     return stored
 

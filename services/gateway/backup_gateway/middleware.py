@@ -14,7 +14,15 @@ from pydantic import ValidationError
 
 from backup_common.adapters.runtime.service import RUNNING
 from backup_common.adapters.tokens import InvalidToken
-from backup_common.domain.errors import Conflict, DomainError, Gone, InvalidRequest, NotFound, Unavailable
+from backup_common.domain.errors import (
+    Conflict,
+    DomainError,
+    Gone,
+    InvalidRequest,
+    NotFound,
+    PreconditionFailed,
+    Unavailable,
+)
 from backup_common.domain.model import AuditEntry
 from backup_gateway import handlers
 from backup_gateway.app_keys import AUDIT_DETAIL, AUDIT_TARGET, HTTP_METRICS, PRINCIPAL, REQUEST_ID, VERIFIER
@@ -27,6 +35,7 @@ _DOMAIN_STATUS: dict[type[DomainError], int] = {
     NotFound: 404,
     Conflict: 409,
     Gone: 410,
+    PreconditionFailed: 412,
     InvalidRequest: 400,
     Unavailable: 503,
 }
@@ -37,6 +46,7 @@ _HTTP_CODES = {
     404: "not_found",
     405: "method_not_allowed",
     409: "conflict",
+    412: "precondition_failed",
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "unprocessable",

@@ -8,10 +8,15 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from backup_common.domain.documents import ScheduleDocument
 from backup_common.domain.events import BackupPart, BackupType
 from backup_common.domain.model import Backup, BackupStatus, CatalogStats, PartStatus, Restore, RestoreStatus
 from backup_common.domain.ports import StoredDocument
+from backup_common.domain.retention import RetentionPlan
+from backup_common.domain.schedule import next_fire_times
 from backup_common.domain.verification import Verification, VerificationStatus
+
+NEXT_FIRE_TIMES = 3  # shown for each schedule entry
 
 
 class _Body(BaseModel):
@@ -129,6 +134,8 @@ class BackupOut(BaseModel):
     description: str
     requested_by: str
     trigger: str
+    schedule: str | None = Field(description="The schedule entry that made it.")
+    archive: bool = Field(description="Kept by the monthly and yearly retention rules only.")
     parent_id: str | None
     storage_path: str
     size_bytes: int
@@ -137,6 +144,7 @@ class BackupOut(BaseModel):
     started_at: datetime | None
     completed_at: datetime | None
     updated_at: datetime
+    erased_at: datetime | None = Field(description="When its files and data key were destroyed.")
     progress: Progress
     parts: list[PartOut]
     verification: VerificationOut
@@ -257,9 +265,35 @@ class Stats(BaseModel):
 
 class DocumentOut(BaseModel):
     document: dict[str, Any]
-    revision: int
+    revision: int = Field(description="Send it back in If-Match to change this revision and no other.")
     updated_by: str
     updated_at: datetime
+    next_fire_times: dict[str, list[datetime]] | None = Field(
+        None, description="The schedule only: each enabled entry's next fire times, in UTC."
+    )
+
+
+class DocumentPatch(BaseModel):
+    """A JSON merge patch (RFC 7396): the keys to change, nested as in the document; null resets one."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class KeptBackup(BaseModel):
+    id: str
+    reasons: list[str]
+
+
+class DeletedBackup(BaseModel):
+    id: str
+    reason: str
+
+
+class RetentionPreview(BaseModel):
+    """What the retention policy keeps and deletes of the completed backups, were it applied now."""
+
+    keep: list[KeptBackup]
+    delete: list[DeletedBackup]
 
 
 class ErrorDetail(BaseModel):
@@ -280,6 +314,8 @@ def backup_out(backup: Backup) -> BackupOut:
         description=backup.description,
         requested_by=backup.requested_by,
         trigger=backup.trigger.value,
+        schedule=backup.schedule,
+        archive=backup.archive,
         parent_id=backup.parent_id,
         storage_path=backup.storage_path,
         size_bytes=backup.size_bytes,
@@ -288,6 +324,7 @@ def backup_out(backup: Backup) -> BackupOut:
         started_at=backup.started_at,
         completed_at=backup.completed_at,
         updated_at=backup.updated_at,
+        erased_at=backup.erased_at,
         progress=Progress(parts_completed=backup.parts_completed, parts_total=len(backup.parts)),
         parts=[PartOut.model_validate(part) for part in backup.parts],
         verification=verification_out(backup.verification),
@@ -319,10 +356,26 @@ def stats_out(stats: CatalogStats, usage: tuple[int, int] | None) -> Stats:
     )
 
 
-def document_out(stored: StoredDocument) -> DocumentOut:
+def document_out(stored: StoredDocument, now: datetime) -> DocumentOut:
+    fire_times = None
+    if isinstance(stored.document, ScheduleDocument):
+        timezone = stored.document.timezone
+        fire_times = {
+            entry.name: next_fire_times(entry.cron, timezone, now, NEXT_FIRE_TIMES)
+            for entry in stored.document.schedules
+            if entry.enabled
+        }
     return DocumentOut(
         document=stored.document.model_dump(mode="json"),
         revision=stored.revision,
         updated_by=stored.updated_by,
         updated_at=stored.updated_at,
+        next_fire_times=fire_times,
+    )
+
+
+def retention_out(plan: RetentionPlan) -> RetentionPreview:
+    return RetentionPreview(
+        keep=[KeptBackup(id=backup_id, reasons=list(reasons)) for backup_id, reasons in plan.keep.items()],
+        delete=[DeletedBackup(id=backup_id, reason=reason) for backup_id, reason in plan.delete.items()],
     )

@@ -18,18 +18,21 @@ from backup_gateway.models import (
     BackupPage,
     CreateBackupRequest,
     DocumentOut,
+    DocumentPatch,
     ErrorBody,
     ListQuery,
     RestoreEnvelope,
     RestoreListQuery,
     RestorePage,
     RestoreRequest,
+    RetentionPreview,
     Stats,
 )
 
 API = "/api/admin/backup"
+IF_MATCH = {"If-Match": 'The revision the change is made on, as in "3"; another one answers 412.'}
 # Named routes under API take precedence over a backup id in the same position.
-_RESERVED = ("list", "stats", "schedule", "settings", "create", "restores")
+_RESERVED = ("list", "stats", "schedule", "settings", "create", "restores", "retention")
 BACKUP_ID = "{backup_id:(?!(?:" + "|".join(_RESERVED) + ")$)[^/]+}"
 
 
@@ -63,14 +66,23 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route("GET", f"{API}/stats", views.backup_stats, "backup.stats", "Counts, sizes, outcomes and storage.",
           response=Stats),
-    Route("GET", f"{API}/schedule", views.get_document, "schedule.read", "The backup schedule.",
-          response=DocumentOut),
-    Route("PUT", f"{API}/schedule", views.put_document, "schedule.update", "Replace the backup schedule.",
-          request=ScheduleDocument, response=DocumentOut, errors=(400,)),
+    Route("GET", f"{API}/schedule", views.get_document, "schedule.read",
+          "The backup schedule, with each entry's next fire times.", response=DocumentOut),
+    Route("PUT", f"{API}/schedule", views.put_document, "schedule.update",
+          "Replace the whole backup schedule; takes effect at the next minute.",
+          request=ScheduleDocument, response=DocumentOut, errors=(400, 412), headers=IF_MATCH),
+    Route("PATCH", f"{API}/schedule", views.patch_document, "schedule.patch",
+          "Change part of the backup schedule (JSON merge patch, RFC 7396).",
+          request=DocumentPatch, response=DocumentOut, errors=(400, 412), headers=IF_MATCH),
     Route("GET", f"{API}/settings", views.get_document, "settings.read", "Retention, encryption and other settings.",
           response=DocumentOut),
-    Route("PUT", f"{API}/settings", views.put_document, "settings.update", "Replace the settings.",
-          request=SettingsDocument, response=DocumentOut, errors=(400,)),
+    Route("PUT", f"{API}/settings", views.put_document, "settings.update", "Replace the whole settings document.",
+          request=SettingsDocument, response=DocumentOut, errors=(400, 412), headers=IF_MATCH),
+    Route("PATCH", f"{API}/settings", views.patch_document, "settings.patch",
+          "Change part of the settings (JSON merge patch, RFC 7396): only the keys sent change.",
+          request=DocumentPatch, response=DocumentOut, errors=(400, 412), headers=IF_MATCH),
+    Route("GET", f"{API}/retention", views.retention_preview, "retention.preview",
+          "What the retention policy would keep and delete now, and why.", response=RetentionPreview),
     Route("GET", f"{API}/{BACKUP_ID}", views.get_backup, "backup.read",
           "One backup with its parts, sizes, checksums, progress and errors.", response=BackupEnvelope, errors=(404,)),
     Route(
@@ -121,6 +133,7 @@ _ERROR_TEXT = {
     403: "The token lacks the admin role",
     404: "No such backup or restore",
     409: "Conflicts with the backup's state",
+    412: "The document changed since the revision in If-Match",
     410: "The backup's files are missing from storage",
     503: "Not ready, or a server the request needs does not answer",
 }

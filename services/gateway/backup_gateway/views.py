@@ -14,7 +14,7 @@ from backup_common.adapters.runtime.service import RUNNING
 from backup_common.domain.errors import InvalidRequest, NotFound
 from backup_common.domain.events import BackupType
 from backup_common.domain.model import BackupFilter, Idempotency, RestoreFilter, RestoreTarget
-from backup_common.domain.ports import Ports
+from backup_common.domain.ports import Ports, StoredDocument
 from backup_gateway import handlers
 from backup_gateway.app_keys import AUDIT_DETAIL, AUDIT_TARGET, PRINCIPAL, RESTORE_TARGETS
 from backup_gateway.models import (
@@ -29,6 +29,7 @@ from backup_gateway.models import (
     backup_out,
     document_out,
     restore_out,
+    retention_out,
     stats_out,
 )
 
@@ -229,16 +230,53 @@ def _document_name(request: web.Request) -> str:
     return request.path.rstrip("/").rsplit("/", 1)[-1]
 
 
+def _if_match(request: web.Request) -> int | None:
+    """The revision an If-Match header names (``"3"``, ``W/"3"`` or ``3``); None without one or for ``*``."""
+    header = request.headers.get("If-Match")
+    if header is None or header.strip() == "*":
+        return None
+    text = header.strip().removeprefix("W/").strip('"')
+    if not text.isdigit():
+        raise InvalidRequest(f'If-Match must carry the document\'s revision, as in If-Match: "3"; not {header!r}')
+    return int(text)
+
+
+def _document_response(request: web.Request, stored: StoredDocument) -> web.Response:
+    return respond(document_out(stored, ports(request).clock()), headers={"ETag": f'"{stored.revision}"'})
+
+
 async def get_document(request: web.Request) -> web.Response:
     stored = await handlers.read_document(ports(request), _document_name(request))
-    return respond(document_out(stored))
+    return _document_response(request, stored)
+
+
+async def _object_body(request: web.Request) -> dict[str, Any]:
+    body = await json_body(request)
+    if not isinstance(body, dict):
+        raise InvalidRequest("the body must be a JSON object")
+    return body
 
 
 async def put_document(request: web.Request) -> web.Response:
     name = _document_name(request)
-    body = await json_body(request)
-    if not isinstance(body, dict):
-        raise InvalidRequest("the body must be a JSON object")
-    stored = await handlers.replace_document(ports(request), name, body, updated_by=request[PRINCIPAL].subject)
+    body = await _object_body(request)
     request[AUDIT_TARGET] = name
-    return respond(document_out(stored))
+    stored = await handlers.replace_document(
+        ports(request), name, body, updated_by=request[PRINCIPAL].subject, if_match=_if_match(request)
+    )
+    return _document_response(request, stored)
+
+
+async def patch_document(request: web.Request) -> web.Response:
+    name = _document_name(request)
+    patch = await _object_body(request)
+    request[AUDIT_TARGET] = name
+    request[AUDIT_DETAIL] = {"patch": patch}
+    stored = await handlers.patch_document(
+        ports(request), name, patch, updated_by=request[PRINCIPAL].subject, if_match=_if_match(request)
+    )
+    return _document_response(request, stored)
+
+
+async def retention_preview(request: web.Request) -> web.Response:
+    return respond(retention_out(await handlers.preview_retention(ports(request))))

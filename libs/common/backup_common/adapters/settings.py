@@ -85,6 +85,13 @@ class Settings(BaseSettings):
     outbox_poll_seconds: float = Field(1.0, gt=0, le=60)
     outbox_max_attempts: int = Field(12, ge=1, le=1000)
     lease_seconds: float = Field(60.0, ge=5, le=3600)
+    # The retention service: how late a missed schedule firing still runs, how long a backup or a
+    # restore may wait for a worker, when a deletion is asked again, how long finished bookkeeping
+    # (sent outbox rows, processed message ids, finished leases) is kept.
+    schedule_catch_up_minutes: int = Field(60, ge=0, le=7 * 24 * 60)
+    pending_timeout_minutes: int = Field(60, ge=1, le=7 * 24 * 60)
+    deleting_retry_minutes: int = Field(10, ge=1, le=24 * 60)
+    housekeeping_keep_days: int = Field(7, ge=1, le=3650)
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
     log_format: LogFormat = LogFormat.TEXT
 

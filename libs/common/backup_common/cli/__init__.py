@@ -16,7 +16,7 @@ import secrets
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Mapping, MutableMapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -34,7 +34,7 @@ from backup_common.cli.progress import ProgressLine, describe
 from backup_common.cli.restore import run_restore
 from backup_common.domain.documents import RestoreLimits
 from backup_common.domain.events import BackupPart, event_schemas
-from backup_common.domain.model import AuditEntry
+from backup_common.domain.model import AuditEntry, Backup, BackupStatus
 from backup_common.domain.ports import UnitOfWorkFactory, read_settings
 from backup_common.engine.archive import ArchiveError
 from backup_common.engine.crypto import KeyUnwrapError, MasterKey
@@ -47,7 +47,14 @@ from backup_common.engine.locate import MAX_CHAIN, BackupNotFound, LocatedPart, 
 log = logging.getLogger(__name__)
 
 # Every service package, in start order; `run` starts those that exist in this installation.
-SERVICES = ("backup_gateway", "backup_database", "backup_files", "backup_verification", "backup_retention")
+# Each service by the name operators use (as in its queue and metrics), and its package.
+SERVICES = {
+    "gateway": "backup_gateway",
+    "database_backup": "backup_database",
+    "file_backup": "backup_files",
+    "verification": "backup_verification",
+    "retention": "backup_retention",
+}
 LOCAL_SECRETS = Path("var/secrets")
 
 
@@ -149,8 +156,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     applied = asyncio.run(migrate(settings.catalog))
     if applied:
         print(f"backupctl run: catalog migrated: {', '.join(applied)}", file=sys.stderr)
-    services = [name for name in SERVICES if _runnable(name)]
-    if settings.jwt_algorithm.is_symmetric:
+    services = {name: package for name, package in SERVICES.items() if _runnable(package)}
+    if args.services:
+        services = {name: services[name] for name in args.services if name in services}
+    if not services:
+        print(f"backupctl run: none of {', '.join(args.services)} is installed here", file=sys.stderr)
+        return 2
+    if "gateway" in services and settings.jwt_algorithm.is_symmetric:
         token = issue_token(settings, subject="local-admin", roles=[ADMIN_ROLE], ttl_seconds=12 * 3600)
         base = f"http://{settings.gateway_host}:{settings.gateway_port}"
         print(
@@ -161,6 +173,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     return asyncio.run(_supervise(services, env))
 
 
+def service_name(text: str) -> str:
+    if text not in SERVICES:
+        raise argparse.ArgumentTypeError(f"unknown service {text!r}; the services are {', '.join(SERVICES)}")
+    return text
+
+
 def _runnable(package: str) -> bool:
     """A service package that exists in this installation and has a __main__ to run."""
     try:
@@ -169,9 +187,11 @@ def _runnable(package: str) -> bool:
         return False
 
 
-async def _supervise(services: Sequence[str], env: dict[str, str]) -> int:
-    """Runs every service in the foreground; Ctrl-C or one service exiting stops them all."""
-    children = [await asyncio.create_subprocess_exec(sys.executable, "-m", name, env=env) for name in services]
+async def _supervise(services: Mapping[str, str], env: dict[str, str]) -> int:
+    """Runs the services (name: package) in the foreground; Ctrl-C or one service exiting stops them all."""
+    children = [
+        await asyncio.create_subprocess_exec(sys.executable, "-m", package, env=env) for package in services.values()
+    ]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -214,22 +234,39 @@ async def _catalog(settings: Settings) -> AsyncIterator[UnitOfWorkFactory | None
         await db.close_pool(pool)
 
 
-async def _recorded(uow: UnitOfWorkFactory | None, settings: Settings, reference: str) -> Path | None:
-    """Where the catalog says the backup is, or None when it does not know or does not answer."""
+async def _catalogued(uow: UnitOfWorkFactory | None, reference: str) -> Backup | None:
+    """The backup as the catalog has it, or None when it does not know or does not answer."""
     backup_id = backup_id_of(reference)
     if uow is None or backup_id is None:
         return None
     try:
         async with uow() as work:
-            backup = await work.backups.get(backup_id)
+            return await work.backups.get(backup_id)
     except Exception as exc:
         log.warning("catalog unusable (%s); looking in storage alone", type(exc).__name__)
         return None
-    return settings.storage_dir / backup.storage_path if backup else None
+
+
+def _erased(backup: Backup) -> str | None:
+    """Why nothing of the backup can be read any more, if so."""
+    when = f" on {backup.erased_at:%Y-%m-%d %H:%M} UTC" if backup.erased_at else ""
+    if backup.status is BackupStatus.DELETED:
+        return (
+            f"backup {backup.id} was deleted{when}: its files were removed and its data key destroyed"
+            " (crypto-erase), so its archives cannot be decrypted any more"
+        )
+    if backup.status is BackupStatus.DELETING:
+        return f"backup {backup.id} is being deleted: its files and data key are being destroyed"
+    if backup.erased_at is not None:
+        return f"backup {backup.id} failed, and its files and data key were erased{when}"
+    return None
 
 
 async def _locate(settings: Settings, uow: UnitOfWorkFactory | None, reference: str, part: BackupPart) -> LocatedPart:
-    recorded = await _recorded(uow, settings, reference)
+    backup = await _catalogued(uow, reference)
+    if backup is not None and (reason := _erased(backup)) is not None:
+        raise BackupNotFound(reason)
+    recorded = settings.storage_dir / backup.storage_path if backup else None
     return await asyncio.to_thread(
         locate_part, settings.storage_dir, reference, part, lambda: MasterKey(settings.load_master_key()),
         recorded=recorded,
@@ -436,7 +473,11 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", help="create the catalog database and apply its schema")
     migrate.set_defaults(func=cmd_migrate)
 
-    run = commands.add_parser("run", help="run every service in the foreground (Ctrl-C stops them)")
+    run = commands.add_parser("run", help="run the services in the foreground (Ctrl-C stops them)")
+    run.add_argument(
+        "services", nargs="*", type=service_name, metavar="SERVICE",
+        help=f"only these (default: all): {', '.join(SERVICES)}",
+    )  # fmt: skip
     run.set_defaults(func=cmd_run)
 
     db_load = commands.add_parser("db-load", help="load a backup's database part into a database")

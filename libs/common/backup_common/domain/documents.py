@@ -7,7 +7,7 @@ catalog seeds each from its shipped default (infra/config/) the first time it is
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
@@ -141,6 +141,34 @@ class SettingsDocument(_Strict):
 
 
 Document = ScheduleDocument | SettingsDocument
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """``patch`` applied to ``target`` as RFC 7396 (JSON merge patch) says: objects merge key by key,
+    null removes a key (here: back to its default), anything else replaces."""
+    if not isinstance(patch, dict):
+        return patch
+    merged = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = merge_patch(merged.get(key), value)
+    return merged
+
+
+def missing_sections(model: type[BaseModel], body: dict[str, Any], prefix: str = "") -> list[str]:
+    """The fields of ``model`` (and of its sections, recursively) that ``body`` leaves out: a
+    replacement must say every one, or it would silently reset them to their defaults."""
+    missing = []
+    for name, info in model.model_fields.items():
+        if name not in body:
+            missing.append(f"{prefix}{name}")
+            continue
+        section = info.annotation
+        if isinstance(section, type) and issubclass(section, BaseModel) and isinstance(body[name], dict):
+            missing += missing_sections(section, body[name], f"{prefix}{name}.")
+    return missing
 
 
 DOCUMENTS: dict[str, type[Document]] = {"schedule": ScheduleDocument, "settings": SettingsDocument}

@@ -19,6 +19,12 @@ class Conflict(DomainError):
     code = "conflict"
 
 
+class PreconditionFailed(DomainError):
+    """The request was made against a version of something that has changed since (If-Match)."""
+
+    code = "precondition_failed"
+
+
 class Gone(DomainError):
     code = "gone"
 

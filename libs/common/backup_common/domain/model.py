@@ -17,6 +17,7 @@ from typing import Any
 from backup_common.domain.errors import Conflict, InvalidRequest
 from backup_common.domain.events import (
     BackupCompleted,
+    BackupDeleted,
     BackupFailed,
     BackupPart,
     BackupRequested,
@@ -139,11 +140,14 @@ class Backup:
     description: str = ""
     requested_by: str = ""
     trigger: Trigger = Trigger.API
+    schedule: str | None = None  # the schedule entry that made it
+    archive: bool = False  # kept by the monthly and yearly rules only
     parent_id: str | None = None
     size_bytes: int = 0
     error: str | None = None
     started_at: datetime | None = None
     completed_at: datetime | None = None
+    erased_at: datetime | None = None  # when its files and data key were destroyed
     parts: list[Part] = field(default_factory=list)
     verification: Verification | None = None  # the latest; None when never verified
     events: list[Event] = field(default_factory=list, repr=False, compare=False)
@@ -157,6 +161,8 @@ class Backup:
         now: datetime,
         description: str = "",
         trigger: Trigger = Trigger.API,
+        schedule: str | None = None,
+        archive: bool = False,
     ) -> Backup:
         """A new pending backup with one pending part per part of its type, and its BackupRequested."""
         backup_id = str(uuid.uuid4())
@@ -170,6 +176,8 @@ class Backup:
             description=description,
             requested_by=requested_by,
             trigger=trigger,
+            schedule=schedule,
+            archive=archive,
             parts=[Part(part, updated_at=now) for part in backup_type.parts],
         )
         backup.events.append(
@@ -251,6 +259,36 @@ class Backup:
         self._move(BackupStatus.FAILED, now)
         self.events.append(BackupFailed(backup_id=uuid.UUID(self.id), backup_type=self.type, reason=self.error))
 
+    def abandon(self, reason: str, now: datetime) -> None:
+        """Fails a backup no worker took: its unfinished parts and the backup itself, with ``reason``."""
+        for part in self.parts:
+            if not part.status.finished:
+                part.status = PartStatus.FAILED
+                part.error = _reason(reason)
+                part.updated_at = now
+        if not self.status.in_progress:
+            return
+        self.error = _reason(reason)
+        self.completed_at = now
+        self._move(BackupStatus.FAILED, now)
+        self.events.append(BackupFailed(backup_id=uuid.UUID(self.id), backup_type=self.type, reason=self.error))
+
+    @property
+    def needs_erasing(self) -> bool:
+        """Being deleted, or failed and still holding whatever it wrote and its key."""
+        return self.status is BackupStatus.DELETING or (self.status is BackupStatus.FAILED and self.erased_at is None)
+
+    def erased(self, now: datetime) -> None:
+        """Its files and data key are gone: a backup being deleted is now deleted (the row stays, for
+        the audit trail); a failed one stays listed as failed."""
+        self.erased_at = self.erased_at or now
+        self.updated_at = now
+        if self.status is BackupStatus.DELETING:
+            self._move(BackupStatus.DELETED, now)
+            self.events.append(BackupDeleted(backup_id=uuid.UUID(self.id)))
+        elif self.status is not BackupStatus.FAILED:
+            raise InvalidTransition(f"backup {self.id} is {self.status}; only a deleted or failed one is erased")
+
     def restorable_parts(self, wanted: Sequence[BackupPart] | None) -> tuple[BackupPart, ...]:
         """The parts a restore of this backup takes: ``wanted``, or all of them. Conflict when the backup
         is not completed, InvalidRequest when it lacks a part wanted."""
@@ -270,16 +308,18 @@ class Backup:
         return chosen
 
     def request_delete(self, requested_by: str, now: datetime) -> None:
-        """Marks the backup for deletion and asks for it; a backup already being deleted stays so."""
+        """Marks the backup for deletion and asks for it (again, for one already being deleted)."""
         if self.status.in_progress:
             raise Conflict(
                 f"backup {self.id} is {self.status}; wait until it completes or fails", code="backup_in_progress"
             )
         if self.status is BackupStatus.DELETED:
             raise Conflict(f"backup {self.id} is already deleted", code="backup_deleted")
-        if self.status is BackupStatus.DELETING:
-            return
-        self._move(BackupStatus.DELETING, now)
+        if self.status is not BackupStatus.DELETING:
+            self._move(BackupStatus.DELETING, now)
+        self.updated_at = now
+        # Asked again for a backup already being deleted: deletion is idempotent, and this retries one
+        # that failed half-way.
         self.events.append(DeleteRequested(backup_id=uuid.UUID(self.id), requested_by=requested_by))
 
 

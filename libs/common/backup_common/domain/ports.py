@@ -11,19 +11,23 @@ from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self
+from zoneinfo import ZoneInfo
 
-from backup_common.domain.documents import Document, SettingsDocument
+from backup_common.domain.documents import Document, ScheduleDocument, SettingsDocument
 from backup_common.domain.events import BackupPart, Event
 from backup_common.domain.jobs import Lease, ReapResult
 from backup_common.domain.model import (
     AuditEntry,
     Backup,
     BackupFilter,
+    BackupStatus,
     CatalogStats,
     Idempotency,
     Restore,
     RestoreFilter,
 )
+from backup_common.domain.retention import Candidate, RetentionPlan, apply_policy
+from backup_common.domain.schedule import Firing
 from backup_common.domain.verification import Verification
 
 
@@ -80,6 +84,22 @@ class BackupRepository(Protocol):
     async def record_progress(self, lease: Lease, backup_id: str, part: BackupPart, progress: dict[str, Any]) -> None:
         """Updates a running part's progress, unless ``lease`` is no longer the part's current lease."""
 
+    async def retention_candidates(self) -> list[Candidate]:
+        """Every completed backup, as the retention policy sees it."""
+
+    async def dependents(self, backup_id: str) -> list[str]:
+        """The incrementals (pending, running or completed) whose chain goes through the backup,
+        oldest first."""
+
+    async def running_of_schedule(self, schedule: str) -> Backup | None:
+        """The schedule entry's newest backup if it is still pending or running."""
+
+    async def idle_since(self, status: BackupStatus, before: datetime, limit: int) -> list[str]:
+        """Backups in ``status`` that have not changed since ``before``, the longest idle first."""
+
+    async def unerased_failures(self, before: datetime, limit: int) -> list[str]:
+        """Failed backups, failed before ``before``, whose files and key were not erased yet."""
+
     async def list(self, query: BackupFilter) -> tuple[list[Backup], int]:
         """One page, newest first, and how many backups match the filter."""
 
@@ -105,6 +125,9 @@ class RestoreRepository(Protocol):
     async def waiting_on(self, safety_backup_id: str) -> Restore | None:
         """The restore waiting for this safety backup, locked until the unit of work ends."""
 
+    async def idle_pending(self, before: datetime, limit: int) -> list[str]:
+        """Restores pending since before ``before`` that wait for no running safety backup."""
+
     async def unfinished_of(self, backup_id: str) -> list[str]:
         """The ids of the pending or running restores of a backup."""
 
@@ -124,7 +147,7 @@ class VerificationRepository(Protocol):
 
 
 class DocumentRepository(Protocol):
-    async def get(self, name: str) -> StoredDocument:
+    async def get(self, name: str, *, for_update: bool = False) -> StoredDocument:
         """The named document, seeded from its shipped default the first time it is read."""
 
     async def put(self, name: str, document: Document, updated_by: str) -> StoredDocument:
@@ -162,6 +185,27 @@ class JobLeases(Protocol):
         """Releases expired leases claimed fewer than ``max_attempts`` times, fails the others."""
 
 
+class ScheduleRepository(Protocol):
+    async def cursors(self) -> dict[str, datetime]:
+        """How far each entry's fire times have been looked at."""
+
+    async def advance(self, schedule: str, checked_until: datetime, next_fire_at: datetime | None) -> None:
+        """Moves the entry's cursor forward (never back: another scheduler may be ahead)."""
+
+    async def record(self, firing: Firing, holder: str) -> bool:
+        """Records what became of a fire time; False when it was recorded already, by this scheduler
+        or another (the unit of work then holds nothing of this firing)."""
+
+    async def firings(self, schedule: str | None = None, limit: int = 100) -> list[Firing]:
+        """The latest recorded firings, newest first."""
+
+
+class Housekeeping(Protocol):
+    async def purge(self, before: datetime, batch: int) -> dict[str, int]:
+        """Deletes, ``batch`` rows at a time, sent outbox rows, processed message ids and finished
+        leases older than ``before``; returns how many of each."""
+
+
 class UnitOfWork(Protocol):
     """One catalog transaction. ``commit`` writes the events recorded by every backup, restore and
     verification added or saved in it to the outbox, then commits; leaving the block without it
@@ -188,6 +232,12 @@ class UnitOfWork(Protocol):
     @property
     def outbox(self) -> Outbox: ...
 
+    @property
+    def schedules(self) -> ScheduleRepository: ...
+
+    @property
+    def housekeeping(self) -> Housekeeping: ...
+
     async def __aenter__(self) -> Self: ...
 
     async def __aexit__(
@@ -213,6 +263,22 @@ async def read_settings(uow: UnitOfWorkFactory) -> SettingsDocument:
     document = (await read_document(uow, "settings")).document
     assert isinstance(document, SettingsDocument)
     return document
+
+
+async def read_schedule(uow: UnitOfWorkFactory) -> ScheduleDocument:
+    document = (await read_document(uow, "schedule")).document
+    assert isinstance(document, ScheduleDocument)
+    return document
+
+
+async def retention_plan(uow: UnitOfWorkFactory, now: datetime) -> RetentionPlan:
+    """What the settings' retention policy keeps and deletes of the completed backups at ``now``, with
+    days, weeks, months and years counted in the schedule's time zone."""
+    policy = (await read_settings(uow)).retention
+    timezone = (await read_schedule(uow)).timezone
+    async with uow() as work:
+        candidates = await work.backups.retention_candidates()
+    return apply_policy(candidates, policy, now, ZoneInfo(timezone))
 
 
 class Heartbeat(Protocol):
@@ -262,6 +328,12 @@ class KeyStore(Protocol):
         """Crypto-erases the backup; False when it had no key left."""
 
 
+class Locks(Protocol):
+    def hold(self, name: str) -> AbstractAsyncContextManager[bool]:
+        """Holds the named lock for the block when no other process holds it (True), else yields
+        False at once. A process that dies releases what it held."""
+
+
 class BackupStorage(Protocol):
     """Where each backup's archives and manifests are kept."""
 
@@ -284,6 +356,9 @@ class BackupStorage(Protocol):
     async def usage(self) -> tuple[int, int] | None:
         """Total and free bytes of the filesystem the storage is on."""
 
+    async def remove(self, backup: Backup) -> bool:
+        """Removes the backup's directory and everything in it; False when it was gone already."""
+
 
 EventHandler = Callable[[Event], Awaitable[None]]
 
@@ -296,5 +371,6 @@ class Ports:
     leases: Leases
     keys: KeyStore
     storage: BackupStorage
+    locks: Locks
     clock: Clock
     holder: str  # this process, as named in the leases it holds

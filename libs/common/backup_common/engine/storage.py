@@ -61,7 +61,12 @@ def write_json_durably(path: Path, document: dict[str, Any]) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
-    directory = os.open(path.parent, os.O_RDONLY)
+    fsync_directory(path.parent)
+
+
+def fsync_directory(path: Path) -> None:
+    """Makes the renames and removals of entries in ``path`` durable."""
+    directory = os.open(path, os.O_RDONLY)
     try:
         os.fsync(directory)
     finally:
@@ -197,3 +202,25 @@ class LocalStorage:
 
     async def usage(self) -> tuple[int, int] | None:
         return await asyncio.to_thread(filesystem_usage, self.root)
+
+    async def remove(self, backup: Backup) -> bool:
+        return await asyncio.to_thread(remove_directory, self.directory(backup))
+
+
+def remove_directory(directory: Path) -> bool:
+    """Removes a backup's directory; False when it was gone already. It is renamed away first, so a
+    removal interrupted half-way never leaves a directory that still looks like the backup; the
+    next call finishes it. The day's directory stays: a backup of that day may be creating it."""
+    doomed = directory.with_name(f".{directory.name}.deleting")
+    existed = False
+    try:
+        directory.rename(doomed)
+        existed = True
+    except FileNotFoundError:
+        pass
+    if doomed.exists():
+        shutil.rmtree(doomed)
+        existed = True
+    if existed:
+        fsync_directory(directory.parent)
+    return existed

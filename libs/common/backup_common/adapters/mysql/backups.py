@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from asyncmy.connection import Connection
@@ -27,13 +28,16 @@ from backup_common.domain.model import (
     Trigger,
 )
 from backup_common.domain.ports import DuplicateRequest
+from backup_common.domain.retention import Candidate
 
+# Backups an incremental may still be made on, or restored from.
+_LIVE = "'pending', 'running', 'completed'"
 # Bytes of these backups are on disk (a backup being deleted still holds its files).
 _HOLDING_FILES = (BackupStatus.COMPLETED.value, BackupStatus.DELETING.value)
 
 _BACKUP_COLUMNS = (
-    "id, type, status, description, requested_by, trigger_source, parent_id, storage_path, size_bytes,"
-    " error, created_at, started_at, completed_at, updated_at"
+    "id, type, status, description, requested_by, trigger_source, schedule_name, archive, parent_id,"
+    " storage_path, size_bytes, error, created_at, started_at, completed_at, updated_at, erased_at"
 )
 _PART_COLUMNS = (
     "backup_id, part, status, file_name, size_bytes, sha256, item_count, progress, error, attempts,"
@@ -70,11 +74,14 @@ def _backup(row: dict[str, Any], parts: list[Part]) -> Backup:
         description=row["description"],
         requested_by=row["requested_by"],
         trigger=Trigger(row["trigger_source"]),
+        schedule=row["schedule_name"],
+        archive=bool(row["archive"]),
         parent_id=row["parent_id"],
         size_bytes=int(row["size_bytes"]),
         error=row["error"],
         started_at=utc(row["started_at"]),
         completed_at=utc(row["completed_at"]),
+        erased_at=utc(row["erased_at"]),
         parts=parts,
     )
 
@@ -91,9 +98,10 @@ class MysqlBackups:
         try:
             await db.execute(
                 self._conn,
-                "INSERT INTO backups (id, type, status, description, requested_by, trigger_source, parent_id,"
-                " storage_path, size_bytes, error, idempotency_key, request_hash, created_at, started_at,"
-                " completed_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                "INSERT INTO backups (id, type, status, description, requested_by, trigger_source, schedule_name,"
+                " archive, parent_id, storage_path, size_bytes, error, idempotency_key, request_hash, created_at,"
+                " started_at, completed_at, updated_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (
                     backup.id,
                     backup.type.value,
@@ -101,6 +109,8 @@ class MysqlBackups:
                     backup.description,
                     backup.requested_by,
                     backup.trigger.value,
+                    backup.schedule,
+                    backup.archive,
                     backup.parent_id,
                     backup.storage_path,
                     backup.size_bytes,
@@ -155,7 +165,7 @@ class MysqlBackups:
         await db.execute(
             self._conn,
             "UPDATE backups SET status = %s, parent_id = %s, size_bytes = %s, error = %s, started_at = %s,"
-            " completed_at = %s, updated_at = %s WHERE id = %s",
+            " completed_at = %s, updated_at = %s, erased_at = %s WHERE id = %s",
             (
                 backup.status.value,
                 backup.parent_id,
@@ -164,6 +174,7 @@ class MysqlBackups:
                 naive(backup.started_at),
                 naive(backup.completed_at),
                 naive(backup.updated_at),
+                naive(backup.erased_at),
                 backup.id,
             ),
         )
@@ -201,6 +212,59 @@ class MysqlBackups:
             " WHERE p.backup_id = %s AND p.part = %s AND l.holder = %s AND l.version = %s AND l.state = 'held'",
             (lease.job_key, json.dumps(progress), backup_id, part.value, lease.holder, lease.version),
         )
+
+    async def retention_candidates(self) -> list[Candidate]:
+        rows = await db.fetch_all(
+            self._conn,
+            "SELECT id, type, created_at, parent_id, archive FROM backups WHERE status = 'completed'",
+        )
+        return [
+            Candidate(
+                id=row["id"],
+                type=BackupType(row["type"]),
+                created_at=utc(row["created_at"]),
+                parent_id=row["parent_id"],
+                archive=bool(row["archive"]),
+            )
+            for row in rows
+        ]
+
+    async def dependents(self, backup_id: str) -> list[str]:
+        rows = await db.fetch_all(
+            self._conn,
+            "WITH RECURSIVE chain (id) AS ("
+            f"  SELECT id FROM backups WHERE parent_id = %s AND status IN ({_LIVE})"
+            f"  UNION SELECT b.id FROM backups b JOIN chain c ON b.parent_id = c.id WHERE b.status IN ({_LIVE})"
+            ") SELECT b.id FROM chain JOIN backups b ON b.id = chain.id ORDER BY b.created_at, b.id",
+            (backup_id,),
+        )
+        return [row["id"] for row in rows]
+
+    async def running_of_schedule(self, schedule: str) -> Backup | None:
+        row = await db.fetch_one(
+            self._conn,
+            "SELECT id FROM backups WHERE schedule_name = %s AND status IN ('pending', 'running')"
+            " ORDER BY created_at DESC LIMIT 1",
+            (schedule,),
+        )
+        return await self.get(row["id"]) if row else None
+
+    async def idle_since(self, status: BackupStatus, before: datetime, limit: int) -> list[str]:
+        rows = await db.fetch_all(
+            self._conn,
+            "SELECT id FROM backups WHERE status = %s AND updated_at < %s ORDER BY updated_at LIMIT %s",
+            (status.value, naive(before), limit),
+        )
+        return [row["id"] for row in rows]
+
+    async def unerased_failures(self, before: datetime, limit: int) -> list[str]:
+        rows = await db.fetch_all(
+            self._conn,
+            "SELECT id FROM backups WHERE status = 'failed' AND erased_at IS NULL AND updated_at < %s"
+            " ORDER BY updated_at LIMIT %s",
+            (naive(before), limit),
+        )
+        return [row["id"] for row in rows]
 
     async def list(self, query: BackupFilter) -> tuple[list[Backup], int]:
         where: list[str] = []

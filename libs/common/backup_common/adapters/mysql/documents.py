@@ -36,8 +36,8 @@ class MysqlDocuments:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
-    async def get(self, name: str) -> StoredDocument:
-        row = await self._read(name)
+    async def get(self, name: str, *, for_update: bool = False) -> StoredDocument:
+        row = await self._read(name, for_update=for_update)
         if row is None:
             default = await asyncio.to_thread(default_document, name)
             # Several services may seed at once: IGNORE makes the losers wait for the winner's row,
@@ -48,7 +48,7 @@ class MysqlDocuments:
                 " VALUES (%s, %s, 1, 'defaults', NOW(6))",
                 (name, default.model_dump_json()),
             )
-            row = await self._read(name)
+            row = await self._read(name, for_update=for_update)
         assert row is not None
         return _stored(name, row)
 
@@ -65,5 +65,6 @@ class MysqlDocuments:
         assert row is not None
         return _stored(name, row)
 
-    async def _read(self, name: str) -> dict[str, Any] | None:
-        return await db.fetch_one(self._conn, "SELECT * FROM settings WHERE name = %s", (name,))
+    async def _read(self, name: str, *, for_update: bool = False) -> dict[str, Any] | None:
+        lock = " FOR UPDATE" if for_update else ""
+        return await db.fetch_one(self._conn, f"SELECT * FROM settings WHERE name = %s{lock}", (name,))

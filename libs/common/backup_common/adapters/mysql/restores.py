@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 from asyncmy.connection import Connection
@@ -190,6 +191,17 @@ class MysqlRestores:
             self._conn, "SELECT id FROM restores WHERE safety_backup_id = %s FOR UPDATE", (safety_backup_id,)
         )
         return await self.get(row["id"], for_update=True) if row else None
+
+    async def idle_pending(self, before: datetime, limit: int) -> list[str]:
+        rows = await db.fetch_all(
+            self._conn,
+            "SELECT r.id FROM restores r LEFT JOIN backups s ON s.id = r.safety_backup_id"
+            " WHERE r.status = 'pending' AND r.updated_at < %s"
+            " AND (s.id IS NULL OR s.status NOT IN ('pending', 'running'))"
+            " ORDER BY r.updated_at LIMIT %s",
+            (naive(before), limit),
+        )
+        return [row["id"] for row in rows]
 
     async def unfinished_of(self, backup_id: str) -> list[str]:
         rows = await db.fetch_all(

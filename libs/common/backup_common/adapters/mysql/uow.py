@@ -18,9 +18,11 @@ from backup_common.adapters.mysql import db
 from backup_common.adapters.mysql.audit import MysqlAuditLog
 from backup_common.adapters.mysql.backups import MysqlBackups
 from backup_common.adapters.mysql.documents import MysqlDocuments
+from backup_common.adapters.mysql.housekeeping import MysqlHousekeeping
 from backup_common.adapters.mysql.leases import LeaseStore, MysqlJobLeases
 from backup_common.adapters.mysql.outbox import add_to_outbox
 from backup_common.adapters.mysql.restores import MysqlRestores
+from backup_common.adapters.mysql.schedules import MysqlSchedules
 from backup_common.adapters.mysql.verifications import MysqlVerifications
 from backup_common.domain.events import Event
 from backup_common.domain.model import Backup, Restore
@@ -50,6 +52,8 @@ class MysqlUnitOfWork:
     audit: MysqlAuditLog
     leases: MysqlJobLeases
     outbox: _Outbox
+    schedules: MysqlSchedules
+    housekeeping: MysqlHousekeeping
 
     def __init__(self, pool: db.Pool, leases: LeaseStore, on_events: Callable[[], None] = lambda: None) -> None:
         self._pool = pool
@@ -78,6 +82,8 @@ class MysqlUnitOfWork:
         self.audit = MysqlAuditLog(conn)
         self.leases = MysqlJobLeases(self._lease_store, conn)
         self.outbox = _Outbox(conn, self._mark_events)
+        self.schedules = MysqlSchedules(conn)
+        self.housekeeping = MysqlHousekeeping(conn)
         return self
 
     def _mark_events(self) -> None:

@@ -27,6 +27,7 @@ from backup_common.adapters.logs import configure_logging
 from backup_common.adapters.mysql import db
 from backup_common.adapters.mysql.keys import MysqlKeyStore
 from backup_common.adapters.mysql.leases import LeaseStore
+from backup_common.adapters.mysql.locks import MysqlLocks
 from backup_common.adapters.mysql.migrations import migrate
 from backup_common.adapters.mysql.outbox import OutboxRelay, RetryPolicy
 from backup_common.adapters.mysql.processed import MysqlProcessedMessages
@@ -117,6 +118,21 @@ def system_clock() -> datetime:
     return datetime.now(UTC)
 
 
+def service_ports(settings: Settings, pool: db.Pool, holder: str, on_events: Callable[[], None]) -> Ports:
+    """The ports of a service process on the catalog ``pool``; ``on_events`` is called after a commit
+    that wrote events (it wakes the outbox relay)."""
+    leases = LeaseStore(pool, settings.lease_seconds)
+    return Ports(
+        uow=unit_of_work_factory(pool, leases, on_events),
+        leases=leases,
+        keys=MysqlKeyStore(pool, lambda: MasterKey(settings.load_master_key())),
+        storage=LocalStorage(settings.storage_dir),
+        locks=MysqlLocks(pool),
+        clock=system_clock,
+        holder=holder,
+    )
+
+
 def lifecycle(
     settings: Settings, name: str, bootstrap: Bootstrap, metrics: ServiceMetrics | None = None
 ) -> Callable[[web.Application], AsyncIterator[None]]:
@@ -131,15 +147,7 @@ def lifecycle(
             poll_seconds=settings.outbox_poll_seconds,
             retry=RetryPolicy(max_attempts=settings.outbox_max_attempts),
         )
-        leases = LeaseStore(pool, settings.lease_seconds)
-        ports = Ports(
-            uow=unit_of_work_factory(pool, leases, relay.wake),
-            leases=leases,
-            keys=MysqlKeyStore(pool, lambda: MasterKey(settings.load_master_key())),
-            storage=LocalStorage(settings.storage_dir),
-            clock=system_clock,
-            holder=holder_name(name),
-        )
+        ports = service_ports(settings, pool, holder_name(name), relay.wake)
         queues = await asyncio.to_thread(load_service_queues)
         broker = BrokerLink(settings.amqp_url.get_secret_value(), Topology(settings), queues)
         broker.start()
