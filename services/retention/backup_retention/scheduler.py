@@ -57,19 +57,22 @@ class Scheduler:
         return recorded
 
     async def _pass(self, entry: ScheduleEntry, timezone: str, cursor: datetime | None, now: datetime) -> list[Firing]:
+        due = due_firings(entry.cron, timezone, cursor, now, self._catch_up) if cursor is not None else None
+        if due is not None and due.run is None and not due.missed:
+            return []  # no fire time since the last look: nothing to write
         next_fire_at = next_fire_times(entry.cron, timezone, now, 1)[0] if entry.enabled else None
         recorded: list[Firing] = []
         async with self._ports.uow() as uow:
             # A new entry fires from now on; a disabled one keeps its cursor current, so enabling it
             # again does not count the time it was off as missed.
-            if cursor is not None and entry.enabled:
-                due = due_firings(entry.cron, timezone, cursor, now, self._catch_up)
+            if due is not None and entry.enabled:
                 if due.more_missed:
                     log.warning(
                         "schedule %s: %d more fire times missed before %s", entry.name, due.more_missed, due.missed[0]
                     )
                 for fire_at in due.missed:
-                    late = f"no scheduler ran between {fire_at:%Y-%m-%d %H:%M} UTC and {self._catch_up} after it"
+                    minutes = int(self._catch_up.total_seconds() // 60)
+                    late = f"no scheduler ran within {minutes} minutes of {fire_at:%Y-%m-%d %H:%M} UTC"
                     firing = Firing(entry.name, fire_at, FiringOutcome.MISSED, reason=late)
                     if await uow.schedules.record(firing, self._ports.holder):
                         log.warning("schedule %s: the firing of %s was missed: %s", entry.name, fire_at, late)
