@@ -15,6 +15,7 @@ from backup_common.domain.documents import (
     RetentionPolicy,
     ScheduleDocument,
     SettingsDocument,
+    missing_sections,
 )
 from backup_common.domain.events import BackupType
 from backup_common.paths import CONFIG_DIR
@@ -241,3 +242,42 @@ def test_a_schedule_needs_its_list_of_schedules() -> None:
 
 def test_an_empty_settings_document_takes_every_default() -> None:
     assert SettingsDocument.model_validate({}) == SettingsDocument()
+
+
+@pytest.mark.parametrize(
+    ("document", "location"),
+    [
+        ({"encryption": {"enabled": "no"}}, "encryption.enabled"),
+        ({"encryption": {"enabled": 0}}, "encryption.enabled"),
+        ({"database": {"keep_definers": "true"}}, "database.keep_definers"),
+        ({"retention": {"keep_last": True}}, "retention.keep_last"),
+        ({"retention": {"max_age_days": "30"}}, "retention.max_age_days"),
+        ({"compression": {"level": "3"}}, "compression.level"),
+        ({"compression": {"level": 2.0}}, "compression.level"),
+        ({"verification": {"after_backup": "yes"}}, "verification.after_backup"),
+        ({"restore_limits": {"max_entries": "100"}}, "restore_limits.max_entries"),
+    ],
+)
+def test_a_loosely_typed_setting_is_refused_naming_it(document: dict[str, Any], location: str) -> None:
+    assert location in refusal(SettingsDocument, document)
+
+
+@pytest.mark.parametrize(("field", "value"), [("enabled", "no"), ("enabled", 1), ("archive", "false")])
+def test_a_loosely_typed_schedule_flag_is_refused_naming_it(field: str, value: Any) -> None:
+    assert f"schedules.0.{field}" in refusal(ScheduleDocument, schedule(entry(**{field: value})))
+
+
+def test_strictly_typed_documents_still_read_their_enums_and_numbers_from_json() -> None:
+    parsed = ScheduleDocument.model_validate(json.loads(json.dumps(schedule(entry(enabled=False)))))
+    settings = SettingsDocument.model_validate_json('{"retention": {"keep_last": 5}, "compression": {"level": 1}}')
+
+    assert (parsed.schedules[0].type, parsed.schedules[0].enabled) == (BackupType.FULL, False)
+    assert (settings.retention.keep_last, settings.compression.level) == (5, 1)
+
+
+def test_missing_sections_still_sees_into_the_strictly_typed_sections() -> None:
+    body = SettingsDocument().model_dump(mode="json")
+    del body["retention"]["keep_last"]
+    del body["encryption"]
+
+    assert missing_sections(SettingsDocument, body) == ["retention.keep_last", "encryption"]

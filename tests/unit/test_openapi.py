@@ -184,3 +184,63 @@ async def test_a_reserved_name_is_never_taken_for_a_backup_id_to_delete(app: web
 
     assert match.route.name != "backup.delete"
     assert "backup_id" not in match
+
+
+def _parameter(document: dict[str, Any], path: str, method: str, name: str) -> dict[str, Any]:
+    found = [p for p in document["paths"][path][method].get("parameters", []) if p["name"] == name]
+    assert len(found) == 1, (path, method, name)
+    parameter: dict[str, Any] = found[0]
+    return parameter
+
+
+@pytest.mark.parametrize("path", [f"{API}/list", f"{API}/restores"])
+def test_the_paging_parameters_are_integers_with_their_real_ranges(document: dict[str, Any], path: str) -> None:
+    limit = _parameter(document, path, "get", "limit")["schema"]
+    offset = _parameter(document, path, "get", "offset")["schema"]
+
+    assert (limit["type"], limit["minimum"], limit["maximum"], limit["default"]) == ("integer", 1, 500, 50)
+    assert (offset["type"], offset["minimum"], offset["maximum"]) == ("integer", 0, 10**9)
+
+
+def test_list_filters_are_comma_separated_lists_of_their_enum(document: dict[str, Any]) -> None:
+    parameter = _parameter(document, f"{API}/list", "get", "type")
+
+    assert (parameter["style"], parameter["explode"]) == ("form", False)
+    assert parameter["schema"] == {"type": "array", "items": {"$ref": "#/components/schemas/BackupType"}}
+    assert set(document["components"]["schemas"]["BackupType"]["enum"]) == {"full", "database", "files", "incremental"}
+
+
+def test_the_backup_id_filter_of_restores_is_a_uuid_never_null(document: dict[str, Any]) -> None:
+    assert _parameter(document, f"{API}/restores", "get", "backup_id")["schema"] == {"type": "string", "format": "uuid"}
+
+
+def test_headers_state_their_lengths_and_patterns(document: dict[str, Any]) -> None:
+    key = _parameter(document, f"{API}/create", "post", "Idempotency-Key")["schema"]
+    if_match = _parameter(document, f"{API}/settings", "put", "If-Match")["schema"]
+
+    assert (key["minLength"], key["maxLength"]) == (1, 255)
+    assert all(re.match(if_match["pattern"], value) for value in ('"3"', 'W/"3"', "3", "*"))
+    assert not re.match(if_match["pattern"], "three")
+
+
+def test_bodies_state_their_limits(document: dict[str, Any]) -> None:
+    schemas = document["components"]["schemas"]
+    restore = schemas["RestoreRequest"]["properties"]
+
+    assert restore["parts"]["uniqueItems"] is True
+    assert restore["confirm"]["maxLength"] == 64
+    assert schemas["TargetIn"]["properties"]["database"]["pattern"] == "^[A-Za-z0-9_$-]{1,64}$"
+    assert schemas["CreateBackupRequest"]["properties"]["description"]["maxLength"] == 500
+    assert schemas["RetentionPolicy"]["properties"]["keep_last"] == {
+        "default": 3, "description": "Most recent completed backups always kept.", "maximum": 1000, "minimum": 1,
+        "title": "Keep Last", "type": "integer",
+    }  # fmt: skip
+
+
+def test_every_admin_operation_declares_431_for_oversized_headers_and_503_for_an_unreachable_catalog(
+    document: dict[str, Any],
+) -> None:
+    for path, item in document["paths"].items():
+        if path.startswith("/api/admin/"):
+            for method, operation in item.items():
+                assert {"431", "503"} <= set(operation["responses"]), (path, method)

@@ -136,6 +136,25 @@ def test_a_token_without_exp_is_refused() -> None:
     assert refused(TokenVerifier(hs_settings()), sign(payload)) == "token lacks the 'exp' claim"
 
 
+@pytest.mark.parametrize("name", ["exp", "nbf", "iat"])
+def test_a_time_claim_given_as_a_string_is_refused_even_when_it_reads_as_a_number(name: str) -> None:
+    token = sign(claims(**{name: str(int(time.time()) + 600)}))
+    expected = "token is malformed or its signature does not verify"
+    if name == "exp":
+        expected = "the token's 'exp' claim must be a number (seconds since the epoch)"
+
+    assert refused(TokenVerifier(hs_settings()), token) == expected
+
+
+def test_a_subject_of_255_characters_is_accepted_and_one_longer_is_refused() -> None:
+    verifier = TokenVerifier(hs_settings())
+
+    assert verifier.verify(sign(claims(sub="s" * 255))).subject == "s" * 255
+    assert (
+        refused(verifier, sign(claims(sub="s" * 300))) == "the token's sub claim is too long (at most 255 characters)"
+    )
+
+
 def test_a_token_signed_with_another_secret_is_refused() -> None:
     token = sign(claims(), key=OTHER_SECRET)
 

@@ -18,3 +18,5 @@ PRINCIPAL = web.RequestKey("principal", Principal)
 AUDIT_TARGET = web.RequestKey("audit_target", str)
 AUDIT_DETAIL = web.RequestKey("audit_detail", dict[str, Any])  # what the request did, for its audit record
 REQUEST_ID = web.RequestKey("request_id", str)
+# Why a response was cut off after its status went out (a damaged archive mid-download).
+TRANSFER_ABORTED = web.RequestKey("transfer_aborted", str)

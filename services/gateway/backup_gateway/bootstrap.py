@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
@@ -14,7 +16,14 @@ from backup_common.domain.ports import Ports
 from backup_gateway.app_keys import HTTP_METRICS, RESTORE_TARGETS, VERIFIER
 from backup_gateway.handlers import HANDLERS, RestoreTargets
 from backup_gateway.metrics import HttpMetrics
-from backup_gateway.middleware import admin_auth, json_errors, metrics
+from backup_gateway.middleware import (
+    PARSED_HEADER_FIELD_BYTES,
+    ParserErrorFilter,
+    admin_auth,
+    header_limits,
+    json_errors,
+    metrics,
+)
 from backup_gateway.routes import add_routes, openapi_document
 
 NAME = "gateway"
@@ -27,7 +36,17 @@ def bootstrap(settings: Settings, ports: Ports, registry: CollectorRegistry) -> 
 
 def create_app(settings: Settings) -> web.Application:
     """Raises SettingsError when no key to check admin tokens with is configured."""
-    app = web.Application(middlewares=[metrics, admin_auth, json_errors], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(
+        middlewares=[metrics, header_limits, admin_auth, json_errors],
+        client_max_size=MAX_BODY_BYTES,
+        # Long headers reach header_limits, which answers 431 in JSON (the pure-Python parser bounds a
+        # header line by max_line_size as well).
+        handler_args={
+            "max_field_size": PARSED_HEADER_FIELD_BYTES,
+            "max_line_size": PARSED_HEADER_FIELD_BYTES,
+            "logger": _server_logger(),
+        },
+    )
     service_metrics = ServiceMetrics()
     app[VERIFIER] = TokenVerifier(settings)
     app[HTTP_METRICS] = HttpMetrics(service_metrics.registry)
@@ -42,6 +61,14 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/api/openapi.json", serve_openapi, name="openapi")
     app.cleanup_ctx.append(lifecycle(settings, NAME, bootstrap, service_metrics))
     return app
+
+
+def _server_logger() -> logging.Logger:
+    """aiohttp's server logger, for this gateway's connections, that never quotes a refused request."""
+    logger = logging.getLogger("backup_gateway.http")
+    if not any(isinstance(existing, ParserErrorFilter) for existing in logger.filters):
+        logger.addFilter(ParserErrorFilter())
+    return logger
 
 
 async def serve_openapi(request: web.Request) -> web.Response:

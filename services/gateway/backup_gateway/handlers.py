@@ -172,14 +172,14 @@ async def request_restore(
     return restore
 
 
-_DATABASE_NAME = re.compile(r"^[A-Za-z0-9_$-]{1,64}$")
+DATABASE_NAME = re.compile(r"^[A-Za-z0-9_$-]{1,64}$")  # also stated in the OpenAPI document
 
 
 async def _checked_target(targets: RestoreTargets, target: RestoreTarget) -> RestoreTarget:
     """The target with its directory resolved; InvalidRequest for one a restore may not write to."""
     if target.database is not None:
         name = target.database
-        if not _DATABASE_NAME.match(name):
+        if not DATABASE_NAME.match(name):
             raise InvalidRequest(f"invalid database name {name!r}: use 1 to 64 letters, digits, '_', '$' or '-'")
         if name.lower() in SYSTEM_DATABASES or name == targets.catalog_database:
             raise InvalidRequest(f"database {name} belongs to the server or to the backup catalog; choose another")

@@ -22,3 +22,8 @@ class HttpMetrics:
         self.audit_failures = Counter(
             "backup_audit_write_failures", "Audit records that could not be written.", registry=registry
         )
+        self.download_integrity_failures = Counter(
+            "backup_download_integrity_failures",
+            "Downloads cut short because an archive differed from its recorded size or SHA-256.",
+            registry=registry,
+        )

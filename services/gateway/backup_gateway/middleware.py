@@ -1,5 +1,5 @@
-"""Request pipeline: metrics, then default-deny admin auth with an audit record, then JSON errors
-innermost, so the two outer layers see every outcome as a response with its final status."""
+"""Request pipeline: metrics, then header limits, then default-deny admin auth with an audit record,
+then JSON errors innermost, so the outer layers see every outcome as a response with its final status."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import uuid
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 from pydantic import ValidationError
 
+from backup_common.adapters.mysql import db
 from backup_common.adapters.runtime.service import RUNNING
 from backup_common.adapters.tokens import InvalidToken
 from backup_common.domain.errors import (
@@ -25,7 +27,15 @@ from backup_common.domain.errors import (
 )
 from backup_common.domain.model import AuditEntry
 from backup_gateway import handlers
-from backup_gateway.app_keys import AUDIT_DETAIL, AUDIT_TARGET, HTTP_METRICS, PRINCIPAL, REQUEST_ID, VERIFIER
+from backup_gateway.app_keys import (
+    AUDIT_DETAIL,
+    AUDIT_TARGET,
+    HTTP_METRICS,
+    PRINCIPAL,
+    REQUEST_ID,
+    TRANSFER_ABORTED,
+    VERIFIER,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +61,15 @@ _HTTP_CODES = {
     415: "unsupported_media_type",
     422: "unprocessable",
 }
+
+# A header field (name and value) may be as long as aiohttp's own default allows, and all of them
+# together four times that; the parser itself lets longer ones through (PARSED_HEADER_FIELD_BYTES),
+# so that they are refused here with 431 and an audit record rather than by the parser with a text page.
+MAX_HEADER_FIELD_BYTES = 8190
+MAX_HEADER_BYTES = 4 * MAX_HEADER_FIELD_BYTES
+PARSED_HEADER_FIELD_BYTES = 128 * 1024
+
+RETRY_AFTER_SECONDS = 5
 
 
 def error_response(
@@ -95,7 +114,15 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return error_response(400, "invalid_request", summary, details=details)
     except DomainError as exc:
         return error_response(_DOMAIN_STATUS.get(type(exc), 400), exc.code, exc.message)
-    except Exception:
+    except Exception as exc:
+        if db.unreachable(exc):
+            log.warning("the catalog did not answer %s %s: %s", request.method, request.path, exc)
+            return error_response(
+                503,
+                "unavailable",
+                "the catalog database does not answer; try again shortly",
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
         log.exception("unhandled error answering %s %s", request.method, request.path)
         return error_response(500, "internal", "internal error; the gateway log has the details")
 
@@ -119,6 +146,47 @@ async def metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
     collected.requests.labels(label, request.method, str(response.status)).inc()
     collected.latency.labels(label).observe(time.perf_counter() - started)
     return response
+
+
+def _oversized_header(request: web.Request) -> str | None:
+    """Why the request's headers are too large to be read, naming the header but never quoting it."""
+    total = 0
+    for name, value in request.raw_headers:
+        size = len(name) + len(value)
+        if size > MAX_HEADER_FIELD_BYTES:
+            shown = name.decode("ascii", "replace")[:64]
+            return f"the {shown} header is {size} bytes; a header may be {MAX_HEADER_FIELD_BYTES} bytes at most"
+        total += size
+    if total > MAX_HEADER_BYTES:
+        return f"the headers are {total} bytes together; they may be {MAX_HEADER_BYTES} bytes at most"
+    return None
+
+
+@web.middleware
+async def header_limits(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """431 with a JSON body for headers too large, audited under /api/admin/ like any denied request."""
+    reason = _oversized_header(request)
+    if reason is None:
+        return await handler(request)
+    if request.path.startswith(ADMIN_PREFIX):
+        request[REQUEST_ID] = str(uuid.uuid4())
+        await _audit(request, "anonymous", "denied", 431, {"reason": reason})
+    return error_response(431, "headers_too_large", reason)
+
+
+class ParserErrorFilter(logging.Filter):
+    """Logs a request the HTTP parser refused (a header beyond PARSED_HEADER_FIELD_BYTES, say) without
+    the parser's message, which quotes the start of the offending line: a token, a cookie."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            said = record.getMessage()
+            record.msg = "%s; refused a request the HTTP parser could not read (%s %s)"
+            record.args = (said, type(error).__name__, error.code)
+            record.exc_info = None
+            record.exc_text = None
+        return True
 
 
 def _bearer_token(request: web.Request) -> str | None:
@@ -154,8 +222,12 @@ async def admin_auth(request: web.Request, handler: Handler) -> web.StreamRespon
     request[PRINCIPAL] = principal
     # Outside json_errors: a failed operation arrives as an error response, with its status.
     response = await handler(request)
-    outcome = "allowed" if response.status < 400 else "failed"
-    await _audit(request, principal.subject, outcome, response.status, request.get(AUDIT_DETAIL))
+    detail = request.get(AUDIT_DETAIL)
+    aborted = request.get(TRANSFER_ABORTED)
+    if aborted is not None:
+        detail = {**(detail or {}), "aborted": aborted}
+    outcome = "allowed" if response.status < 400 and aborted is None else "failed"
+    await _audit(request, principal.subject, outcome, response.status, detail)
     return response
 
 

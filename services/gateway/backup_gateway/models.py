@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from backup_common.domain.documents import ScheduleDocument
 from backup_common.domain.events import BackupPart, BackupType
@@ -15,8 +15,11 @@ from backup_common.domain.ports import StoredDocument
 from backup_common.domain.retention import RetentionPlan
 from backup_common.domain.schedule import next_fire_times
 from backup_common.domain.verification import Verification, VerificationStatus
+from backup_gateway.handlers import DATABASE_NAME
 
 NEXT_FIRE_TIMES = 3  # shown for each schedule entry
+MAX_OFFSET = 10**9  # far beyond any catalog, and within what MariaDB takes in LIMIT ... OFFSET
+MAX_PAGE = 500
 
 
 class _Body(BaseModel):
@@ -30,12 +33,17 @@ class CreateBackupRequest(_Body):
 
 class TargetIn(_Body):
     database: str | None = Field(
-        None, description="Load into this database on the source server (created if missing) instead of in place."
+        None,
+        description="Load into this database on the source server (created if missing) instead of in place.",
+        # Checked by the handler, which names the rule; stated here so that clients see it.
+        json_schema_extra={"pattern": DATABASE_NAME.pattern},
     )
     directory: str | None = Field(
-        None, description="Rebuild uploads/, configs/ and logs/ below this absolute path inside BACKUP_RESTORE_DIR."
+        None,
+        max_length=4096,
+        description="Rebuild uploads/, configs/ and logs/ below this absolute path inside BACKUP_RESTORE_DIR.",
     )
-    replace: bool = Field(False, description="Allow a target database or directory that is not empty.")
+    replace: StrictBool = Field(False, description="Allow a target database or directory that is not empty.")
 
     @model_validator(mode="after")
     def _one_target(self) -> TargetIn:
@@ -45,8 +53,13 @@ class TargetIn(_Body):
 
 
 class RestoreRequest(_Body):
-    confirm: str = Field(description="The id of the backup being restored, repeated as confirmation.")
-    parts: list[BackupPart] | None = Field(None, min_length=1, description="Parts to restore; all by default.")
+    confirm: str = Field(max_length=64, description="The id of the backup being restored, repeated as confirmation.")
+    parts: list[BackupPart] | None = Field(
+        None,
+        min_length=1,
+        description="Parts to restore, each once; all by default.",
+        json_schema_extra={"uniqueItems": True},
+    )
     target: TargetIn | None = Field(None, description="Where to restore; absent: in place.")
     tables: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
         default_factory=list, max_length=10_000, description="Only these tables of the database part."
@@ -56,9 +69,17 @@ class RestoreRequest(_Body):
         max_length=10_000,
         description="Only these tree-relative prefixes of the files part, such as configs or uploads/2025.",
     )
-    safety_backup: bool | None = Field(
+    safety_backup: StrictBool | None = Field(
         None, description="In place only (the default there): back up what will be replaced first."
     )
+
+    @field_validator("parts")
+    @classmethod
+    def _parts_once_each(cls, parts: list[BackupPart] | None) -> list[BackupPart] | None:
+        if parts is not None and len(set(parts)) != len(parts):
+            repeated = sorted({part.value for part in parts if parts.count(part) > 1})
+            raise ValueError(f"name each part once; repeated: {', '.join(repeated)}")
+        return parts
 
 
 class ListQuery(_Body):
@@ -67,13 +88,13 @@ class ListQuery(_Body):
     verification: list[VerificationStatus] = Field(
         default_factory=list, description="Comma-separated verification statuses (pending includes never verified)."
     )
-    limit: int = Field(50, ge=1, le=500)
-    offset: int = Field(0, ge=0)
+    limit: int = Field(50, ge=1, le=MAX_PAGE)
+    offset: int = Field(0, ge=0, le=MAX_OFFSET)
 
 
 class PageQuery(_Body):
-    limit: int = Field(50, ge=1, le=500)
-    offset: int = Field(0, ge=0)
+    limit: int = Field(50, ge=1, le=MAX_PAGE)
+    offset: int = Field(0, ge=0, le=MAX_OFFSET)
 
 
 class RestoreListQuery(PageQuery):

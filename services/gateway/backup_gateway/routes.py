@@ -28,6 +28,7 @@ from backup_gateway.models import (
     RetentionPreview,
     Stats,
 )
+from backup_gateway.views import MAX_IDEMPOTENCY_KEY
 
 API = "/api/admin/backup"
 IF_MATCH = {"If-Match": 'The revision the change is made on, as in "3"; another one answers 412.'}
@@ -135,8 +136,46 @@ _ERROR_TEXT = {
     409: "Conflicts with the backup's state",
     412: "The document changed since the revision in If-Match",
     410: "The backup's files are missing from storage",
-    503: "Not ready, or a server the request needs does not answer",
+    431: "A header, or all of them together, too large",
+    503: "Not ready, or a server the request needs (the catalog, say) does not answer",
 }
+# What any admin request may be answered besides its own errors: no valid token, no admin role,
+# oversized headers, the catalog unreachable.
+_ADMIN_ERRORS = (401, 403, 431, 503)
+
+
+# What the views accept of each header (views.MAX_IDEMPOTENCY_KEY, views._if_match).
+HEADER_SCHEMAS: dict[str, dict[str, Any]] = {
+    "Idempotency-Key": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY},
+    "If-Match": {"type": "string", "pattern": r'^\s*(\*|(W/)?"?[0-9]+"?)\s*$'},
+}
+
+
+def query_parameters(query: type[BaseModel], schemas: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each field of a query model as an OpenAPI query parameter with the field's own JSON schema
+    (types, ranges, enums); a list travels comma-separated (style form, explode false)."""
+    schema = query.model_json_schema(ref_template="#/components/schemas/{model}", mode="validation")
+    schemas.update(schema.pop("$defs", {}))
+    parameters = []
+    for name, info in query.model_fields.items():
+        field = dict(schema["properties"][name])
+        field.pop("title", None)
+        field.pop("description", None)
+        # An optional field is simply left out of a query string; it is never null there.
+        alternatives = [option for option in field.pop("anyOf", []) if option != {"type": "null"}]
+        if len(alternatives) == 1:
+            field.update(alternatives[0])
+        elif alternatives:
+            field["anyOf"] = alternatives
+        if field.get("default", 0) is None:
+            del field["default"]
+        parameter: dict[str, Any] = {
+            "name": name, "in": "query", "required": False, "description": info.description or "", "schema": field,
+        }  # fmt: skip
+        if field.get("type") == "array":
+            parameter.update(style="form", explode=False)
+        parameters.append(parameter)
+    return parameters
 
 
 def openapi_document() -> dict[str, Any]:
@@ -163,15 +202,11 @@ def openapi_document() -> dict[str, Any]:
                     {"name": name, "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
                 )
         if route.query is not None:
-            for name, info in route.query.model_fields.items():
-                parameters.append(
-                    {"name": name, "in": "query", "required": False, "description": info.description or "",
-                     "schema": {"type": "string"}}
-                )  # fmt: skip
+            parameters += query_parameters(route.query, schemas)
         for header, description in route.headers.items():
             parameters.append(
                 {"name": header, "in": "header", "required": False, "description": description,
-                 "schema": {"type": "string"}}
+                 "schema": HEADER_SCHEMAS.get(header, {"type": "string"})}
             )  # fmt: skip
         if parameters:
             operation["parameters"] = parameters
@@ -187,7 +222,7 @@ def openapi_document() -> dict[str, Any]:
         else:
             content = {"application/json": {"schema": {"type": "object"}}}
         operation["responses"][str(route.status)] = {"description": "Success", "content": content}
-        codes = route.errors if route.public else (401, 403, *route.errors)
+        codes = route.errors if route.public else (*_ADMIN_ERRORS, *route.errors)
         for code in sorted(set(codes)):
             operation["responses"][str(code)] = {"description": _ERROR_TEXT.get(code, "Error"), "content": error}
         paths.setdefault(path, {})[route.method.lower()] = operation

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import uuid
 from typing import Any
 
@@ -34,6 +35,8 @@ from backup_gateway.models import (
 )
 
 MAX_IDEMPOTENCY_KEY = 255
+# No document of the API nests deeper; a deeper body would only exhaust the recursion of what reads it.
+MAX_JSON_DEPTH = 32
 
 
 def respond(model: BaseModel, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -48,9 +51,29 @@ async def json_body(request: web.Request) -> Any:
     # The body is parsed as JSON whatever its declared type: `curl -d` labels JSON as a form.
     raw = await request.read()
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidRequest(f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidRequest(f"the body nests arrays or objects more than {MAX_JSON_DEPTH} deep") from None
+    except ValueError:
+        # Python refuses to convert an integer of more digits than this (CVE-2020-10735).
+        limit = sys.get_int_max_str_digits()
+        raise InvalidRequest(f"the body holds a number of more than {limit} digits") from None
+    if _depth_exceeds(body, MAX_JSON_DEPTH):
+        raise InvalidRequest(f"the body nests arrays or objects more than {MAX_JSON_DEPTH} deep")
+    return body
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests lists or objects more than ``limit`` deep; level by level, never recursive."""
+    level: list[Any] = [value]
+    for _ in range(limit + 1):
+        containers = [item for item in level if isinstance(item, dict | list)]
+        if not containers:
+            return False
+        level = [child for item in containers for child in (item.values() if isinstance(item, dict) else item)]
+    return True
 
 
 def ports(request: web.Request) -> Ports:

@@ -11,6 +11,8 @@ import jwt
 from backup_common.adapters.settings import Settings
 
 ADMIN_ROLE = "admin"
+# The audit log's actor column (and a backup's requested_by) hold at most this many characters.
+MAX_SUBJECT_LENGTH = 255
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,13 @@ class TokenVerifier:
             raise InvalidToken(str(exc).lower()) from None
         except jwt.PyJWTError:
             raise InvalidToken("token is malformed or its signature does not verify") from None
+        # A NumericDate (RFC 7519): PyJWT refuses a string nbf or iat, but reads a string exp as a time.
+        expires = claims["exp"]
+        if isinstance(expires, bool) or not isinstance(expires, int | float):
+            raise InvalidToken("the token's 'exp' claim must be a number (seconds since the epoch)")
+        subject = claims.get("sub")
+        if isinstance(subject, str) and len(subject) > MAX_SUBJECT_LENGTH:
+            raise InvalidToken(f"the token's sub claim is too long (at most {MAX_SUBJECT_LENGTH} characters)")
         return principal_from_claims(claims)
 
 

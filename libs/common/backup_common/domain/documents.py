@@ -11,7 +11,16 @@ from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    field_validator,
+    model_validator,
+)
 
 from backup_common.domain.events import BackupType
 
@@ -35,6 +44,8 @@ Cron = Annotated[
 
 
 class _Strict(BaseModel):
+    # Booleans and integers are StrictBool and StrictInt field by field: lax mode would take "no" as
+    # false and true as 1. (Model-wide strict mode would also refuse the strings JSON gives enums.)
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -42,8 +53,8 @@ class ScheduleEntry(_Strict):
     name: Name
     type: BackupType
     cron: Cron
-    enabled: bool = True
-    archive: bool = Field(False, description="Backups it makes are kept by the monthly archive rule.")
+    enabled: StrictBool = True
+    archive: StrictBool = Field(False, description="Backups it makes are kept by the monthly archive rule.")
     description: str = Field("", max_length=500)
 
 
@@ -70,26 +81,26 @@ class ScheduleDocument(_Strict):
 
 
 class RetentionPolicy(_Strict):
-    keep_last: int = Field(3, ge=1, le=1000, description="Most recent completed backups always kept.")
-    keep_daily: int = Field(
+    keep_last: StrictInt = Field(3, ge=1, le=1000, description="Most recent completed backups always kept.")
+    keep_daily: StrictInt = Field(
         7, ge=0, le=3650, description="For this many most recent days with a backup, the newest of each day is kept."
     )
-    keep_weekly: int = Field(
+    keep_weekly: StrictInt = Field(
         4, ge=0, le=520, description="For this many most recent ISO weeks with a backup, the newest of each is kept."
     )
-    keep_monthly: int = Field(
+    keep_monthly: StrictInt = Field(
         12,
         ge=0,
         le=1200,
         description="For this many most recent months with a backup, the newest of each is kept (archives too).",
     )
-    keep_yearly: int = Field(
+    keep_yearly: StrictInt = Field(
         0,
         ge=0,
         le=100,
         description="For this many most recent years with a backup, the newest of each is kept (archives too).",
     )
-    max_age_days: int | None = Field(
+    max_age_days: StrictInt | None = Field(
         None,
         ge=1,
         le=36500,
@@ -99,35 +110,35 @@ class RetentionPolicy(_Strict):
 
 
 class EncryptionSettings(_Strict):
-    enabled: bool = True
+    enabled: StrictBool = True
 
 
 class CompressionSettings(_Strict):
-    level: int = Field(
+    level: StrictInt = Field(
         3, ge=0, le=3, description="Deflate effort: 0 is fastest, 3 gives the smallest archives (the default)."
     )
 
 
 class DatabaseSettings(_Strict):
-    keep_definers: bool = True
+    keep_definers: StrictBool = True
 
 
 class VerificationSettings(_Strict):
-    after_backup: bool = Field(True, description="Verify each backup as soon as it completes.")
+    after_backup: StrictBool = Field(True, description="Verify each backup as soon as it completes.")
     restore_drill_cron: Cron | None = Field(
         "0 4 * * 6", description="When completed backups are verified again, those verified longest ago first (UTC)."
     )
-    drill_budget_minutes: int = Field(
+    drill_budget_minutes: StrictInt = Field(
         60, ge=1, le=1440, description="How long one scheduled round may start new verifications for."
     )
 
 
 class RestoreLimits(_Strict):
-    max_total_bytes: int = Field(1 << 40, ge=1)
-    max_entries: int = Field(10_000_000, ge=1)
+    max_total_bytes: StrictInt = Field(1 << 40, ge=1)
+    max_entries: StrictInt = Field(10_000_000, ge=1)
     # Deflate expands at most about 1032:1 (a run of zeros at isal's level 1 reaches 1015:1), so the
     # default refuses only a member that claims more than its compressed bytes could hold.
-    max_compression_ratio: int = Field(1100, ge=1)
+    max_compression_ratio: StrictInt = Field(1100, ge=1)
 
 
 class SettingsDocument(_Strict):

@@ -11,6 +11,7 @@ from typing import Any, overload
 import asyncmy
 from asyncmy.connection import Connection
 from asyncmy.cursors import DictCursor
+from asyncmy.errors import InterfaceError, OperationalError
 
 from backup_common.engine.database.sql import quote_identifier
 from backup_common.engine.database.target import MysqlTarget
@@ -146,3 +147,19 @@ async def ping(pool: Pool) -> None:
     async with pool.acquire() as conn:
         await fetch_one(conn, "SELECT 1 AS ok")
         await conn.rollback()
+
+
+# MySQL's client errors (2000-2999: cannot connect, server gone, connection lost) and the server's
+# "too many connections", "shutdown in progress" and "connection killed".
+_CLIENT_ERRORS = range(2000, 3000)
+_UNREACHABLE_SERVER_ERRORS = frozenset({1040, 1053, 1927})
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the server cannot be reached now, rather than that a statement is wrong."""
+    if isinstance(exc, ConnectionError | InterfaceError):
+        return True
+    if not isinstance(exc, OperationalError):
+        return False
+    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+    return code in _CLIENT_ERRORS or code in _UNREACHABLE_SERVER_ERRORS
