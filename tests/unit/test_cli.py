@@ -15,6 +15,7 @@ from typing import Any
 import jwt
 import pytest
 
+from backup_common import cli
 from backup_common.adapters.settings import Settings
 from backup_common.adapters.tokens import TokenVerifier
 from backup_common.cli import build_parser, main, parse_duration
@@ -301,3 +302,72 @@ def test_a_progress_line_rewrites_itself_on_a_terminal_and_prints_only_phase_cha
 
     assert terminal.getvalue() == "\rloading 10%\rloading 20%\rdone       \n"
     assert log.getvalue() == "loading 10%\ndone\n"
+
+
+class RunCalls:
+    """`backupctl run` with its catalog migration and its services faked: what it would supervise."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.supervised: list[list[str]] = []
+
+        async def migrate(target: Any) -> list[str]:
+            return []
+
+        async def supervise(services: dict[str, str], env: dict[str, str]) -> int:
+            self.supervised.append(list(services))
+            return 0
+
+        monkeypatch.setattr(cli, "migrate", migrate)
+        monkeypatch.setattr(cli, "_supervise", supervise)
+
+
+def printed_token(out: str) -> str | None:
+    return next((line for line in out.splitlines() if line.startswith("ey")), None)
+
+
+def test_run_prints_an_admin_token_for_the_jwt_secret_it_generated(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    calls = RunCalls(monkeypatch)
+
+    assert main(["run", "gateway"]) == 0
+
+    token = printed_token(capsys.readouterr().out)
+    assert token is not None
+    secret = Path("var/secrets/jwt-secret").read_text().strip()
+    assert TokenVerifier(Settings(jwt_secret=secret)).verify(token).is_admin
+    assert calls.supervised == [["gateway"]]
+
+
+def test_run_prints_no_token_signed_with_the_operators_jwt_secret(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    RunCalls(monkeypatch)
+    monkeypatch.setenv("BACKUP_JWT_SECRET", SECRET)
+
+    assert main(["run", "gateway"]) == 0
+
+    out = capsys.readouterr().out
+    assert printed_token(out) is None
+    assert SECRET not in out
+
+
+def test_run_prints_no_token_again_for_the_local_secret_an_earlier_run_made(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    RunCalls(monkeypatch)
+    assert main(["run", "gateway"]) == 0
+    capsys.readouterr()
+    os.environ.pop("BACKUP_JWT_SECRET")  # the first run put the local secret there
+
+    assert main(["run", "gateway"]) == 0
+
+    assert printed_token(capsys.readouterr().out) is None
+
+
+def test_run_supervises_only_the_services_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = RunCalls(monkeypatch)
+
+    assert main(["run", "retention", "database_backup"]) == 0
+
+    assert calls.supervised == [["retention", "database_backup"]]

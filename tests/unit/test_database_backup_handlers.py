@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from backup_common.domain.events import BackupFailed, BackupPart, BackupRequeste
 from backup_common.domain.jobs import MAX_JOB_ATTEMPTS, part_job_key
 from backup_common.domain.model import Backup, BackupStatus, PartStatus
 from backup_common.engine.archive import ArchiveWriter
-from backup_common.engine.database.dump import DumpError
+from backup_common.engine.database.dump import DumpError, SourceConnectionLost
 from backup_common.engine.database.model import DumpOptions, DumpProgress, DumpResult, TableSummary
 from backup_common.engine.database.sql import SqlServer
 from backup_common.engine.database.target import MysqlTarget
@@ -42,9 +44,10 @@ class Source:
 class FakeDump:
     """Writes a one-member archive as the engine would, or fails, or waits until released."""
 
-    def __init__(self, *, error: Exception | None = None, hold: bool = False) -> None:
+    def __init__(self, *, error: Exception | None = None, hold: bool = False, leave: tuple[str, ...] = ()) -> None:
         self.calls: list[DumpOptions] = []
         self.error = error
+        self.leave = leave  # files a failing dump leaves beside the archive, as a killed one would
         self.started = asyncio.Event()
         self.release = asyncio.Event()
         if not hold:
@@ -64,6 +67,8 @@ class FakeDump:
         await progress(DumpProgress(bytes_done=10, rows_done=2, tables_done=0, tables_total=1))
         await self.release.wait()
         if self.error is not None:
+            for name in self.leave:
+                (archive.parent / name).write_bytes(b"half an archive")
             raise self.error
         sql = b"INSERT INTO accounts VALUES (1), (2);\n"
         with ArchiveWriter(archive, password=password, compression_level=options.compression_level) as writer:
@@ -204,3 +209,94 @@ async def test_a_restore_of_the_files_alone_is_left_to_the_files_worker(system: 
     await handle(service, event)
 
     assert system.catalog.commits == 0
+
+
+LOST = "the connection to the source database was lost: Lost connection to MySQL server during query"
+
+
+async def test_a_lost_source_connection_hands_the_part_back_and_asks_for_it_again(system: FakeSystem) -> None:
+    service = service_with(system, FakeDump(error=SourceConnectionLost(LOST)))
+    event = await requested(system)
+
+    await handle(service, event)
+
+    backup = system.catalog.backups[str(event.backup_id)]
+    assert backup.status is BackupStatus.RUNNING
+    lease = system.catalog.leases[part_job_key(backup.id, BackupPart.DATABASE)]
+    assert (lease.state, lease.last_error) == ("released", LOST)
+    again = system.catalog.events(BackupRequested)[-1]
+    assert (again.backup_id, again.parts) == (event.backup_id, event.parts)
+    assert again.event_id != event.event_id
+    assert system.catalog.events(BackupFailed) == []
+
+
+async def test_a_source_connection_lost_on_every_attempt_fails_the_part_saying_so_after_the_last(
+    system: FakeSystem,
+) -> None:
+    service = service_with(system, dump := FakeDump(error=SourceConnectionLost(LOST)))
+    await requested(system)
+
+    for _ in range(MAX_JOB_ATTEMPTS):
+        await handle(service, system.catalog.events(BackupRequested)[-1])
+
+    assert len(dump.calls) == MAX_JOB_ATTEMPTS
+    [backup] = system.catalog.backups.values()
+    assert backup.status is BackupStatus.FAILED
+    assert backup.error == f"database part failed: {LOST} (attempt 3 of 3; giving up)"
+    assert system.catalog.leases[part_job_key(backup.id, BackupPart.DATABASE)].state == "failed"
+    assert len(system.catalog.events(BackupRequested)) == MAX_JOB_ATTEMPTS
+
+
+def hidden_files(directory: Path) -> list[str]:
+    return sorted(path.name for path in directory.iterdir() if path.name.startswith("."))
+
+
+async def test_a_retried_part_starts_by_removing_the_temporary_files_earlier_attempts_left(
+    system: FakeSystem,
+) -> None:
+    service = service_with(system, FakeDump())
+    event = await requested(system)
+    directory = system.storage.root / system.catalog.backups[str(event.backup_id)].storage_path
+    directory.mkdir(parents=True)
+    for name in (".database.zip.k1ll3d.partial", ".database.json.partial", ".manifest.json.partial"):
+        (directory / name).write_bytes(b"")
+    (directory / ".files.zip.0th3r.partial").write_bytes(b"")  # the files part's: not this worker's
+
+    await handle(service, event)
+
+    assert system.catalog.backups[str(event.backup_id)].status is BackupStatus.COMPLETED
+    assert hidden_files(directory) == [".files.zip.0th3r.partial"]
+
+
+async def test_a_part_that_fails_for_good_leaves_nothing_behind(system: FakeSystem) -> None:
+    leave = (".database.zip.h4lf.partial", ".manifest.json.partial", "database.zip", "database.json")
+    service = service_with(system, FakeDump(error=OSError(28, "No space left on device"), leave=leave))
+    event = await requested(system)
+
+    await handle(service, event)
+
+    backup = system.catalog.backups[str(event.backup_id)]
+    assert backup.status is BackupStatus.FAILED
+    assert list((system.storage.root / backup.storage_path).iterdir()) == []
+
+
+async def test_at_start_the_worker_sweeps_temporary_files_of_backups_no_live_worker_is_making(
+    system: FakeSystem,
+) -> None:
+    root = system.storage.root
+    service = bootstrap(Settings(storage_dir=root), system.ports, CollectorRegistry(), source=Source(), dump=FakeDump())
+    abandoned, running = str(uuid.uuid4()), str(uuid.uuid4())
+    assert await system.ports.leases.claim(part_job_key(running, BackupPart.DATABASE), "another-worker")
+    an_hour_ago = time.time() - 3600
+    for backup_id in (abandoned, running):
+        directory = root / "2026-01-01" / backup_id
+        directory.mkdir(parents=True)
+        for name in (".database.zip.k1ll3d.partial", ".files.json.partial", "database.zip"):
+            (directory / name).write_bytes(b"x")
+            os.utime(directory / name, (an_hour_ago, an_hour_ago))
+
+    [sweep] = service.loops
+    await sweep()
+
+    assert sorted(path.name for path in (root / "2026-01-01" / abandoned).iterdir()) == ["database.zip"]
+    assert hidden_files(root / "2026-01-01" / running) == [".database.zip.k1ll3d.partial", ".files.json.partial"]

@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import json
+import os
+import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,7 @@ from backup_common.adapters.runtime.service import Service
 from backup_common.adapters.settings import Settings
 from backup_common.domain.documents import RestoreLimits
 from backup_common.domain.events import BackupPart, BackupRequested, BackupType
+from backup_common.domain.jobs import part_job_key
 from backup_common.domain.model import Backup, BackupStatus
 from backup_common.engine.files.restore import ChainLink, restore_chain
 from backup_common.engine.locate import locate_part
@@ -108,3 +112,26 @@ async def test_an_incremental_with_no_earlier_files_part_is_complete_and_says_so
     manifest = json.loads((system.storage.root / incremental.storage_path / "files.json").read_text())
     assert manifest["kind"] == "complete"
     assert "this incremental is a complete files backup" in manifest["note"]
+
+
+async def test_at_start_the_worker_sweeps_temporary_files_of_backups_no_live_worker_is_making(
+    system: FakeSystem, trees: Path
+) -> None:
+    root = system.storage.root
+    settings = Settings(storage_dir=root, uploads_dir=trees / "uploads", configs_dir=trees / "configs")
+    service = bootstrap(settings, system.ports, CollectorRegistry())
+    abandoned, running = str(uuid.uuid4()), str(uuid.uuid4())
+    assert await system.ports.leases.claim(part_job_key(running, BackupPart.FILES), "another-worker")
+    an_hour_ago = time.time() - 3600
+    for backup_id in (abandoned, running):
+        directory = root / "2026-01-01" / backup_id
+        directory.mkdir(parents=True)
+        for name in (".files.zip.k1ll3d.partial", ".manifest.json.partial", "files.zip"):
+            (directory / name).write_bytes(b"x")
+            os.utime(directory / name, (an_hour_ago, an_hour_ago))
+
+    [sweep] = service.loops
+    await sweep()
+
+    assert sorted(path.name for path in (root / "2026-01-01" / abandoned).iterdir()) == ["files.zip"]
+    assert len(list((root / "2026-01-01" / running).iterdir())) == 3

@@ -13,13 +13,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from backup_common.adapters.runtime.jobs import PartFailure, PartJob, PartWorker
+from backup_common.adapters.runtime.jobs import PartFailure, PartJob, PartRetry, PartWorker
 from backup_common.adapters.runtime.restores import RestoreJob, RestoreWorker
 from backup_common.adapters.runtime.service import Handlers
 from backup_common.domain.events import BackupRequested, RestoreRequested
 from backup_common.domain.model import PartResult
 from backup_common.domain.ports import Ports
-from backup_common.engine.database.dump import DumpError, dump_database
+from backup_common.engine.database.dump import DumpError, SourceConnectionLost, dump_database
 from backup_common.engine.database.load import LoadError
 from backup_common.engine.database.manifest import database_part_manifest, dump_progress
 from backup_common.engine.database.model import DumpOptions, DumpProgress, DumpResult
@@ -63,6 +63,9 @@ async def dump_part(job: PartJob, source: SqlServer, dump: Dump = dump_database)
     started = time.time()
     try:
         result = await dump(source, job.archive, password=job.password, options=options, progress=report)
+    except SourceConnectionLost as exc:
+        # Passing (a killed session, a restarted server): another attempt, as for a lost worker.
+        raise PartRetry(str(exc)) from exc
     except DumpError as exc:
         raise PartFailure(str(exc)) from exc
     manifest = database_part_manifest(

@@ -8,7 +8,7 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from backup_common.adapters.runtime.jobs import JobMetrics, PartWorker
+from backup_common.adapters.runtime.jobs import JobMetrics, PartWorker, sweep_leftovers
 from backup_common.adapters.runtime.restores import RestoreWorker
 from backup_common.adapters.runtime.service import Service, bind, job_worker_service, serve, worker_app
 from backup_common.adapters.settings import Settings
@@ -29,7 +29,14 @@ def bootstrap(settings: Settings, ports: Ports, registry: CollectorRegistry) -> 
     worker = PartWorker(BackupPart.FILES, functools.partial(archive_part, roots=roots), ports, metrics)
     restore = functools.partial(restore_part, roots=roots, restore_dir=settings.restore_dir)
     restorer = RestoreWorker(BackupPart.FILES, restore, ports, metrics)
-    return job_worker_service(NAME, bind(HANDLERS, Dependencies(ports, worker, restorer)), worker, restorer)
+    service = job_worker_service(NAME, bind(HANDLERS, Dependencies(ports, worker, restorer)), worker, restorer)
+
+    async def sweep_storage() -> None:
+        # Temporary files of attempts killed mid-write (tens of MB each); once, at start.
+        await sweep_leftovers(ports, settings.storage_dir)
+
+    service.loops = (sweep_storage,)
+    return service
 
 
 def create_app(settings: Settings) -> web.Application:

@@ -16,11 +16,12 @@ import secrets
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Mapping, MutableMapping, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import asdict
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping, Sequence
+from contextlib import asynccontextmanager, suppress
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from backup_common.adapters.mysql import db
 from backup_common.adapters.mysql.leases import LeaseStore
@@ -30,6 +31,7 @@ from backup_common.adapters.mysql.source import AsyncmySqlServer
 from backup_common.adapters.mysql.uow import unit_of_work_factory
 from backup_common.adapters.settings import ENV_PREFIX, Settings, SettingsError, load_settings
 from backup_common.adapters.tokens import ADMIN_ROLE, issue_token
+from backup_common.adapters.waiting import wait_event
 from backup_common.cli.progress import ProgressLine, describe
 from backup_common.cli.restore import run_restore
 from backup_common.domain.documents import RestoreLimits
@@ -113,45 +115,59 @@ def cmd_export_schemas(args: argparse.Namespace) -> int:
     return 0
 
 
-def _local_secret(name: str, make: str, *, create: bool = True) -> Path | None:
+@dataclass(frozen=True)
+class LocalSecret:
+    path: Path
+    created: bool  # by this call: nobody else can know the secret yet
+
+
+def _local_secret(name: str, make: str, *, create: bool = True) -> LocalSecret | None:
     """A random secret kept in a git-ignored file, so local restarts keep accepting old tokens."""
     path = LOCAL_SECRETS / name
-    if not path.exists():
-        if not create:
-            return None
-        LOCAL_SECRETS.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(make + "\n")
-    return path
+    if path.exists():
+        return LocalSecret(path, created=False)
+    if not create:
+        return None
+    LOCAL_SECRETS.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(make + "\n")
+    return LocalSecret(path, created=True)
 
 
-def _use_local_secrets(env: MutableMapping[str, str], *, create: bool) -> list[str]:
+@dataclass
+class LocalSecrets:
+    notes: list[str] = field(default_factory=list)
+    made_jwt_secret: bool = False  # the JWT secret is one this call generated (not the operator's)
+
+
+def _use_local_secrets(env: MutableMapping[str, str], *, create: bool) -> LocalSecrets:
     """Fills in the JWT secret and master key from git-ignored local files when they are unset.
 
     For a first local try only: `run` creates the files; other commands reuse them if present.
     """
-    notes = []
+    used = LocalSecrets()
     algorithm = env.get(f"{ENV_PREFIX}JWT_ALGORITHM", "HS256")
     if algorithm.startswith("HS") and not env.get(f"{ENV_PREFIX}JWT_SECRET"):
-        path = _local_secret("jwt-secret", secrets.token_urlsafe(48), create=create)
-        if path is not None:
-            env[f"{ENV_PREFIX}JWT_SECRET"] = path.read_text().strip()
-            notes.append(f"{ENV_PREFIX}JWT_SECRET is not set: using the local one in {path}")
+        secret = _local_secret("jwt-secret", secrets.token_urlsafe(48), create=create)
+        if secret is not None:
+            env[f"{ENV_PREFIX}JWT_SECRET"] = secret.path.read_text().strip()
+            used.notes.append(f"{ENV_PREFIX}JWT_SECRET is not set: using the local one in {secret.path}")
+            used.made_jwt_secret = secret.created
     if not env.get(f"{ENV_PREFIX}MASTER_KEY") and not env.get(f"{ENV_PREFIX}MASTER_KEY_FILE"):
-        path = _local_secret("master.key", base64.b64encode(secrets.token_bytes(32)).decode(), create=create)
-        if path is not None:
-            env[f"{ENV_PREFIX}MASTER_KEY_FILE"] = str(path.resolve())
-            notes.append(f"{ENV_PREFIX}MASTER_KEY is not set: using the local one in {path} (back it up!)")
-    return notes
+        key = _local_secret("master.key", base64.b64encode(secrets.token_bytes(32)).decode(), create=create)
+        if key is not None:
+            env[f"{ENV_PREFIX}MASTER_KEY_FILE"] = str(key.path.resolve())
+            used.notes.append(f"{ENV_PREFIX}MASTER_KEY is not set: using the local one in {key.path} (back it up!)")
+    return used
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     env = dict(os.environ)
-    notes = _use_local_secrets(env, create=True)
+    local = _use_local_secrets(env, create=True)
     os.environ.update(env)
     settings = load_settings()
-    for note in notes:
+    for note in local.notes:
         print(f"backupctl run: {note}", file=sys.stderr)
     applied = asyncio.run(migrate(settings.catalog))
     if applied:
@@ -162,7 +178,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not services:
         print(f"backupctl run: none of {', '.join(args.services)} is installed here", file=sys.stderr)
         return 2
-    if "gateway" in services and settings.jwt_algorithm.is_symmetric:
+    # A token only for the secret this run just generated, for a first local try: never one signed
+    # with an operator's secret, which would put a working admin credential in the output and its logs.
+    if "gateway" in services and local.made_jwt_secret:
         token = issue_token(settings, subject="local-admin", roles=[ADMIN_ROLE], ttl_seconds=12 * 3600)
         base = f"http://{settings.gateway_host}:{settings.gateway_port}"
         print(
@@ -188,34 +206,113 @@ def _runnable(package: str) -> bool:
 
 
 async def _supervise(services: Mapping[str, str], env: dict[str, str]) -> int:
-    """Runs the services (name: package) in the foreground; Ctrl-C or one service exiting stops them all."""
-    children = [
-        await asyncio.create_subprocess_exec(sys.executable, "-m", package, env=env) for package in services.values()
-    ]
+    """Runs the services (name: package) in the foreground until Ctrl-C or SIGTERM, starting again
+    one that exits (see :func:`supervise`)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    waits = [asyncio.create_task(child.wait()) for child in children]
-    stopper = asyncio.create_task(stop.wait())
-    done, _ = await asyncio.wait([*waits, stopper], return_when=asyncio.FIRST_COMPLETED)
-    code = 0
-    for name, child, wait in zip(services, children, waits, strict=True):
-        if wait in done and child.returncode:
-            print(f"backupctl run: {name} exited with status {child.returncode}", file=sys.stderr)
-            code = child.returncode
-    for child in children:
-        if child.returncode is None:
-            child.terminate()
-    # wait(), not a timeout around gather(): that would cancel the waits it must then wait on again.
-    _, still_running = await asyncio.wait(waits, timeout=15)
-    if still_running:
-        for child in children:
-            if child.returncode is None:
-                child.kill()
-        await asyncio.wait(still_running)
-    stopper.cancel()
-    return code
+
+    async def spawn(name: str) -> Child:
+        return await asyncio.create_subprocess_exec(sys.executable, "-m", services[name], env=env)
+
+    await supervise(list(services), spawn, stop)
+    return 0
+
+
+STOP_GRACE_SECONDS = 15.0  # between asking a service to stop and killing it
+
+
+@dataclass
+class RestartPolicy:
+    """How long to wait before starting again a service that exited: ``first`` seconds, doubled
+    after each exit up to ``limit``, and ``first`` again once it had run ``stable`` seconds (it was
+    working; what stopped it is news, not the same crash again)."""
+
+    first: float = 1.0
+    limit: float = 30.0
+    stable: float = 60.0
+    _next: float | None = field(default=None, init=False, repr=False)
+
+    def delay(self, ran_for: float) -> float:
+        """The pause before the next start of a service that exited after running ``ran_for`` seconds."""
+        if self._next is None or ran_for >= self.stable:
+            self._next = self.first
+        delay = self._next
+        self._next = min(delay * 2, self.limit)
+        return delay
+
+
+class Child(Protocol):
+    """A service's process, as asyncio.subprocess.Process gives it."""
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    async def wait(self) -> int: ...
+
+    def terminate(self) -> None: ...
+
+    def kill(self) -> None: ...
+
+
+async def supervise(
+    names: Sequence[str],
+    spawn: Callable[[str], Awaitable[Child]],
+    stop: asyncio.Event,
+    *,
+    policy: Callable[[], RestartPolicy] = RestartPolicy,
+    clock: Callable[[], float] = time.monotonic,
+    grace: float = STOP_GRACE_SECONDS,
+) -> None:
+    """Runs each named service (``spawn`` starts one) until ``stop`` is set: one that exits is
+    logged and started again after its policy's delay, the others run on. Then stops them all:
+    SIGTERM, and SIGKILL for one still running ``grace`` seconds later."""
+    async with asyncio.TaskGroup() as group:
+        for name in names:
+            group.create_task(_keep_running(name, spawn, stop, policy(), clock, grace), name=f"supervise {name}")
+
+
+async def _keep_running(
+    name: str,
+    spawn: Callable[[str], Awaitable[Child]],
+    stop: asyncio.Event,
+    policy: RestartPolicy,
+    clock: Callable[[], float],
+    grace: float,
+) -> None:
+    while not stop.is_set():
+        child = await spawn(name)
+        started = clock()
+        exited = asyncio.ensure_future(child.wait())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([exited, stopping], return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not exited.done():
+            await _stop_child(name, child, exited, grace)
+            return
+        if stop.is_set():
+            return  # Ctrl-C reaches the services too: this one stopped as asked
+        delay = policy.delay(clock() - started)
+        print(
+            f"backupctl run: {name} exited with status {child.returncode}; starting it again in {delay:g} s",
+            file=sys.stderr,
+            flush=True,
+        )
+        if await wait_event(stop, delay):
+            return
+
+
+async def _stop_child(name: str, child: Child, exited: asyncio.Future[int], grace: float) -> None:
+    with suppress(ProcessLookupError):  # it may exit on its own meanwhile
+        child.terminate()
+    # wait(), not a timeout around the future: that would cancel the wait it must then wait on again.
+    done, _ = await asyncio.wait([exited], timeout=grace)
+    if not done:
+        print(f"backupctl run: {name} did not stop within {grace:g} s; killing it", file=sys.stderr, flush=True)
+        with suppress(ProcessLookupError):
+            child.kill()
+        await exited
 
 
 @asynccontextmanager

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hmac
 import json
 import os
 import shutil
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from backup_common import __version__
 from backup_common.domain.events import BackupPart
 from backup_common.domain.model import Backup
 from backup_common.domain.ports import WrappedKey
+from backup_common.engine.archive import PARTIAL_SUFFIX
 from backup_common.engine.crypto import MANIFEST_MAC_ALGORITHM, manifest_mac
 
 MANIFEST = "manifest.json"
@@ -53,15 +56,92 @@ def encryption_info(key: WrappedKey | None) -> dict[str, Any]:
 
 
 def write_json_durably(path: Path, document: dict[str, Any]) -> None:
-    """Writes to a temporary name, fsyncs, renames and fsyncs the directory: all or nothing."""
-    temporary = path.with_name(f".{path.name}.partial")
+    """Writes to a temporary name, fsyncs, renames and fsyncs the directory: all or nothing (the
+    temporary file is removed when writing fails, e.g. for want of space)."""
+    temporary = path.with_name(f".{path.name}{PARTIAL_SUFFIX}")
     data = (json.dumps(document, indent=2, sort_keys=True, default=str) + "\n").encode()
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
     fsync_directory(path.parent)
+
+
+def is_partial(name: str) -> bool:
+    """Whether ``name`` is a file being written (an archive's or a JSON document's temporary name)."""
+    return name.startswith(".") and name.endswith(PARTIAL_SUFFIX)
+
+
+def part_partials(directory: Path, part: BackupPart) -> list[Path]:
+    """The temporary files an attempt at the part may leave in its backup's directory: its archive's
+    (``.<part>.zip.<random>.partial``), its part manifest's, and the backup manifest's (written by the
+    attempt that completes the backup)."""
+    if not directory.is_dir():
+        return []
+    owned = (f".{archive_name(part)}.", f".{part_manifest_name(part)}{PARTIAL_SUFFIX}", f".{MANIFEST}{PARTIAL_SUFFIX}")
+    return sorted(path for path in directory.iterdir() if is_partial(path.name) and path.name.startswith(owned))
+
+
+def remove_part_partials(directory: Path, part: BackupPart) -> list[Path]:
+    """Removes what :func:`part_partials` finds; returns what it removed. Blocking. The caller holds
+    the part's lease, or the part is over: no attempt is writing them."""
+    removed = []
+    for path in part_partials(directory, part):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
+def remove_failed_part(directory: Path, part: BackupPart) -> list[Path]:
+    """Removes everything an attempt at a part that failed for good left: its temporary files, and an
+    archive and part manifest it may have finished before the failure (no backup lists them as
+    usable). Frees the space at once, which matters most when the failure was a full disk."""
+    removed = remove_part_partials(directory, part)
+    for path in (directory / archive_name(part), directory / part_manifest_name(part)):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
+def sweep_partials(root: Path, keep: Callable[[str], bool], modified_before: float) -> list[Path]:
+    """Removes the temporary files under the storage root (``<root>/<day>/<backup id>/.*.partial``)
+    of every backup ``keep(backup_id)`` is false for, last modified before ``modified_before`` (a
+    ``time.time()``); returns what it removed. Blocking.
+
+    ``keep`` says which backups a live worker is writing now; the time guards against an attempt that
+    started after the caller asked: its files are newer.
+    """
+    removed: list[Path] = []
+    for day in _subdirectories(root):
+        for backup in _subdirectories(day):
+            if keep(backup.name):
+                continue
+            for path in backup.iterdir():
+                if not is_partial(path.name):
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    if path.is_file() and path.stat().st_mtime < modified_before:
+                        path.unlink()
+                        removed.append(path)
+    return removed
+
+
+def _subdirectories(directory: Path) -> list[Path]:
+    """The directories in ``directory``, not hidden ones (a backup being removed is renamed to one)."""
+    try:
+        entries = list(os.scandir(directory))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(
+        Path(entry.path) for entry in entries if entry.is_dir(follow_symlinks=False) and not entry.name.startswith(".")
+    )
 
 
 def fsync_directory(path: Path) -> None:
@@ -175,8 +255,10 @@ class LocalStorage:
         def prepare() -> None:
             directory.mkdir(parents=True, exist_ok=True)
             # An archive left by an attempt whose worker died after the rename was never recorded as
-            # usable; the caller holds the part's lease now, so it replaces it.
+            # usable; the caller holds the part's lease now, so it replaces it, and removes the
+            # temporary files earlier attempts left (killed ones leave a partial archive each).
             archive.unlink(missing_ok=True)
+            remove_part_partials(directory, part)
 
         await asyncio.to_thread(prepare)
         return archive

@@ -27,13 +27,20 @@ from backup_common.adapters.waiting import cancel_and_wait
 from backup_common.domain.documents import SettingsDocument
 from backup_common.domain.errors import DomainError
 from backup_common.domain.events import BackupPart, BackupRequested, RestoreRequested, VerifyRequested, parse_event
-from backup_common.domain.jobs import VERIFY_JOB_PREFIX, Lease, LeaseLost, parse_job_key, part_job_key
+from backup_common.domain.jobs import (
+    MAX_JOB_ATTEMPTS,
+    VERIFY_JOB_PREFIX,
+    Lease,
+    LeaseLost,
+    parse_job_key,
+    part_job_key,
+)
 from backup_common.domain.model import Backup, BackupStatus, PartResult, Trigger
 from backup_common.domain.ports import BackupStorage, Heartbeat, Ports, UnitOfWork, read_settings
 from backup_common.domain.verification import Check, Verification
 from backup_common.engine.archive import ArchiveError
 from backup_common.engine.crypto import KeyUnwrapError, archive_password
-from backup_common.engine.storage import encryption_info
+from backup_common.engine.storage import encryption_info, remove_failed_part, sweep_partials
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +50,12 @@ PROGRESS_SECONDS = 1.0
 
 class PartFailure(Exception):
     """The part cannot be made; the message is the reason recorded for the operator."""
+
+
+class PartRetry(Exception):
+    """This attempt failed for a passing reason (the source connection was lost): the job is handed
+    back and requested again, as the reaper does for a lost worker, and fails with this reason once
+    MAX_JOB_ATTEMPTS attempts were made."""
 
 
 # Failures with a reason for the operator; anything else is also logged with its traceback.
@@ -158,6 +171,36 @@ class PartJobs:
                 await uow.backups.save(backup)
                 await settle_waiting_restore(uow, backup, self._ports.clock())
             await uow.commit()
+        if backup is not None:
+            # Failed for good (the commit above): no attempt will write there again.
+            await discard_failed_part(self._ports.storage, backup, part)
+
+
+async def discard_failed_part(storage: BackupStorage, backup: Backup, part: BackupPart) -> None:
+    """Removes what the attempts at a part that failed for good left in storage (logged, never raised:
+    the failure is recorded already, and the start-up sweep finds what is left)."""
+    try:
+        removed = await asyncio.to_thread(remove_failed_part, storage.directory(backup), part)
+    except OSError as exc:
+        log.warning("backup %s: could not remove what the failed %s part left: %s", backup.id, part.value, exc)
+        return
+    if removed:
+        log.info("backup %s: removed what the failed %s part left: %s", backup.id, part.value,
+                 ", ".join(path.name for path in removed))  # fmt: skip
+
+
+async def sweep_leftovers(ports: Ports, root: Path) -> None:
+    """At a backup worker's start: removes the temporary files (``.*.partial``) under the storage root
+    that attempts killed mid-write left, in the directories of backups no live worker is making now."""
+    started = time.time()  # a file newer than this may belong to an attempt claimed after the look below
+    try:
+        live = {parsed[1] for key in await ports.leases.held("backup:") if (parsed := parse_job_key(key))}
+        removed = await asyncio.to_thread(sweep_partials, root, live.__contains__, started)
+    except Exception:
+        log.exception("could not sweep the temporary files left in storage")
+        return
+    if removed:
+        log.warning("removed temporary files left by interrupted backups: %s", ", ".join(map(str, removed)))
 
 
 async def settle_waiting_restore(uow: UnitOfWork, backup: Backup, now: datetime) -> None:
@@ -183,6 +226,7 @@ async def _give_up_verification(uow: UnitOfWork, job_key: str, attempts: int, no
 async def reap_jobs(ports: Ports, max_attempts: int) -> None:
     """Re-requests the jobs (backup or restore parts) whose worker was lost, or fails them after too
     many losses."""
+    given_up: list[tuple[Backup, BackupPart]] = []
     async with ports.uow() as uow:
         result = await uow.leases.reap(max_attempts)
         for job in result.requeue:
@@ -207,12 +251,15 @@ async def reap_jobs(ports: Ports, max_attempts: int) -> None:
                     backup.fail_part(part, reason, now)
                     await uow.backups.save(backup)
                     await settle_waiting_restore(uow, backup, now)
+                    given_up.append((backup, part))
             else:
                 restore = await uow.restores.get(job_id, for_update=True)
                 if restore is not None and not restore.part(part).status.finished:
                     restore.fail_part(part, reason, now)
                     await uow.restores.save(restore)
         await uow.commit()
+    for backup, part in given_up:
+        await discard_failed_part(ports.storage, backup, part)
 
 
 @contextlib.asynccontextmanager
@@ -348,10 +395,11 @@ class JobWorker(Generic[Request]):
             log.warning("%s: lost the lease; another worker owns the job now", what)
         except asyncio.CancelledError:
             raise
+        except PartRetry as exc:
+            _raise_if_cancelling(exc)
+            await self._retry(lease, event, str(exc))
         except Exception as exc:
-            if (task := asyncio.current_task()) is not None and task.cancelling():
-                # Stopped, and the cancellation surfaced as another error: the job is given back, not failed.
-                raise asyncio.CancelledError from exc
+            _raise_if_cancelling(exc)
             self._metrics.finished("failed")
             reason = failure_reason(exc)
             log.error("%s failed: %s", what, reason)
@@ -361,6 +409,27 @@ class JobWorker(Generic[Request]):
                 await self._fail(lease, event, reason)
         finally:
             self._metrics.running.labels(self._metrics.service).dec()
+
+    async def _retry(self, lease: Lease, event: Request, reason: str) -> None:
+        """Hands the job back and asks for it again, or fails it once it had its MAX_JOB_ATTEMPTS."""
+        what = self._describe(event)
+        with contextlib.suppress(LeaseLost):
+            if lease.attempts < MAX_JOB_ATTEMPTS:
+                self._metrics.finished("retried")
+                log.warning("%s: %s; requesting it again (attempt %d of %d)", what, reason, lease.attempts,
+                            MAX_JOB_ATTEMPTS)  # fmt: skip
+                await self._release(lease, event, reason)
+                return
+            self._metrics.finished("failed")
+            given_up = f"{reason} (attempt {lease.attempts} of {MAX_JOB_ATTEMPTS}; giving up)"
+            log.error("%s failed: %s", what, given_up)
+            await self._fail(lease, event, given_up)
+
+
+def _raise_if_cancelling(exc: Exception) -> None:
+    if (task := asyncio.current_task()) is not None and task.cancelling():
+        # Stopped, and the cancellation surfaced as another error: the job is given back, not failed.
+        raise asyncio.CancelledError from exc
 
 
 class PartWorker(JobWorker[BackupRequested]):

@@ -26,7 +26,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter, methodcaller
 from pathlib import Path
@@ -55,6 +55,9 @@ READER_SESSION = (
 # Rows arrive as the bytes the server rendered, whatever the columns' character sets.
 BINARY_RESULTS = "SET SESSION character_set_results = binary"
 ACCESS_DENIED = {1044, 1045, 1142, 1227}
+# The session ended under the dump (killed, the server restarted, the network cut): server shutdown
+# in progress, connection killed (MariaDB), gone away, lost during a query, lost (extended).
+CONNECTION_LOST = {1053, 1927, 2006, 2013, 2055}
 FETCH_ROWS = 2000
 ASSUMED_ROW_BYTES = 100
 PROGRESS_SECONDS = 1.0
@@ -74,6 +77,22 @@ _DIGEST = methodcaller("digest")
 
 class DumpError(Exception):
     """The dump could not be made; the message says why in an operator's words."""
+
+
+class SourceConnectionLost(DumpError):
+    """A connection to the source ended under the dump: a new attempt may well succeed."""
+
+
+def connection_lost(exc: SqlError) -> bool:
+    """Whether the error says the session is gone, rather than that a statement failed."""
+    # A session killed mid-result makes the driver read the server's last packet out of sequence; it
+    # reports that without an error number, and the session is as gone as with one.
+    return exc.code in CONNECTION_LOST or (exc.code == 0 and "packet sequence" in exc.message.lower())
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def member_stem(index: int, name: str) -> str:
@@ -330,19 +349,28 @@ async def _run_job(
     if not table.dumped_columns:
         counters.jobs_left[table.name] -= 1
         return
-    async for rows in reader.stream(sql, FETCH_ROWS):
-        for (row,) in rows:
-            statement.append(row)
-            statement_size += len(row) + 1
-            if statement_size >= options.statement_bytes:
-                end_statement()
-                if member_size >= options.member_bytes:
-                    await flush_member()
-        summary.rows += len(rows)
-        counters.rows_done += len(rows)
-        # Awaited before the += reads the sum: another job of the same table may add to it meanwhile.
-        digest = await digest_batch(rows)
-        counters.digests[table.name] += digest
+    batches = reader.stream(sql, FETCH_ROWS)
+    try:
+        async for rows in batches:
+            for (row,) in rows:
+                statement.append(row)
+                statement_size += len(row) + 1
+                if statement_size >= options.statement_bytes:
+                    end_statement()
+                    if member_size >= options.member_bytes:
+                        await flush_member()
+            summary.rows += len(rows)
+            counters.rows_done += len(rows)
+            # Awaited before the += reads the sum: another job of the same table may add to it meanwhile.
+            digest = await digest_batch(rows)
+            counters.digests[table.name] += digest
+    except BaseException as exc:
+        await _abandon(reader, batches)
+        if not isinstance(exc, asyncio.CancelledError) and _cancelling():
+            # Cancelled inside the driver's read, whose clean-up then failed on the dropped session:
+            # the cancellation is what happened, and what the caller must see.
+            raise asyncio.CancelledError from exc
+        raise
     if statement:
         end_statement()
     if member_size:
@@ -350,6 +378,18 @@ async def _run_job(
     counters.jobs_left[table.name] -= 1
     if counters.jobs_left[table.name] == 0:
         counters.tables_done += 1
+
+
+async def _abandon(reader: SqlConnection, batches: AsyncIterator[Sequence[Row]]) -> None:
+    """Ends a stream left half-read by a failure or a cancellation, dropping its connection first.
+
+    Closing an unbuffered cursor reads the rest of its result: all of it on a healthy session, and on
+    a broken or cancelled one an error that would hide the real one. Dropped, the session has no rest.
+    """
+    reader.close()
+    if isinstance(batches, AsyncGenerator):
+        with contextlib.suppress(Exception):
+            await batches.aclose()
 
 
 async def _read_definitions(
@@ -488,7 +528,7 @@ async def dump_database(
             queue.put_nowait(job)
         for reader in readers:
             await reader.execute(BINARY_RESULTS)
-        await asyncio.gather(*(_drain(reader, queue, archive, options, counters, summaries) for reader in readers))
+        await _drain_all(readers, queue, archive, options, counters, summaries)
         for name, total in counters.digests.items():
             summaries[name].digest = digest_hex(total)
         for name in sorted(n for n in definitions if n > "2"):
@@ -510,6 +550,10 @@ async def dump_database(
             row_digest=ROW_DIGEST,
         )
     except SqlError as exc:
+        if _cancelling():
+            raise asyncio.CancelledError from exc  # see _run_job
+        if connection_lost(exc):
+            raise SourceConnectionLost(f"the connection to the source database was lost: {exc.message}") from exc
         raise DumpError(f"reading the source database failed: {exc.message}") from exc
     finally:
         if ticker is not None and not ticker.done():
@@ -518,6 +562,25 @@ async def dump_database(
             await asyncio.to_thread(writer.abort)
         for conn in (*readers, control):
             conn.close()
+
+
+async def _drain_all(
+    readers: list[SqlConnection], queue: asyncio.Queue[_Job], archive: _Archive, options: DumpOptions,
+    counters: _Counters, summaries: dict[str, TableSummary],
+) -> None:  # fmt: skip
+    """Every reader works the queue; the first failure stops the others before it is raised, so none
+    still writes to the archive or reads while the dump cleans up."""
+    drains = [
+        asyncio.create_task(_drain(reader, queue, archive, options, counters, summaries), name=f"dump reader {n}")
+        for n, reader in enumerate(readers, start=1)
+    ]
+    try:
+        await asyncio.gather(*drains)
+    except BaseException:
+        for drain in drains:
+            drain.cancel()
+        await asyncio.wait(drains)
+        raise
 
 
 async def _drain(
