@@ -19,6 +19,7 @@ from backup_common.adapters.settings import Settings
 from backup_common.engine.database.target import MysqlTarget
 from tests.conftest import DECLARED_QUEUES
 from tests.integration import source_db
+from tests.integration.gateway_support import Gateway, running_gateway
 from tests.integration.source_snapshot import snapshot
 from tests.services import ServiceEndpoints
 
@@ -39,6 +40,13 @@ async def feature_source(servers: ServiceEndpoints) -> AsyncIterator[MysqlTarget
 @pytest.fixture(scope="module")
 async def feature_snapshot(feature_source: MysqlTarget) -> dict[str, Any]:
     return await snapshot(feature_source)
+
+
+@pytest.fixture
+async def gateway(settings: Settings) -> AsyncIterator[Gateway]:
+    """A gateway of the test's own (catalog, exchange and queues), without workers."""
+    async with running_gateway(settings) as running:
+        yield running
 
 
 @pytest.fixture

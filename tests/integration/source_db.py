@@ -30,6 +30,21 @@ FIXTURE_DEFINER_USER = "backup_fixture_definer"
 FIXTURE_DEFINER = f"{FIXTURE_DEFINER_USER}@%"  # as information_schema spells a definer
 BIG_TABLE = "big_table"
 BIG_TABLE_ROWS = 200_000
+
+
+def numbers(count: int) -> str:
+    """A WITH clause naming ``numbers (n)``: 1 to ``count`` (a multiple of 100,000), made by the server
+    itself, so that a big table is filled in one statement."""
+    return f"""WITH digits (d) AS (
+  SELECT 0 UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL SELECT 4
+  UNION ALL SELECT 5 UNION ALL SELECT 6 UNION ALL SELECT 7 UNION ALL SELECT 8 UNION ALL SELECT 9
+), numbers (n) AS (
+  SELECT a.d + 10 * b.d + 100 * c.d + 1000 * e.d + 10000 * f.d + 100000 * g.d + 1
+  FROM digits a CROSS JOIN digits b CROSS JOIN digits c CROSS JOIN digits e CROSS JOIN digits f
+  CROSS JOIN (SELECT d FROM digits WHERE d < {count // 100_000}) g
+)"""
+
+
 ODD_TABLE = "odd `name`. with spaces ü"
 ODD_VIEW = "odd view ü.name"
 CHECKED_VIEW = "v_orders; checked"
@@ -292,14 +307,7 @@ VALUES (1, 'a.b', 'c`d', 1, 'ü', 1, 'asc'), (2, NULL, NULL, NULL, NULL, NULL, N
     " (3, 'Linus', 1, 4), (4, 'Ken', 2, 5), (5, 'Barbara', 2, NULL)",
     f"""
 INSERT INTO {BIG_TABLE} (id, k, payload, amount, note)
-WITH digits (d) AS (
-  SELECT 0 UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL SELECT 4
-  UNION ALL SELECT 5 UNION ALL SELECT 6 UNION ALL SELECT 7 UNION ALL SELECT 8 UNION ALL SELECT 9
-), numbers (n) AS (
-  SELECT a.d + 10 * b.d + 100 * c.d + 1000 * e.d + 10000 * f.d + 100000 * g.d + 1
-  FROM digits a CROSS JOIN digits b CROSS JOIN digits c CROSS JOIN digits e CROSS JOIN digits f
-  CROSS JOIN (SELECT d FROM digits WHERE d < {BIG_TABLE_ROWS // 100_000}) g
-)
+{numbers(BIG_TABLE_ROWS)}
 SELECT n, n % 1000, MD5(n), n / 100, IF(n % 7 = 0, NULL, CONCAT('n', n)) FROM numbers
 """,
 ]

@@ -5,24 +5,16 @@ the schedule shows each entry's next fire times."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from backup_common.adapters.settings import Settings
-from tests.integration.gateway_support import Gateway, running_gateway
+from tests.integration.gateway_support import Gateway
 
 pytestmark = pytest.mark.integration
 
 API = "/api/admin/backup"
-
-
-@pytest.fixture
-async def gateway(settings: Settings) -> AsyncIterator[Gateway]:
-    async with running_gateway(settings) as running:
-        yield running
 
 
 async def test_a_partial_put_is_refused_and_leaves_every_section_as_it_was(gateway: Gateway) -> None:

@@ -7,7 +7,7 @@ import io
 import json
 import uuid
 import zipfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aio_pika
@@ -23,12 +23,6 @@ from tests.integration.gateway_support import Gateway, running_gateway
 pytestmark = pytest.mark.integration
 
 API = "/api/admin/backup"
-
-
-@pytest.fixture
-async def gateway(settings: Settings) -> AsyncIterator[Gateway]:
-    async with running_gateway(settings) as running:
-        yield running
 
 
 def concrete(path: str, backup_id: str) -> str:

@@ -7,7 +7,6 @@ import base64
 import hashlib
 import logging
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -18,18 +17,11 @@ import pytest
 from asyncmy.errors import OperationalError
 
 from backup_common.adapters.runtime.service import RUNNING
-from backup_common.adapters.settings import Settings
-from tests.integration.gateway_support import Gateway, running_gateway
+from tests.integration.gateway_support import Gateway
 
 pytestmark = pytest.mark.integration
 
 API = "/api/admin/backup"
-
-
-@pytest.fixture
-async def gateway(settings: Settings) -> AsyncIterator[Gateway]:
-    async with running_gateway(settings) as running:
-        yield running
 
 
 async def send(gateway: Gateway, method: str, path: str, data: str, headers: dict[str, str]) -> tuple[int, Any]:

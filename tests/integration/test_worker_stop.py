@@ -32,7 +32,7 @@ from tests.integration.gateway_support import (
     system_overrides,
     wait_finished,
 )
-from tests.integration.source_db import connect, rows, run, run_on
+from tests.integration.source_db import connect, numbers, rows, run, run_on
 
 pytestmark = pytest.mark.integration
 
@@ -53,14 +53,7 @@ async def build_big_source(url: str, *, tables: int = 1) -> MysqlTarget:
         "CREATE TABLE events (id BIGINT NOT NULL PRIMARY KEY, k INT NOT NULL, payload VARCHAR(200) NOT NULL)",
         f"""
 INSERT INTO events (id, k, payload)
-WITH digits (d) AS (
-  SELECT 0 UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL SELECT 4
-  UNION ALL SELECT 5 UNION ALL SELECT 6 UNION ALL SELECT 7 UNION ALL SELECT 8 UNION ALL SELECT 9
-), numbers (n) AS (
-  SELECT a.d + 10 * b.d + 100 * c.d + 1000 * e.d + 10000 * f.d + 100000 * g.d + 1
-  FROM digits a CROSS JOIN digits b CROSS JOIN digits c CROSS JOIN digits e CROSS JOIN digits f
-  CROSS JOIN (SELECT d FROM digits WHERE d < {ROWS // 100_000}) g
-)
+{numbers(ROWS)}
 SELECT n, n % 1000, CONCAT(MD5(n), SHA2(n, 256), MD5(n + 1), SHA1(n)) FROM numbers
 """,
     )
