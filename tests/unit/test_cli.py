@@ -318,7 +318,7 @@ class RunCalls:
             return 0
 
         monkeypatch.setattr(cli, "migrate", migrate)
-        monkeypatch.setattr(cli, "_supervise", supervise)
+        monkeypatch.setattr(cli, "run_services", supervise)
 
 
 def printed_token(out: str) -> str | None:

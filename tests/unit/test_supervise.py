@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from backup_common.cli import Child, RestartPolicy, supervise
+from backup_common.cli.supervise import Child, RestartPolicy, supervise
 
 
 class FakeChild:

@@ -31,11 +31,8 @@ def bootstrap(settings: Settings, ports: Ports, registry: CollectorRegistry) -> 
     restorer = RestoreWorker(BackupPart.FILES, restore, ports, metrics)
     service = job_worker_service(NAME, bind(HANDLERS, Dependencies(ports, worker, restorer)), worker, restorer)
 
-    async def sweep_storage() -> None:
-        # Temporary files of attempts killed mid-write (tens of MB each); once, at start.
-        await sweep_leftovers(ports, settings.storage_dir)
-
-    service.loops = (sweep_storage,)
+    # Temporary files of attempts killed mid-write (tens of MB each); once, at start.
+    service.loops = (functools.partial(sweep_leftovers, ports, settings.storage_dir),)
     return service
 
 
