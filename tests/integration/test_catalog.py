@@ -7,6 +7,7 @@ import contextlib
 import secrets
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import pytest
 
@@ -16,7 +17,8 @@ from backup_common.adapters.mysql.outbox import OutboxRelay, RetryPolicy, add_to
 from backup_common.adapters.mysql.uow import MysqlUnitOfWork
 from backup_common.adapters.settings import Settings
 from backup_common.cli import main as backupctl
-from backup_common.domain.events import BackupDeleted, DeleteRequested, Event
+from backup_common.domain.events import BackupDeleted, BackupPart, BackupType, DeleteRequested, Event
+from backup_common.domain.model import Backup, BackupFilter, PartResult, PartWarning
 from backup_common.domain.ports import EventRefused, PublishError, StoredDocument
 from backup_common.engine.database.target import MysqlTarget
 
@@ -187,6 +189,43 @@ async def read_document(pool: db.Pool, name: str) -> StoredDocument:
         stored = await uow.documents.get(name)
         await uow.commit()
     return stored
+
+
+async def test_a_parts_warnings_and_their_count_are_written_and_read_back(catalog_pool: db.Pool) -> None:
+    now = datetime.now(UTC)
+    backup = Backup.request(BackupType.FULL, requested_by="alice", now=now)
+    for part in BackupType.FULL.parts:
+        backup.start_part(part, 1, now)
+    warnings = (
+        PartWarning("uploads/run/app.sock", "socket"),
+        PartWarning("uploads/zoë ✓/queue", "fifo"),
+        PartWarning("uploads/caf\\xe9.txt", "unreadable: Permission denied"),
+    )
+    backup.complete_part(BackupPart.DATABASE, PartResult("database.zip", 10, "0" * 64, 1, {}), now)
+    backup.complete_part(BackupPart.FILES, PartResult("files.zip", 20, "1" * 64, 4, {}, warnings), now)
+    backup.events.clear()  # the rows are what this test reads, not the outbox
+    try:
+        async with MysqlUnitOfWork(catalog_pool, LeaseStore(catalog_pool, 60)) as uow:
+            await uow.backups.add(backup)
+            await uow.backups.save(backup)
+            await uow.commit()
+        async with MysqlUnitOfWork(catalog_pool, LeaseStore(catalog_pool, 60)) as uow:
+            page, _ = await uow.backups.list(BackupFilter(limit=500))
+            [listed] = [found for found in page if found.id == backup.id]
+            # Saved as listed, without its warnings: those stored stay.
+            await uow.backups.save(listed)
+            await uow.commit()
+        async with MysqlUnitOfWork(catalog_pool, LeaseStore(catalog_pool, 60)) as uow:
+            read = await uow.backups.get(backup.id)
+    finally:
+        async with db.transaction(catalog_pool) as conn:
+            await db.execute(conn, "DELETE FROM backups WHERE id = %s", (backup.id,))
+
+    assert read is not None
+    assert (read.part(BackupPart.FILES).warnings, read.part(BackupPart.FILES).warning_count) == (list(warnings), 3)
+    assert (read.part(BackupPart.DATABASE).warnings, read.part(BackupPart.DATABASE).warning_count) == ([], 0)
+    # A page of backups carries the counts only: up to a thousand paths a part stay out of it.
+    assert [(part.warnings, part.warning_count) for part in listed.parts] == [([], 0), ([], 3)]
 
 
 class BrokerThatWaits:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import secrets
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,6 +149,40 @@ async def test_a_full_backup_ends_with_both_parts_and_one_manifest(system: Syste
     manifest = (system.gateway.settings.storage_dir / made["storage_path"] / "manifest.json").read_text()
     assert '"database"' in manifest
     assert '"files"' in manifest
+
+
+async def test_a_backup_that_skipped_a_fifo_and_a_socket_completes_and_shows_them_as_warnings(system: System) -> None:
+    uploads = system.app / "uploads"
+    write(uploads / "photo.jpg", b"\xff\xd8 not much of a photo")
+    os.mkfifo(uploads / "queue")
+    with contextlib.chdir(uploads), socket.socket(socket.AF_UNIX) as server:
+        server.bind("app.sock")  # relative: a socket's absolute path may not exceed 107 bytes
+
+    made = await backup(system, "files")
+
+    assert made["status"] == "completed", made["error"]
+    assert sorted(made["warnings"], key=lambda warning: warning["path"]) == [
+        {"part": "files", "path": "uploads/app.sock", "reason": "socket"},
+        {"part": "files", "path": "uploads/queue", "reason": "fifo"},
+    ]
+    assert made["warning_count"] == 2
+    status, page = await system.gateway.call("GET", f"{API}/list")
+    assert status == 200, page
+    [listed] = [found for found in page["backups"] if found["id"] == made["id"]]
+    assert listed["warning_count"] == 2
+    assert "warnings" not in listed
+
+
+async def test_a_backup_that_skipped_nothing_shows_no_warnings(system: System) -> None:
+    write(system.app / "configs" / "app.ini", b"[db]\nhost = localhost\n")
+
+    made = await backup(system, "full")
+
+    assert made["status"] == "completed", made["error"]
+    assert (made["warnings"], made["warning_count"]) == ([], 0)
+    status, page = await system.gateway.call("GET", f"{API}/list")
+    assert status == 200, page
+    assert [found["warning_count"] for found in page["backups"] if found["id"] == made["id"]] == [0]
 
 
 async def test_a_full_backup_fails_when_one_part_fails(settings: Settings, tmp_path: Path) -> None:

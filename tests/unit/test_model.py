@@ -19,11 +19,13 @@ from backup_common.domain.events import (
 from backup_common.domain.jobs import parse_job_key, part_job_key, restore_job_key
 from backup_common.domain.model import (
     BACKUP_TRANSITIONS,
+    MAX_PART_WARNINGS,
     Backup,
     BackupStatus,
     InvalidTransition,
     PartResult,
     PartStatus,
+    PartWarning,
 )
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -106,6 +108,21 @@ def test_a_failed_part_fails_the_backup_once_with_the_reason_and_a_later_complet
     assert backup.error == "database part failed: disk full"
     assert backup.part(BackupPart.DATABASE).error == "disk full again"
     assert [type(event) for event in backup.events] == [BackupFailed]
+
+
+def test_a_completed_part_keeps_its_first_warnings_and_counts_them_all() -> None:
+    backup = running()
+    warnings = tuple(PartWarning(f"uploads/run/{n}.sock", "socket") for n in range(MAX_PART_WARNINGS + 5))
+
+    backup.complete_part(BackupPart.DATABASE, result(), LATER)
+    backup.complete_part(BackupPart.FILES, PartResult("files.zip", 100, "0" * 64, 3, {}, warnings), LATER)
+
+    files = backup.part(BackupPart.FILES)
+    assert backup.status is BackupStatus.COMPLETED
+    assert files.warnings == list(warnings[:MAX_PART_WARNINGS])
+    assert files.warning_count == MAX_PART_WARNINGS + 5
+    assert (backup.part(BackupPart.DATABASE).warnings, backup.part(BackupPart.DATABASE).warning_count) == ([], 0)
+    assert backup.warning_count == MAX_PART_WARNINGS + 5
 
 
 def test_a_finished_part_cannot_be_started_again() -> None:

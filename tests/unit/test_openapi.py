@@ -11,6 +11,8 @@ from aiohttp.test_utils import make_mocked_request
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 
 from backup_common.adapters.settings import Settings
+from backup_common.domain.events import BackupPart
+from backup_common.domain.model import MAX_PART_WARNINGS
 from backup_gateway.bootstrap import create_app
 from backup_gateway.routes import API, ROUTES, openapi_document, openapi_path
 
@@ -235,6 +237,23 @@ def test_bodies_state_their_limits(document: dict[str, Any]) -> None:
         "default": 3, "description": "Most recent completed backups always kept.", "maximum": 1000, "minimum": 1,
         "title": "Keep Last", "type": "integer",
     }  # fmt: skip
+
+
+def test_a_backup_shows_its_warnings_with_their_limit_and_a_listed_one_only_their_count(
+    document: dict[str, Any],
+) -> None:
+    schemas = document["components"]["schemas"]
+    detail = schemas["BackupDetailOut"]
+    listed = schemas["BackupOut"]
+
+    assert schemas["BackupEnvelope"]["properties"]["backup"] == {"$ref": "#/components/schemas/BackupDetailOut"}
+    assert schemas["BackupPage"]["properties"]["backups"]["items"] == {"$ref": "#/components/schemas/BackupOut"}
+    assert {"warnings", "warning_count"} <= set(detail["required"])
+    assert detail["properties"]["warnings"]["items"] == {"$ref": "#/components/schemas/WarningOut"}
+    assert detail["properties"]["warnings"]["maxItems"] == MAX_PART_WARNINGS * len(BackupPart)
+    assert set(schemas["WarningOut"]["required"]) == {"part", "path", "reason"}
+    assert "warnings" not in listed["properties"]
+    assert listed["properties"]["warning_count"]["minimum"] == 0
 
 
 def test_every_admin_operation_declares_431_for_oversized_headers_and_503_for_an_unreachable_catalog(

@@ -11,6 +11,8 @@ directory.
 from __future__ import annotations
 
 import asyncio
+import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -19,12 +21,12 @@ from backup_common.adapters.runtime.jobs import PartFailure, PartJob, PartWorker
 from backup_common.adapters.runtime.restores import RestoreJob, RestoreWorker
 from backup_common.adapters.runtime.service import Handlers
 from backup_common.domain.events import BackupPart, BackupRequested, BackupType, RestoreRequested
-from backup_common.domain.model import PartResult
+from backup_common.domain.model import PartResult, PartWarning
 from backup_common.domain.ports import Ports
 from backup_common.engine.files.backup import Parent, files_part_manifest, files_progress, plan_files, write_files_part
 from backup_common.engine.files.chain_check import ChainLink, RestoreError
 from backup_common.engine.files.in_place import FilesRestoreProgress, restore_trees
-from backup_common.engine.files.model import TREES
+from backup_common.engine.files.model import TREES, Skipped
 from backup_common.engine.storage import directory_inside
 
 
@@ -79,7 +81,24 @@ async def archive_part(job: PartJob, roots: dict[str, Path]) -> PartResult:
         encryption=job.encryption,
     )
     await job.write_manifest(manifest)
-    return PartResult(job.archive.name, info.size, info.sha256, len(result.records), files_progress(plan, result))
+    return PartResult(
+        job.archive.name,
+        info.size,
+        info.sha256,
+        len(result.records),
+        files_progress(plan, result),
+        warnings=part_warnings([*plan.skipped, *result.skipped]),
+    )
+
+
+def part_warnings(skipped: Iterable[Skipped]) -> tuple[PartWarning, ...]:
+    """What the scan and the archiver left out, as the backup shows it. A name that is not UTF-8 is held
+    as lone surrogates, which neither utf8mb4 nor a JSON client can take: its bytes show as \\xNN."""
+    return tuple(PartWarning(_shown(item.path), _shown(item.reason)) for item in skipped)
+
+
+def _shown(text: str) -> str:
+    return os.fsencode(text).decode("utf-8", "backslashreplace")
 
 
 async def _parent(job: PartJob) -> Parent | None:

@@ -10,7 +10,15 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, 
 
 from backup_common.domain.documents import ScheduleDocument
 from backup_common.domain.events import BackupPart, BackupType
-from backup_common.domain.model import Backup, BackupStatus, CatalogStats, PartStatus, Restore, RestoreStatus
+from backup_common.domain.model import (
+    MAX_PART_WARNINGS,
+    Backup,
+    BackupStatus,
+    CatalogStats,
+    PartStatus,
+    Restore,
+    RestoreStatus,
+)
 from backup_common.domain.ports import StoredDocument
 from backup_common.domain.retention import RetentionPlan
 from backup_common.domain.schedule import next_fire_times
@@ -123,6 +131,14 @@ class Progress(BaseModel):
     parts_total: int
 
 
+class WarningOut(BaseModel):
+    part: BackupPart
+    path: str = Field(
+        description="Tree-relative, as uploads/run/app.sock; the bytes of a name that is not UTF-8 show as \\xNN."
+    )
+    reason: str = Field(description='Why it was left out: "socket", "fifo", "unreadable: Permission denied", ….')
+
+
 class CheckOut(BaseModel):
     name: str
     ok: bool
@@ -169,10 +185,25 @@ class BackupOut(BaseModel):
     progress: Progress
     parts: list[PartOut]
     verification: VerificationOut
+    warning_count: int = Field(
+        ge=0,
+        description="Paths the backup left out (sockets, FIFOs, device files, files unreadable as they were read).",
+    )
+
+
+class BackupDetailOut(BackupOut):
+    """One backup as its own page shows it: with the paths it left out, which a list leaves to warning_count."""
+
+    warnings: list[WarningOut] = Field(
+        description=f"The paths left out and why, the first {MAX_PART_WARNINGS} of each part; warning_count counts"
+        " them all, and the part's files.json lists them all.",
+        # The domain keeps no more; stated here so that clients see it.
+        json_schema_extra={"maxItems": MAX_PART_WARNINGS * len(BackupPart)},
+    )
 
 
 class BackupEnvelope(BaseModel):
-    backup: BackupOut
+    backup: BackupDetailOut
 
 
 class BackupPage(BaseModel):
@@ -349,6 +380,18 @@ def backup_out(backup: Backup) -> BackupOut:
         progress=Progress(parts_completed=backup.parts_completed, parts_total=len(backup.parts)),
         parts=[PartOut.model_validate(part) for part in backup.parts],
         verification=verification_out(backup.verification),
+        warning_count=backup.warning_count,
+    )
+
+
+def backup_detail_out(backup: Backup) -> BackupDetailOut:
+    return BackupDetailOut(
+        **dict(backup_out(backup)),
+        warnings=[
+            WarningOut(part=part.part, path=warning.path, reason=warning.reason)
+            for part in backup.parts
+            for warning in part.warnings
+        ],
     )
 
 

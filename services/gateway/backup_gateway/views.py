@@ -27,6 +27,7 @@ from backup_gateway.models import (
     RestoreListQuery,
     RestorePage,
     RestoreRequest,
+    backup_detail_out,
     backup_out,
     document_out,
     restore_out,
@@ -115,7 +116,7 @@ async def create_backup(request: web.Request) -> web.Response:
     headers = {"Location": f"/api/admin/backup/{backup.id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"
-    return respond(BackupEnvelope(backup=backup_out(backup)), 202, headers)
+    return respond(BackupEnvelope(backup=backup_detail_out(backup)), 202, headers)
 
 
 def _check_backup_type(value: str) -> None:
@@ -158,7 +159,7 @@ async def list_backups(request: web.Request) -> web.Response:
 
 async def get_backup(request: web.Request) -> web.Response:
     backup = await handlers.read_backup(ports(request), backup_id_of(request))
-    return respond(BackupEnvelope(backup=backup_out(backup)))
+    return respond(BackupEnvelope(backup=backup_detail_out(backup)))
 
 
 async def restore_backup(request: web.Request) -> web.Response:
@@ -233,14 +234,14 @@ async def verify_backup(request: web.Request) -> web.Response:
     backup = await handlers.request_verification(
         ports(request), backup_id_of(request), requested_by=request[PRINCIPAL].subject
     )
-    return respond(BackupEnvelope(backup=backup_out(backup)), 202)
+    return respond(BackupEnvelope(backup=backup_detail_out(backup)), 202)
 
 
 async def delete_backup(request: web.Request) -> web.Response:
     backup = await handlers.request_delete(
         ports(request), backup_id_of(request), requested_by=request[PRINCIPAL].subject
     )
-    return respond(BackupEnvelope(backup=backup_out(backup)), 202)
+    return respond(BackupEnvelope(backup=backup_detail_out(backup)), 202)
 
 
 async def backup_stats(request: web.Request) -> web.Response:

@@ -33,6 +33,9 @@ from backup_common.domain.events import (
 from backup_common.domain.verification import Verification, VerificationStatus
 
 MAX_ERROR_TEXT = 4000  # the catalog's error columns are TEXT; a reason longer than this is cut
+# A part keeps this many of its warnings (a tree full of sockets must not bloat every read of the
+# backup); its warning_count is the true total.
+MAX_PART_WARNINGS = 1000
 
 
 class BackupStatus(StrEnum):
@@ -103,6 +106,15 @@ def _reason(text: str) -> str:
 
 
 @dataclass(frozen=True)
+class PartWarning:
+    """A path a part left out, and why (a socket, a file that vanished or became unreadable as it was
+    read): the part still completes, and says so."""
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class PartResult:
     """What a worker made of a part, as the catalog records it."""
 
@@ -111,6 +123,11 @@ class PartResult:
     sha256: str
     item_count: int
     progress: dict[str, Any]
+    warnings: tuple[PartWarning, ...] = ()  # every one the worker found; the part keeps the first ones
+
+    @property
+    def warning_count(self) -> int:
+        return len(self.warnings)
 
 
 @dataclass
@@ -122,6 +139,8 @@ class Part:
     sha256: str | None = None
     item_count: int = 0
     progress: dict[str, Any] | None = None
+    warnings: list[PartWarning] = field(default_factory=list)  # the first MAX_PART_WARNINGS
+    warning_count: int = 0  # all of them
     error: str | None = None
     attempts: int = 0
     started_at: datetime | None = None
@@ -195,6 +214,11 @@ class Backup:
     def parts_completed(self) -> int:
         return sum(1 for part in self.parts if part.status is PartStatus.COMPLETED)
 
+    @property
+    def warning_count(self) -> int:
+        """Paths its parts left out, all of them (each part keeps only its first warnings)."""
+        return sum(part.warning_count for part in self.parts)
+
     def part(self, name: BackupPart) -> Part:
         for part in self.parts:
             if part.part is name:
@@ -233,6 +257,8 @@ class Backup:
         part.sha256 = result.sha256
         part.item_count = result.item_count
         part.progress = result.progress
+        part.warnings = list(result.warnings[:MAX_PART_WARNINGS])
+        part.warning_count = result.warning_count
         part.error = None
         part.completed_at = now
         part.updated_at = now

@@ -101,7 +101,8 @@ class BackupRepository(Protocol):
         """Failed backups, failed before ``before``, whose files and key were not erased yet."""
 
     async def list(self, query: BackupFilter) -> tuple[list[Backup], int]:
-        """One page, newest first, and how many backups match the filter."""
+        """One page, newest first, and how many backups match the filter. Their parts carry their
+        warning_count but not the warnings themselves (``get`` reads those)."""
 
     async def stats(self) -> CatalogStats: ...
 

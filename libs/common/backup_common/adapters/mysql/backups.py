@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
@@ -25,6 +26,7 @@ from backup_common.domain.model import (
     Outcomes,
     Part,
     PartStatus,
+    PartWarning,
     Trigger,
 )
 from backup_common.domain.ports import DuplicateRequest
@@ -40,13 +42,23 @@ _BACKUP_COLUMNS = (
     " storage_path, size_bytes, error, created_at, started_at, completed_at, updated_at, erased_at"
 )
 _PART_COLUMNS = (
-    "backup_id, part, status, file_name, size_bytes, sha256, item_count, progress, error, attempts,"
+    "backup_id, part, status, file_name, size_bytes, sha256, item_count, progress, warning_count, error, attempts,"
     " started_at, completed_at, updated_at"
 )
+# Up to MAX_PART_WARNINGS paths a part: read for one backup, never for a page of them.
+_PART_COLUMNS_WITH_WARNINGS = f"{_PART_COLUMNS}, warnings"
+
+
+def _warnings_json(part: Part) -> str | None:
+    """The part's warnings to store; None (keep those stored) for a part read without them."""
+    if part.warning_count and not part.warnings:
+        return None
+    return json.dumps([asdict(warning) for warning in part.warnings])
 
 
 def _part(row: dict[str, Any]) -> Part:
     progress = row["progress"]
+    warnings = json.loads(row["warnings"]) if row.get("warnings") else []
     return Part(
         part=BackupPart(row["part"]),
         status=PartStatus(row["status"]),
@@ -55,6 +67,8 @@ def _part(row: dict[str, Any]) -> Part:
         sha256=row["sha256"],
         item_count=int(row["item_count"]),
         progress=json.loads(progress) if isinstance(progress, str | bytes) else progress,
+        warnings=[PartWarning(warning["path"], warning["reason"]) for warning in warnings],
+        warning_count=int(row["warning_count"]),
         error=row["error"],
         attempts=int(row["attempts"]),
         started_at=utc(row["started_at"]),
@@ -142,7 +156,7 @@ class MysqlBackups:
             return None
         parts = await db.fetch_all(
             self._conn,
-            f"SELECT {_PART_COLUMNS} FROM backup_parts WHERE backup_id = %s ORDER BY part{lock}",
+            f"SELECT {_PART_COLUMNS_WITH_WARNINGS} FROM backup_parts WHERE backup_id = %s ORDER BY part{lock}",
             (backup_id,),
         )
         backup = _backup(row, [_part(part) for part in parts])
@@ -182,8 +196,8 @@ class MysqlBackups:
             await db.execute(
                 self._conn,
                 "UPDATE backup_parts SET status = %s, file_name = %s, size_bytes = %s, sha256 = %s, item_count = %s,"
-                " progress = %s, error = %s, attempts = %s, started_at = %s, completed_at = %s, updated_at = %s"
-                " WHERE backup_id = %s AND part = %s",
+                " progress = %s, warnings = COALESCE(%s, warnings), warning_count = %s, error = %s, attempts = %s,"
+                " started_at = %s, completed_at = %s, updated_at = %s WHERE backup_id = %s AND part = %s",
                 (
                     part.status.value,
                     part.file_name,
@@ -191,6 +205,8 @@ class MysqlBackups:
                     part.sha256,
                     part.item_count,
                     json.dumps(part.progress) if part.progress is not None else None,
+                    _warnings_json(part),
+                    part.warning_count,
                     part.error,
                     part.attempts,
                     naive(part.started_at),
