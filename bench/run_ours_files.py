@@ -28,8 +28,9 @@ from typing import Any
 
 from backup_common.domain.documents import RestoreLimits
 from backup_common.engine.files.backup import Parent, files_part_manifest, plan_files, write_files_part
+from backup_common.engine.files.in_place import restore_chain
 from backup_common.engine.files.model import TREES
-from backup_common.engine.files.restore import ChainLink, restore_chain
+from backup_common.engine.files.restore import ChainLink
 from backup_common.engine.files.verify import check_files_chain
 from backup_common.engine.verify import check_archive_file, check_archive_members
 from bench.run_ours import DEFAULT_PASSWORD, PASSWORD_VARIABLE

@@ -236,6 +236,54 @@ async def test_an_incremental_restores_its_whole_chain_in_place(system: System) 
     assert restored["parts"][0]["part"] == "files"
 
 
+def inode_groups(root: Path) -> list[list[str]]:
+    """The paths below ``root`` that are names of one file, for each file with several."""
+    names: dict[int, list[str]] = {}
+    for directory, _, files in os.walk(root):
+        for name in files:
+            path = Path(directory) / name
+            info = path.lstat()
+            if stat.S_ISREG(info.st_mode):
+                names.setdefault(info.st_ino, []).append(path.relative_to(root).as_posix())
+    return sorted(sorted(paths) for paths in names.values() if len(paths) > 1)
+
+
+async def test_every_name_and_link_comes_back_in_place_and_through_backupctl(
+    system: System, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uploads = system.app / "uploads"
+    latin1 = os.fsdecode(b"caf\xe9")  # not UTF-8
+    write(uploads / f"{latin1}.txt", b"Latin-1 name")
+    write(uploads / latin1 / "big.bin", secrets.token_bytes(2 << 20))
+    write(uploads / "a\\b.txt", b"backslash")
+    os.symlink("/etc", uploads / "etc")
+    os.symlink("../../../../..", uploads / "up")
+    write(uploads / "shared.txt", b"one file, three names")
+    os.link(uploads / "shared.txt", uploads / "2026" / "also.txt")
+    os.link(uploads / "shared.txt", uploads / "too.txt")
+    expected, groups = trees(system.app), inode_groups(system.app)
+    assert groups == [["uploads/2026/also.txt", "uploads/shared.txt", "uploads/too.txt"]]
+    made = await backup(system, "files")
+    (uploads / "shared.txt").unlink()
+    (uploads / "etc").unlink()
+    (uploads / latin1 / "big.bin").write_bytes(b"damaged")
+
+    restored = await restore(system, made["id"])
+
+    assert restored["status"] == "completed", restored["error"]
+    assert trees(system.app) == expected
+    assert inode_groups(system.app) == groups
+    settings = system.gateway.settings
+    monkeypatch.setenv("BACKUP_MYSQL_URL", settings.mysql_url.get_secret_value())
+    monkeypatch.setenv("BACKUP_STORAGE_DIR", str(settings.storage_dir))
+    assert settings.master_key is not None
+    monkeypatch.setenv("BACKUP_MASTER_KEY", settings.master_key.get_secret_value())
+    into = tmp_path / "offline"
+    assert await asyncio.to_thread(backupctl, ["files-restore", made["id"], "--into", str(into)]) == 0
+    assert trees(into) == expected
+    assert inode_groups(into) == groups
+
+
 async def test_a_damaged_backup_fails_the_restore_and_leaves_everything_as_it_was(system: System) -> None:
     made = await backup(system, "full")
     directory = system.gateway.settings.storage_dir / made["storage_path"]

@@ -24,9 +24,10 @@ import pyzipper
 from backup_common.domain.documents import RestoreLimits
 from backup_common.engine.archive import ArchiveWriter
 from backup_common.engine.files.backup import Parent, files_part_manifest, plan_files, write_files_part
+from backup_common.engine.files.in_place import restore_chain
 from backup_common.engine.files.model import TREES, FileRecord
 from backup_common.engine.files.packs import PACK_FILE_BYTES, Packer
-from backup_common.engine.files.restore import ChainLink, UnsafeArchive, restore_chain
+from backup_common.engine.files.restore import ChainLink, UnsafeArchive
 
 PASSWORD = "pw"
 T0 = 1_700_000_000_123_456_789

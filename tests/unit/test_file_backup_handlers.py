@@ -18,7 +18,8 @@ from backup_common.domain.documents import RestoreLimits
 from backup_common.domain.events import BackupPart, BackupRequested, BackupType
 from backup_common.domain.jobs import part_job_key
 from backup_common.domain.model import Backup, BackupStatus
-from backup_common.engine.files.restore import ChainLink, restore_chain
+from backup_common.engine.files.in_place import restore_chain
+from backup_common.engine.files.restore import ChainLink
 from backup_common.engine.locate import locate_part
 from backup_files.bootstrap import bootstrap
 from tests.unit.fakes import FakeSystem, fake_ports

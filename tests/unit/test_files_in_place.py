@@ -19,9 +19,15 @@ import pyzipper
 from backup_common.engine.archive import CorruptArchive
 from backup_common.engine.files import in_place
 from backup_common.engine.files import restore as restore_module
-from backup_common.engine.files.in_place import FilesRestoreProgress, non_empty_trees, restore_trees, unknown_paths
+from backup_common.engine.files.in_place import (
+    FilesRestoreProgress,
+    non_empty_trees,
+    restore_chain,
+    restore_trees,
+    unknown_paths,
+)
 from backup_common.engine.files.model import TREES
-from backup_common.engine.files.restore import ChainLink, IntegrityError, RestoreError, TargetNotEmpty, restore_chain
+from backup_common.engine.files.restore import ChainLink, IntegrityError, RestoreError, TargetNotEmpty
 from backup_common.engine.files.target_writer import unlock
 from tests.unit.files_support import (
     LIMITS,

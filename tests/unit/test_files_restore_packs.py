@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 
 from backup_common.engine.archive import ArchiveWriter, CorruptArchive
+from backup_common.engine.files.in_place import restore_chain
 from backup_common.engine.files.model import FileRecord
 from backup_common.engine.files.packs import PackReader
-from backup_common.engine.files.restore import ChainLink, IntegrityError, restore_chain
+from backup_common.engine.files.restore import ChainLink, IntegrityError
 from tests.unit.files_support import (
     LIMITS,
     PASSWORD,
@@ -136,8 +137,7 @@ def test_a_wrong_offset_is_an_integrity_error_and_leaves_nothing_under_the_file_
 
     with pytest.raises(IntegrityError, match=re.escape("'uploads/docs/b.txt' does not match its manifest")):
         restore_chain([link], target, LIMITS)
-    assert not (target / "uploads/docs/b.txt").exists()
-    assert [path.name for path in (target / "uploads/docs").iterdir() if path.name.startswith(".")] == []
+    assert not target.exists()
 
 
 def test_names_in_a_pack_are_never_used_only_the_manifest_paths(tmp_path: Path, archives: Path) -> None:

@@ -15,8 +15,9 @@ import pytest
 from backup_common.domain.documents import RestoreLimits
 from backup_common.domain.verification import Check
 from backup_common.engine.archive import sha256_file
+from backup_common.engine.files.in_place import restore_chain
 from backup_common.engine.files.incremental import APPEND_MIN_BYTES
-from backup_common.engine.files.restore import ChainLink, restore_chain
+from backup_common.engine.files.restore import ChainLink
 from backup_common.engine.files.verify import check_files_chain
 from backup_common.engine.verify import check_archive_members
 from tests.unit.files_support import (

@@ -190,28 +190,49 @@ def test_unicode_names_keep_their_exact_text(tmp_path: Path) -> None:
     assert skipped == []
 
 
-def test_a_name_that_is_not_utf8_is_skipped_with_its_reason(tmp_path: Path) -> None:
+def test_a_name_that_is_not_utf8_is_an_entry_holding_its_bytes(tmp_path: Path) -> None:
     roots = make_trees(tmp_path, "uploads")
+    name = os.fsdecode(b"caf\xe9.txt")
     try:
-        (roots["uploads"] / os.fsdecode(b"caf\xe9.txt")).write_bytes(b"x")
+        (roots["uploads"] / name).write_bytes(b"x")
     except (OSError, UnicodeEncodeError):
         pytest.skip("the file system refuses names that are not UTF-8")
 
     entries, skipped = scan_trees(roots, NOTHING)
 
-    assert entries == []
-    assert skipped == [Skipped("uploads/caf\\xe9.txt", "name is not valid UTF-8")]
+    assert [os.fsencode(entry.path) for entry in entries] == [b"uploads/caf\xe9.txt"]
+    assert skipped == []
 
 
-def test_a_name_with_a_backslash_is_skipped_because_zip_readers_split_it(tmp_path: Path) -> None:
+def test_a_name_with_a_backslash_is_an_entry(tmp_path: Path) -> None:
     roots = make_trees(tmp_path, "uploads")
     (roots["uploads"] / "a\\b.txt").write_text("x")
 
     entries, skipped = scan_trees(roots, NOTHING)
 
-    assert entries == []
-    assert [item.path for item in skipped] == ["uploads/a\\b.txt"]
-    assert skipped[0].reason.startswith("name cannot be archived")
+    assert [entry.path for entry in entries] == ["uploads/a\\b.txt"]
+    assert skipped == []
+
+
+def test_names_of_one_file_are_a_file_then_hard_links_to_it_in_path_order(tmp_path: Path) -> None:
+    roots = make_trees(tmp_path, "uploads", "logs")
+    (roots["uploads"] / "b.txt").write_text("shared")
+    os.link(roots["uploads"] / "b.txt", roots["uploads"] / "a.txt")
+    (roots["uploads"] / "sub").mkdir()
+    os.link(roots["uploads"] / "b.txt", roots["uploads"] / "sub" / "c.txt")
+    # Another tree is restored on its own: a name of the same file there is a file of its own.
+    os.link(roots["uploads"] / "b.txt", roots["logs"] / "d.txt")
+
+    entries, _ = scan_trees(roots, NOTHING)
+
+    kinds = {entry.path: (entry.kind, entry.target) for entry in entries}
+    assert kinds == {
+        "uploads/a.txt": ("file", None),
+        "uploads/b.txt": ("hardlink", "uploads/a.txt"),
+        "uploads/sub": ("dir", None),
+        "uploads/sub/c.txt": ("hardlink", "uploads/a.txt"),
+        "logs/d.txt": ("file", None),
+    }
 
 
 def test_every_directory_is_an_entry_so_empty_ones_are_kept(tmp_path: Path) -> None:

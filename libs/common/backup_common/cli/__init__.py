@@ -40,8 +40,8 @@ from backup_common.engine.archive import ArchiveError
 from backup_common.engine.crypto import KeyUnwrapError, MasterKey
 from backup_common.engine.database.load import LoadError, LoadProgress, load_database
 from backup_common.engine.database.target import MysqlTarget
-from backup_common.engine.files.in_place import FilesRestoreProgress
-from backup_common.engine.files.restore import ChainLink, RestoreError, restore_chain
+from backup_common.engine.files.in_place import FilesRestoreProgress, restore_chain
+from backup_common.engine.files.restore import ChainLink, RestoreError
 from backup_common.engine.locate import MAX_CHAIN, BackupNotFound, LocatedPart, backup_id_of, locate_part
 
 log = logging.getLogger(__name__)
@@ -378,7 +378,8 @@ def cmd_files_restore(args: argparse.Namespace) -> int:
             await _audit(uow, "cli.files-restore", links[-1].backup_id, "allowed", detail | {"files": summary.files})
         print(
             f"restored backup {links[-1].backup_id} into {summary.target} (chain of {len(links)}):"
-            f" {summary.files} files, {summary.directories} directories, {summary.symlinks} links,"
+            f" {summary.files} files, {summary.directories} directories, {summary.symlinks} symbolic links,"
+            f" {summary.hard_links} hard links,"
             f" {summary.bytes_written} bytes, {summary.deleted} deletions replayed"
         )
         return 0

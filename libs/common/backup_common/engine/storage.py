@@ -184,7 +184,9 @@ MAC_FIELD = "mac"
 def _canonical(document: dict[str, Any]) -> bytes:
     """The bytes a manifest's MAC covers: its JSON without the MAC, keys sorted, no spacing."""
     unsigned = {key: value for key, value in document.items() if key != MAC_FIELD}
-    return json.dumps(unsigned, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    # surrogatepass: a file name that is not UTF-8 is held as lone surrogates (see engine.files.model).
+    text = json.dumps(unsigned, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return text.encode("utf-8", "surrogatepass")
 
 
 def sign_manifest(document: dict[str, Any], data_key: bytes) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Writes the entries found by the scanner into a files archive, and says what it holds.
 
-A file larger than PACK_FILE_BYTES gets a member of its own, ``<path>``; smaller files, directories
-and symbolic links go into packs (see packs.py). Already-compressed content is stored, the rest
+A file larger than PACK_FILE_BYTES gets a member of its own, ``<path>`` (or a pack of its own when
+a member cannot have that name); smaller files, directories, symbolic and hard links go into packs
+(see packs.py). Already-compressed content is stored, the rest
 deflated. Given the parent backup's versions (``bases``), a file that starts with its parent's
 version is archived from there on only (``appended/<path>``).
 
@@ -19,16 +20,18 @@ import os
 import stat
 import time
 from collections.abc import Callable, Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import IO
 
 from isal import isal_zlib
 
 from backup_common.engine.archive import ArchiveWriter, check_member_name
 from backup_common.engine.files.dirfd import FILE_FLAGS, NotADirectoryOnPath, ParentDirectories, open_below
 from backup_common.engine.files.model import APPENDED_PREFIX, TREES, ArchiveResult, Base, Entry, FileRecord, Skipped
-from backup_common.engine.files.packs import PACK_FILE_BYTES, Packer
+from backup_common.engine.files.packs import PACK_FILE_BYTES, BoundedWriter, Packer
 
 CHUNK_BYTES = 1 << 20
 # Files up to this size are read whole into memory before their member is written, so one that
@@ -150,24 +153,25 @@ def write_files_archive(
     result = ArchiveResult()
     tracker = _Progress(progress)
     packer = Packer(writer)
+    skipped_files: set[str] = set()
     with ParentDirectories(partial(_open_tree_directory, roots)) as directories:
         for entry in entries:
-            try:
-                check_member_name(entry.path)
-            except ValueError as exc:
-                result.skipped.append(Skipped(entry.path, f"name cannot be archived: {exc}"))
-                tracker.advance(entry_done=True)
-                continue
+            if entry.kind == "hardlink" and entry.target in skipped_files:
+                # Its first name could not be read: this name of the same file is archived instead.
+                entry = Entry(entry.path, "file", entry.mode, entry.mtime_ns, entry.size)
             try:
                 if entry.kind == "dir":
                     record = _archive_directory(packer, entry)
                 elif entry.kind == "symlink":
                     record = _archive_link(packer, entry)
+                elif entry.kind == "hardlink":
+                    record = _archive_hard_link(packer, entry)
                 else:
                     base = bases.get(entry.path) if bases else None
                     record = _archive_file(writer, packer, entry, base, directories, attempts, result, tracker)
             except _Unavailable as exc:
                 result.skipped.append(Skipped(entry.path, str(exc)))
+                skipped_files.add(entry.path)
             else:
                 result.records.append(record)
             tracker.advance(entry_done=True)
@@ -187,6 +191,15 @@ def _archive_link(packer: Packer, entry: Entry) -> FileRecord:
     pack = packer.add_link(entry.path, entry.target, mode=entry.mode, mtime_ns=entry.mtime_ns)
     size = len(os.fsencode(entry.target))
     return FileRecord(entry.path, "symlink", entry.mode, entry.mtime_ns, size, None, target=entry.target, pack=pack)
+
+
+def _archive_hard_link(packer: Packer, entry: Entry) -> FileRecord:
+    if entry.target is None:
+        raise _Unavailable("hard link without the path it shares its file with")
+    pack = packer.add_link(entry.path, entry.target, mode=entry.mode, mtime_ns=entry.mtime_ns, hard=True)
+    return FileRecord(
+        entry.path, "hardlink", entry.mode, entry.mtime_ns, entry.size, None, target=entry.target, pack=pack
+    )
 
 
 def _archive_file(
@@ -291,7 +304,7 @@ def _archive_large(
         tracker.advance(count)
     else:
         name = APPENDED_PREFIX + path if base_size is not None else path
-        stored, count = _stream(writer, name, fd, before, left, digest, result, tracker)
+        stored, count, pack, offset = _stream(writer, packer, name, fd, before, left, digest, result, tracker)
     after = _regular_stat(fd)
     changed = not _same(before, after) or count != left
     return _file_record(
@@ -313,6 +326,7 @@ def _starts_with(fd: int, base: Base, digest: hashlib._Hash, result: ArchiveResu
 
 def _stream(
     writer: ArchiveWriter,
+    packer: Packer,
     name: str,
     fd: int,
     before: os.stat_result,
@@ -320,12 +334,26 @@ def _stream(
     digest: hashlib._Hash,
     result: ArchiveResult,
     tracker: _Progress,
-) -> tuple[bool, int]:
-    """Streams the next ``size`` bytes of the file into a member; returns (stored, bytes archived)."""
+) -> tuple[bool, int, str | None, int | None]:
+    """Streams the next ``size`` bytes of the file into a member of its own, or a pack of its own
+    when a member cannot be so named; returns (stored, bytes archived, pack, offset in the pack)."""
     first = _read_chunk(fd, min(CHUNK_BYTES, size), result)
     stored = _keep_stored(name, first)
     count = 0
-    with writer.open_member(name, compress=not stored, mtime=before.st_mtime_ns / 1e9, mode=_file_mode(before)) as out:
+    pack: str | None = None
+    offset: int | None = None
+    out: IO[bytes] | BoundedWriter
+    with ExitStack() as stack:
+        if member_name_allowed(name):
+            out = stack.enter_context(
+                writer.open_member(name, compress=not stored, mtime=before.st_mtime_ns / 1e9, mode=_file_mode(before))
+            )
+        else:
+            pack, offset, out = stack.enter_context(
+                packer.own_pack(
+                    name, size, stored=stored, mode=stat.S_IMODE(before.st_mode), mtime_ns=before.st_mtime_ns
+                )
+            )
         chunk = first
         while chunk:
             out.write(chunk)
@@ -338,8 +366,10 @@ def _stream(
                 chunk = _read_chunk(fd, min(CHUNK_BYTES, size - count), result)
             except _Unavailable as exc:
                 # The member cannot be taken back; having no record, it is not part of the backup.
+                if pack is not None:
+                    result.abandoned.append(pack)
                 raise _Unavailable(f"{exc} (after {count} bytes; the partial member has no record)") from None
-    return stored, count
+    return stored, count, pack, offset
 
 
 def _put(
@@ -355,13 +385,26 @@ def _put(
     stored, and (pack, offset) or (None, None)."""
     name = APPENDED_PREFIX + path if appended else path
     stored = _keep_stored(name, content)
+    mode = stat.S_IMODE(before.st_mode)
     if len(content) <= PACK_FILE_BYTES:
-        pack, offset = packer.add_file(
-            name, content, stored=stored, mode=stat.S_IMODE(before.st_mode), mtime_ns=before.st_mtime_ns
-        )
+        pack, offset = packer.add_file(name, content, stored=stored, mode=mode, mtime_ns=before.st_mtime_ns)
         return stored, pack, offset
+    if not member_name_allowed(name):
+        with packer.own_pack(name, len(content), stored=stored, mode=mode, mtime_ns=before.st_mtime_ns) as placed:
+            own, offset, out = placed
+            out.write(content)
+        return stored, own, offset
     writer.write_member(name, content, compress=not stored, mtime=before.st_mtime_ns / 1e9, mode=_file_mode(before))
     return stored, None, None
+
+
+def member_name_allowed(name: str) -> bool:
+    """Whether a ZIP member can be named ``name`` (UTF-8, no backslash...)."""
+    try:
+        check_member_name(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _keep_stored(name: str, first_bytes: bytes) -> bool:

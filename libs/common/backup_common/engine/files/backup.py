@@ -105,6 +105,7 @@ def files_part_manifest(
         "state": next_state(parent.state if parent else [], result.records, plan.entries),
         "skipped": [asdict(skipped) for skipped in [*plan.skipped, *result.skipped]],
         "changed_while_read": [record.path for record in result.records if record.changed_while_read],
+        "abandoned": result.abandoned,
         "encryption": encryption,
         "started_at": plan.started_at,
         "finished_at": time.time(),

@@ -3,8 +3,11 @@
 Every link of the chain is checked: the archive's size and SHA-256 against its manifest, member and
 manifest names, the limits on entries, size and compression ratio, member types (no device, FIFO or
 socket), symbolic link targets, where each packed file sits in its pack, and a dry run of the whole
-replay on an in-memory tree, which must reproduce each backup's recorded ``state`` and never put
-anything below a link or a file.
+replay on an in-memory tree, which must reproduce each backup's recorded ``state``, never put
+anything below a link or a file, and leave every hard link naming a file of its tree.
+
+A symbolic link's target is data, restored as it was (absolute, or climbing out of the trees): the
+restore never follows a link, so where it points cannot make it write anywhere else.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import pyzipper
 
 from backup_common.domain.documents import RestoreLimits
 from backup_common.domain.errors import DomainError
-from backup_common.engine.archive import ArchiveReader, MemberInfo, sha256_file
+from backup_common.engine.archive import ArchiveReader, MemberInfo, check_member_name, sha256_file
 from backup_common.engine.files.model import APPENDED_PREFIX, KINDS, TREES, FileRecord, Kind
 from backup_common.engine.files.packs import PACK_NAME
 
@@ -101,6 +104,7 @@ def check_chain(chain: list[ChainLink], limits: RestoreLimits) -> list[Plan]:
         for item in plan.entries:
             tree.add(item, where)
         tree.compare(plan.state, where)
+        tree.check_hard_links(plan.state, where)
         plans.append(plan)
     return plans
 
@@ -213,11 +217,15 @@ def _check_archive_digest(link: ChainLink, where: str) -> None:
 
 def _abandoned_members(manifest: dict[str, Any]) -> set[str]:
     """Members left behind by files the backup skipped: a file that failed while it was streamed
-    leaves the bytes it had read in a member (a ZIP archive cannot take one back), but no entry.
-    They are never restored."""
+    leaves the bytes it had read in a member of its own, or a pack of its own (a ZIP archive cannot
+    take one back), but no entry. They are never restored."""
     skipped = manifest.get("skipped")
     paths = [item.get("path") for item in skipped if isinstance(item, dict)] if isinstance(skipped, list) else []
-    return {name for path in paths if isinstance(path, str) for name in (path, APPENDED_PREFIX + path)}
+    members = {name for path in paths if isinstance(path, str) for name in (path, APPENDED_PREFIX + path)}
+    packs = manifest.get("abandoned")
+    if isinstance(packs, list):
+        members.update(name for name in packs if isinstance(name, str) and PACK_NAME.fullmatch(name))
+    return members
 
 
 def _list(manifest: dict[str, Any], key: str, where: str) -> list[Any]:
@@ -237,8 +245,8 @@ def check_path(path: object, where: str) -> str:
         rule = "it is empty"
     elif "\x00" in path:
         rule = "it contains a NUL character"
-    elif "\\" in path:
-        rule = "it contains a backslash (paths use '/' only)"
+    elif not _is_file_name(path):
+        rule = "it is not a file name (text, or undecodable bytes as lone surrogates)"
     elif path.startswith("/"):
         rule = "it is absolute (paths must be relative to the target)"
     elif len(path) >= 2 and path[1] == ":" and path[0].isalpha():
@@ -252,6 +260,15 @@ def check_path(path: object, where: str) -> str:
     if rule is not None:
         raise UnsafeArchive(f"{where} {path!r} is refused: {rule}")
     return path
+
+
+def _is_file_name(text: str) -> bool:
+    """Whether ``text`` turns back into bytes, as a name the os module gave does."""
+    try:
+        os.fsencode(text)
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _parse_record(raw: object, where: str, *, entry: bool) -> FileRecord:
@@ -280,7 +297,9 @@ def _parse_record(raw: object, where: str, *, entry: bool) -> FileRecord:
         raise UnsafeArchive(f"{where} is refused: a file needs the SHA-256 of its content (64 lowercase hex digits)")
     link_target = raw.get("target")
     if kind == "symlink":
-        _check_link_target(path, link_target, where)
+        _check_link_target(link_target, where)
+    elif kind == "hardlink":
+        _check_hard_link(path, link_target, where)
     size = raw.get("size", 0)
     if not _is_int(size) or size < 0:
         raise UnsafeArchive(f"{where} is refused: its size must be a non-negative integer")
@@ -293,7 +312,7 @@ def _parse_record(raw: object, where: str, *, entry: bool) -> FileRecord:
         mtime_ns,
         size,
         sha256 if isinstance(sha256, str) else None,
-        target=link_target if kind == "symlink" else None,
+        target=link_target if kind in ("symlink", "hardlink") else None,
         # Not checked: nothing a restore does depends on them.
         stored=raw.get("stored") is True,
         changed_while_read=raw.get("changed_while_read") is True,
@@ -318,6 +337,8 @@ def _parse_placement(raw: dict[str, Any], kind: Kind, where: str) -> tuple[str |
     """The pack holding an entry, and where a packed file's content starts in it."""
     pack = raw.get("pack")
     offset = raw.get("offset")
+    if kind == "hardlink" and pack is None:
+        raise UnsafeArchive(f"{where} is refused: a hard link travels in a pack")
     if pack is None:
         if offset is not None:
             raise UnsafeArchive(f"{where} is refused: it has an offset but no pack")
@@ -336,32 +357,20 @@ def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check_link_target(path: str, link_target: object, where: str) -> None:
-    """Refuses a link that could lead out of the target.
-
-    A relative target is resolved from the link's own directory, which the restore guarantees is a
-    real directory at the path's depth. Its ``..`` components must all come first: after a name, which
-    may be another link, a ``..`` would climb from wherever that link leads, which no lexical check can
-    bound. With that rule, and every link checked alike, no path through restored links leaves the target.
-    """
+def _check_link_target(link_target: object, where: str) -> None:
+    """Refuses what no symbolic link can hold; where it leads is the link's own business."""
     if not isinstance(link_target, str) or not link_target:
         raise UnsafeArchive(f"{where} is refused: a symbolic link needs a non-empty target")
-    if "\x00" in link_target or len(os.fsencode(link_target)) > MAX_LINK_TARGET_BYTES:
+    if "\x00" in link_target or not _is_file_name(link_target) or len(os.fsencode(link_target)) > MAX_LINK_TARGET_BYTES:
         raise UnsafeArchive(f"{where} is refused: its link target is not a valid path")
-    if link_target.startswith("/"):
-        raise UnsafeArchive(f"{where} is refused: it links to the absolute path {link_target!r}, outside the target")
-    parts = [part for part in link_target.split("/") if part not in ("", ".")]
-    ups = 0
-    while ups < len(parts) and parts[ups] == "..":
-        ups += 1
-    if ".." in parts[ups:]:
-        raise UnsafeArchive(
-            f"{where} is refused: its link target {link_target!r} has a '..' after a name"
-            " (it could climb out of the target through another link)"
-        )
-    depth = path.count("/")  # of the link's directory below the target
-    if ups > depth:
-        raise UnsafeArchive(f"{where} is refused: its link target {link_target!r} leads out of the target")
+
+
+def _check_hard_link(path: str, link_target: object, where: str) -> None:
+    """A hard link names another path of its own tree: the file it is a name of."""
+    check_path(link_target, f"{where}: its hard link target")
+    assert isinstance(link_target, str)
+    if link_target == path or link_target.partition("/")[0] != path.partition("/")[0]:
+        raise UnsafeArchive(f"{where} is refused: a hard link names another path of its own tree")
 
 
 def _member_types(archive: Path, infos: list[MemberInfo], where: str) -> dict[str, int]:
@@ -379,6 +388,11 @@ def _check_member(info: MemberInfo, file_type: int, where: str, limits: RestoreL
     if not PACK_NAME.fullmatch(name):
         path = name[:-1] if is_dir else name.removeprefix(APPENDED_PREFIX)
         check_path(path, f"{where}: member")
+        try:
+            # Stricter than a path: a name ZIP readers may take apart (a backslash...) travels in a pack.
+            check_member_name(name)
+        except ValueError as exc:
+            raise UnsafeArchive(f"{where}: member {name!r} is refused: {exc}") from None
     special = _SPECIAL_TYPES.get(file_type)
     if special is not None:
         raise UnsafeArchive(f"{where}: member {name!r} is refused: it is {special}")
@@ -459,6 +473,7 @@ class _Tree:
         self.kinds: dict[str, Kind] = {}
         self.children: dict[str, set[str]] = {}
         self.sizes: dict[str, int] = {}  # of files
+        self.hard_links: dict[str, str] = {}  # path -> the path of the file it is another name of
 
     def delete(self, path: str, where: str) -> None:
         self._check_parents(path, where, "delete")
@@ -478,6 +493,10 @@ class _Tree:
             self.sizes[item.path] = item.size
         else:
             self.sizes.pop(item.path, None)
+        if item.kind == "hardlink" and item.target is not None:
+            self.hard_links[item.path] = item.target
+        else:
+            self.hard_links.pop(item.path, None)
         for parent in parents:
             if parent not in self.kinds:
                 self._put(parent, "dir")
@@ -497,6 +516,20 @@ class _Tree:
                 f" (missing {missing[:5]}, unexpected {extra[:5]}, of another kind {changed[:5]});"
                 " is the chain complete and in order?"
             )
+
+    def check_hard_links(self, state: list[FileRecord], where: str) -> None:
+        """Each hard link names the file the recorded state says, and that path is a file."""
+        recorded = {item.path: item.target for item in state if item.kind == "hardlink"}
+        if recorded != self.hard_links:
+            differing = sorted(set(recorded.items()) ^ set(self.hard_links.items()))
+            raise IntegrityError(
+                f"{where}: replaying the chain does not reproduce the backup's hard links {differing[:5]}"
+            )
+        for path, target in self.hard_links.items():
+            if self.kinds.get(target) != "file":
+                raise IntegrityError(
+                    f"{where}: {path!r} is a hard link to {target!r}, which is not a file of the backup"
+                )
 
     def _check_parents(self, path: str, where: str, action: str) -> list[str]:
         parts = path.split("/")
@@ -523,5 +556,6 @@ class _Tree:
             current = pending.pop()
             del self.kinds[current]
             self.sizes.pop(current, None)
+            self.hard_links.pop(current, None)
             pending.extend(self.children.pop(current, ()))
         self.children[path.rpartition("/")[0]].discard(path)

@@ -1,4 +1,5 @@
-"""Restores the trees of a files backup over the live ones, each swapped in whole once it is complete.
+"""Restores the trees of a files backup over the live ones, or into a directory, each swapped in whole
+once it is complete.
 
 The whole chain is checked first, nothing written. Then each swap unit (a tree, or each path a
 selective restore names) is rebuilt beside its live version, in a hidden staging directory of the
@@ -23,19 +24,24 @@ Everything below a live tree root is reached through descriptors opened with ``O
 renames act on names within them, so nothing is created, swapped or removed through a symbolic link.
 The roots themselves are the operator's configuration: a root that is a link is resolved first.
 
+:func:`restore_chain` restores into one directory (``backupctl files-restore``) the same way: its
+trees are staged beside where they go and moved in only once every file checked out, so a restore
+that finds damage half-way leaves the directory as it was.
+
 Synchronous and I/O-heavy: callers run it in a worker thread.
 """
 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import errno
 import hashlib
 import logging
 import os
 import stat
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +51,7 @@ from backup_common.engine.files.chain_check import (
     Plan,
     RestoreError,
     TargetNotEmpty,
+    UnsafeArchive,
     backup_trees,
     check_chain,
 )
@@ -60,7 +67,7 @@ from backup_common.engine.files.restore import (
 )
 from backup_common.engine.files.target_writer import WriteProgress, directory, lstat_in, remove, temp_name
 
-__all__ = ["FilesRestoreProgress", "non_empty_trees", "restore_trees", "unknown_paths"]
+__all__ = ["FilesRestoreProgress", "non_empty_trees", "restore_chain", "restore_trees", "unknown_paths"]
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +145,7 @@ def restore_trees(
     summary = summarize(where, plans, selection, written, deleted)
     report.phase("done")
     log.info(
-        "restored backup %s in place into %s (chain of %d, %s): %d files, %d directories, %d links, %d bytes",
+        "restored backup %s into %s (chain of %d, %s): %d files, %d directories, %d links, %d bytes",
         chain[-1].backup_id,
         where,
         len(chain),
@@ -149,6 +156,74 @@ def restore_trees(
         summary.bytes_written,
     )
     return summary
+
+
+# The staging tag of restores into a directory: fixed, so that the next restore into the same directory
+# removes what one that was killed left.
+DIRECTORY_TAG = "files-restore"
+
+
+def restore_chain(
+    chain: list[ChainLink],
+    target: Path,
+    limits: RestoreLimits,
+    *,
+    force: bool = False,
+    paths: Sequence[str] | None = None,
+    progress: Callable[[FilesRestoreProgress], None] | None = None,
+) -> RestoreSummary:
+    """Rebuilds the trees of the chain's last backup into ``target`` (as ``<target>/<tree>``) and says
+    what it wrote.
+
+    ``target`` is created when absent; an existing directory must be empty unless ``force``, and then
+    each tree the backup has replaces the one there (other entries of ``target`` are left alone). With
+    ``paths`` (see :func:`unknown_paths`), only those are restored. Raises what :func:`restore_trees`
+    raises, TargetNotEmpty too; whatever it raises, ``target`` is left as it was.
+    """
+    if not chain:
+        raise RestoreError("nothing to restore: the chain is empty")
+    existed = _check_target(target, force=force)
+    try:
+        summary = restore_trees(
+            chain,
+            {tree: target / tree for tree in TREES},
+            limits,
+            staging_tag=DIRECTORY_TAG,
+            paths=paths,
+            progress=progress,
+        )
+    except BaseException:
+        if not existed:
+            with suppress(OSError):
+                target.rmdir()  # made for this restore, and empty again
+        raise
+    return dataclasses.replace(summary, target=str(target))
+
+
+def _check_target(target: Path, *, force: bool) -> bool:
+    """Whether ``target`` exists; raises when it cannot be restored into. What an earlier restore into
+    it left (its staging directories) does not count: this one removes them."""
+    try:
+        st = os.lstat(target)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISLNK(st.st_mode):
+        raise RestoreError(f"the target {target} is a symbolic link; give the directory it points to instead")
+    if not stat.S_ISDIR(st.st_mode):
+        raise RestoreError(f"the target {target} exists and is not a directory")
+    for tree in TREES:
+        # Resolving a tree root that is a link, as for the live trees, would write where it leads.
+        if (target / tree).is_symlink():
+            raise UnsafeArchive(f"{tree!r} in the target is a symbolic link: refusing to write or delete through it")
+    leftovers = {_staging_name(tree, DIRECTORY_TAG) for tree in TREES}
+    with os.scandir(target) as listing:
+        empty = all(entry.name in leftovers for entry in listing)
+    if not empty and not force:
+        raise TargetNotEmpty(
+            f"the target {target} is not empty; restore into a new or empty directory, or force it"
+            " (--force) to replace the trees it holds"
+        )
+    return True
 
 
 @contextmanager
@@ -374,7 +449,7 @@ class _Staged:
         self.present = True
         where = (unit.live if unit.entries else unit.live.parent) / self.staging
         with directory(self.parent, self.staging, create=False) as staging:
-            deleted = rebuild(staging, where, plans, Selection(unit.prefixes), written, exact=True)
+            deleted = rebuild(staging, where, plans, Selection(unit.prefixes), written)
             self.staged_top = lstat_in(unit.top, staging)
         if self.staged_top is None:
             raise RestoreError(f"the restore of {unit.live} staged nothing to put in its place")

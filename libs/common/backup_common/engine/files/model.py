@@ -1,17 +1,20 @@
 """What the files part records about each path, shared by the archiver, the restorer and the worker.
 
 A files part's archive holds each file larger than packs.PACK_FILE_BYTES as a member of its own,
-`<tree>/<relative path>`, where <tree> is `uploads`, `configs` or `logs`; smaller files, directories
-and symbolic links travel in pack members (`packs/NNNNNN.tar`, see packs.py), and their records name
-the pack. A file an incremental found grown from its parent's version (a log, typically) carries only
-the bytes appended to it, as `appended/<tree>/<relative path>`, packed or not; its record gives the
-size of the version it extends.
+`<tree>/<relative path>`, where <tree> is `uploads`, `configs` or `logs`; smaller files, directories,
+symbolic links and hard links travel in pack members (`packs/NNNNNN.tar`, see packs.py), and their
+records name the pack. So does a large file whose name a ZIP member cannot carry (not UTF-8, or with
+a backslash): it gets a pack of its own, since tar takes any byte string as a name. A file an
+incremental found grown from its parent's version (a log, typically) carries only the bytes appended
+to it, as `appended/<tree>/<relative path>`, packed or not; its record gives the size of the version
+it extends.
 
 Its manifest (`files.json`) lists the `state` of every tree at that backup (what a restore of it must
 reproduce), the `entries` this archive carries (all of them for a complete backup; new and changed
-ones for an incremental) and the `deleted` paths since the parent. Tree roots are no entries: the
-manifest's `roots` gives the mode and mtime_ns of each root the backup found (manifests written
-before it have none).
+ones for an incremental) and the `deleted` paths since the parent. A hard link is the second and later
+path of one file found in a tree (in path order): its record names the first path as its `target`
+and carries no content. Tree roots are no entries: the manifest's `roots` gives the mode and mtime_ns
+of each root the backup found (manifests written before it have none).
 """
 
 from __future__ import annotations
@@ -19,22 +22,26 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-Kind = Literal["file", "dir", "symlink"]
-KINDS: tuple[Kind, ...] = ("file", "dir", "symlink")
+Kind = Literal["file", "dir", "symlink", "hardlink"]
+KINDS: tuple[Kind, ...] = ("file", "dir", "symlink", "hardlink")
 TREES = ("uploads", "configs", "logs")
 APPENDED_PREFIX = "appended/"
 
 
 @dataclass(frozen=True)
 class Entry:
-    """One path as the scanner found it (never following symbolic links)."""
+    """One path as the scanner found it (never following symbolic links).
+
+    Paths are text as the os module gives them: a name that is not UTF-8 holds its undecodable bytes
+    as lone surrogates (PEP 383), which os functions turn back into the same bytes.
+    """
 
     path: str  # "<tree>/<relative posix path>", no trailing slash
     kind: Kind
     mode: int  # permission bits, stat.S_IMODE
     mtime_ns: int
-    size: int  # 0 for directories; for links, the length of the target
-    target: str | None = None  # symbolic links only
+    size: int  # 0 for directories; for symbolic links, the length of the target
+    target: str | None = None  # a symbolic link's target; a hard link's first path
 
 
 @dataclass(frozen=True)
@@ -48,7 +55,7 @@ class FileRecord:
     mtime_ns: int
     size: int
     sha256: str | None  # files only: of the bytes archived
-    target: str | None = None
+    target: str | None = None  # as Entry.target
     stored: bool = False  # kept uncompressed (already-compressed format)
     changed_while_read: bool = False  # kept changing over every attempt; the bytes may be torn
     # Where the archive holds it: manifest entries only, a state's records have no placement.
@@ -91,6 +98,8 @@ class ArchiveResult:
     records: list[FileRecord] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     bytes_read: int = 0
+    # Packs of their own left by files that failed while they were streamed: no record names them.
+    abandoned: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -102,6 +111,7 @@ class RestoreSummary:
     deleted: int
     bytes_written: int
     backups_applied: list[str]
+    hard_links: int = 0
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ WinZip AES derives a key (PBKDF2, 1000 rounds of HMAC-SHA1) for every member it 
 for every member it decrypts. With one member per path, a tree of small documents spent most of its
 backup and restore time there, and each member cost ~200 bytes of headers besides. A pack is one
 archive member, ``packs/NNNNNN.tar``, holding up to PACK_BYTES of files of at most PACK_FILE_BYTES
-each, and the directories and links, as a complete POSIX (pax) tar: 7-Zip, given the archive's key,
+each, and the directories, symbolic links and hard links, as a complete POSIX (pax) tar: 7-Zip, given the archive's key,
 opens it like any other member, and ``tar`` reads it once extracted.
 
 The manifest is what a restore trusts, not the tar headers: each packed path's record names its
@@ -14,6 +14,10 @@ reads a pack once, from start to end, taking each file's bytes from its offset (
 
 Already-compressed files go to packs that are stored, the rest to packs that are deflated, so that
 neither kind of content costs the other anything.
+
+A tar name is any byte string (pax ``hdrcharset=BINARY`` where it is not UTF-8), a ZIP member name is
+not: a large file whose name a member cannot carry is streamed into a pack of its own
+(:meth:`Packer.own_pack`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import stat
 import tarfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -50,7 +55,7 @@ class _Pack:
 
     def add(self, info: tarfile.TarInfo, data: bytes = b"") -> int:
         """Appends a tar entry; returns the offset of its content."""
-        self.buffer += info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+        self.buffer += _header(info)
         offset = len(self.buffer)
         if data:
             self.buffer += data
@@ -89,13 +94,36 @@ class Packer:
         self._write_if_full(pack)
         return pack.name
 
-    def add_link(self, path: str, target: str, *, mode: int, mtime_ns: int) -> str:
+    def add_link(self, path: str, target: str, *, mode: int, mtime_ns: int, hard: bool = False) -> str:
+        """Packs a symbolic link, or a hard link to the file ``target`` names."""
         pack = self._pack(stored=False)
-        info = _info(path, tarfile.SYMTYPE, mode, mtime_ns)
+        info = _info(path, tarfile.LNKTYPE if hard else tarfile.SYMTYPE, mode, mtime_ns)
         info.linkname = target
         pack.add(info)
         self._write_if_full(pack)
         return pack.name
+
+    @contextmanager
+    def own_pack(
+        self, path: str, size: int, *, stored: bool, mode: int, mtime_ns: int
+    ) -> Iterator[tuple[str, int, BoundedWriter]]:
+        """A pack holding one file of ``size`` bytes, of any size, streamed: yields the pack's name,
+        the offset of the content and the stream to write at most ``size`` bytes of it into. Content
+        that ends early is padded with zeros, which keeps the tar whole (the file's record says how
+        many bytes are its own)."""
+        self._count += 1
+        name = pack_name(self._count)
+        info = _info(path, tarfile.REGTYPE, mode, mtime_ns)
+        info.size = size
+        header = _header(info)
+        with self._writer.open_member(name, compress=not stored, mtime=time.time(), mode=PACK_MEMBER_MODE) as out:
+            out.write(header)
+            content = BoundedWriter(out, size)
+            yield name, len(header), content
+            left = size - content.count
+            while left > 0:
+                left -= out.write(b"\0" * min(left, _READ_BYTES))
+            out.write(b"\0" * (-size % _BLOCK) + _END_OF_ARCHIVE)
 
     def close(self) -> None:
         """Writes the packs still being filled."""
@@ -119,6 +147,27 @@ class Packer:
         self._writer.write_member(
             pack.name, pack.buffer, compress=not pack.stored, mtime=time.time(), mode=PACK_MEMBER_MODE
         )
+
+
+class BoundedWriter:
+    """Passes writes on, refusing more than the size a tar header declared."""
+
+    def __init__(self, out: IO[bytes], size: int) -> None:
+        self._out = out
+        self._size = size
+        self.count = 0
+
+    def write(self, data: bytes) -> int:
+        if self.count + len(data) > self._size:
+            raise ValueError(f"{self.count + len(data)} bytes written into a pack entry of {self._size}")
+        self.count += len(data)
+        self._out.write(data)
+        return len(data)
+
+
+def _header(info: tarfile.TarInfo) -> bytes:
+    # surrogateescape: a name that is not UTF-8 goes into the pax header as its own bytes.
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
 
 def _info(path: str, kind: bytes, mode: int, mtime_ns: int) -> tarfile.TarInfo:

@@ -1,19 +1,22 @@
 """Rebuilds the trees of a files backup into a directory, replaying an incremental's chain from its base.
 
-Two phases. First the whole chain is checked without writing anything (chain_check.py). Only then
-is it replayed into the target, backup by backup: deletions, directories, links, then files, each
-streamed to a temporary name from its own member or from its pack, checked against its SHA-256 and
-renamed into place (target_writer.py); the target is then compared with the last backup's recorded
-state, and modes and times are set last, directories deepest first, the tree roots after them all.
+The chain is checked first without writing anything (chain_check.py). Then :func:`rebuild` replays it
+into a directory, backup by backup: deletions, directories, symbolic links, then files, each streamed
+to a temporary name from its own member or from its pack, checked against its SHA-256 and renamed
+into place (target_writer.py); hard links are made last, as names of the files they share; the
+directory is then compared with the last backup's recorded state, and modes and times are set last,
+directories deepest first, the tree roots after them all. in_place.py builds each tree this way in a
+staging directory and moves it into place only once it is complete, for a restore over the live trees
+as for one into a directory.
 
 A restore may take some paths only (a tree, or a path of the backup's state, with everything below
-it): those alone are written and verified, with the directories above them. in_place.py restores
-over the live trees by rebuilding each beside it with :func:`rebuild` and swapping it in.
+it): those alone are written and verified, with the directories above them. A hard link selected
+without the path it shares its file with gets that file's content itself.
 
 Every path is reached through directory file descriptors opened with ``O_NOFOLLOW`` from the target
 down, so nothing is ever created, replaced or removed through a symbolic link, whatever the archive or
-the target already holds. Symbolic links are restored as links; a target may only lead back into the
-restored trees (relative, with its ``..`` components first and not climbing above the target).
+the target already holds. Symbolic links are restored as they were, wherever they point: as data,
+never followed.
 
 Synchronous and I/O-heavy: callers run it in a worker thread.
 """
@@ -21,15 +24,12 @@ Synchronous and I/O-heavy: callers run it in a worker thread.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import logging
 import os
-import stat
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +43,10 @@ from backup_common.engine.files.chain_check import (
     TargetNotEmpty,
     UnsafeArchive,
     backup_trees,
-    check_chain,
     check_path,
     without_unlisted_roots,
 )
-from backup_common.engine.files.dirfd import DIRECTORY_FLAGS, FILE_FLAGS
+from backup_common.engine.files.dirfd import FILE_FLAGS
 from backup_common.engine.files.model import KINDS, TREES, FileRecord, FilesRestoreProgress, RestoreSummary
 from backup_common.engine.files.target_writer import (
     WriteProgress,
@@ -55,21 +54,16 @@ from backup_common.engine.files.target_writer import (
     lstat_in,
     make_directory,
     parent_directories,
+    put_in_place,
     remove,
     set_mode_and_time,
+    temp_name,
+    write_hard_link,
     write_link,
     write_member,
 )
 
-__all__ = [
-    "ChainLink",
-    "IntegrityError",
-    "RestoreError",
-    "TargetNotEmpty",
-    "UnsafeArchive",
-    "restore_chain",
-    "unknown_paths",
-]
+__all__ = ["ChainLink", "IntegrityError", "RestoreError", "TargetNotEmpty", "UnsafeArchive", "unknown_paths"]
 
 log = logging.getLogger(__name__)
 
@@ -80,57 +74,10 @@ REPORT_SECONDS = 0.25  # the least time between two reports of bytes written
 DEFAULT_ROOT_MODE = 0o755
 
 
-def restore_chain(
-    chain: list[ChainLink],
-    target: Path,
-    limits: RestoreLimits,
-    *,
-    force: bool = False,
-    paths: Sequence[str] | None = None,
-    progress: Callable[[FilesRestoreProgress], None] | None = None,
-) -> RestoreSummary:
-    """Rebuilds the trees of the chain's last backup into ``target`` and says what it wrote.
-
-    ``target`` is created when absent; an existing directory must be empty unless ``force``. With
-    ``paths`` (see :func:`unknown_paths`), only those are restored. Raises UnsafeArchive (nothing
-    written) for a hostile or oversized chain, IntegrityError when content does not match its
-    manifest, TargetNotEmpty, RestoreError for unknown paths, and ArchiveError (WrongPassword,
-    CorruptArchive) from the archives. After an error raised while writing, the target holds a
-    partial restore.
-    """
-    if not chain:
-        raise RestoreError("nothing to restore: the chain is empty")
-    selection = select(chain[-1].manifest, paths)
-    target_was_empty = _check_target(target, force=force)
-    report = ProgressReporter(progress)
-    plans = check_chain(chain, limits)
-    written = report.writing(plans, selection, limits)
-    created = _open_target(target)
-    try:
-        deleted = rebuild(created, target, plans, selection, written, exact=target_was_empty)
-    finally:
-        os.close(created)
-    summary = summarize(str(target), plans, selection, written, deleted)
-    report.phase("done")
-    log.info(
-        "restored backup %s into %s (chain of %d): %d files, %d directories, %d links, %d bytes",
-        chain[-1].backup_id,
-        target,
-        len(chain),
-        summary.files,
-        summary.directories,
-        summary.symlinks,
-        summary.bytes_written,
-    )
-    return summary
-
-
-def rebuild(
-    root: int, target: Path, plans: list[Plan], selection: Selection, written: WriteProgress, *, exact: bool
-) -> int:
-    """Replays the checked chain's selected paths into the directory ``root`` (``target``, for
-    messages), verifies them against the last backup's state (nothing else may be there when
-    ``exact``) and sets their modes and times, the tree roots' last. Returns the deletions replayed."""
+def rebuild(root: int, target: Path, plans: list[Plan], selection: Selection, written: WriteProgress) -> int:
+    """Replays the checked chain's selected paths into the empty directory ``root`` (``target``, for
+    messages), verifies them against the last backup's state (nothing else may be there) and sets
+    their modes and times, the tree roots' last. Returns the deletions replayed."""
     last = plans[-1]
     trees = selection.trees(last.link.manifest)
     created = {tree for tree in trees if lstat_in(tree, root) is None}
@@ -142,7 +89,8 @@ def rebuild(
     for plan in plans:
         deleted += _replay(root, plan, written, selection)
     final = [item for item in last.state if selection.covers(item.path)]
-    _verify(root, target, final, selection, exact=exact)
+    _link_hard_links(root, plans, final, selection, written)
+    _verify(root, target, final, selection)
     _set_attributes(root, final, written.attributes)
     _set_root_attributes(root, trees, final, last.roots, created)
     return deleted
@@ -161,6 +109,7 @@ def summarize(
         deleted=deleted,
         bytes_written=written.bytes_written,
         backups_applied=[plan.link.backup_id for plan in plans],
+        hard_links=counts["hardlink"],
     )
 
 
@@ -287,46 +236,13 @@ class ProgressReporter:
             self._callback(self._progress)
 
 
-# --- the target ---------------------------------------------------------------------------------
-
-
-def _check_target(target: Path, *, force: bool) -> bool:
-    """Whether ``target`` is absent or empty; raises when it cannot be restored into."""
-    try:
-        st = os.lstat(target)
-    except FileNotFoundError:
-        return True
-    if stat.S_ISLNK(st.st_mode):
-        raise RestoreError(f"the target {target} is a symbolic link; give the directory it points to instead")
-    if not stat.S_ISDIR(st.st_mode):
-        raise RestoreError(f"the target {target} exists and is not a directory")
-    with os.scandir(target) as listing:
-        empty = next(listing, None) is None
-    if not empty and not force:
-        raise TargetNotEmpty(
-            f"the target {target} is not empty; restore into a new or empty directory, or force it"
-            " (--force) to write over what it holds"
-        )
-    return empty
-
-
-def _open_target(target: Path) -> int:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with suppress(FileExistsError):
-        os.mkdir(target, 0o700)
-    try:
-        return os.open(target, DIRECTORY_FLAGS)
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise RestoreError(f"the target {target} is not a directory (or became a symbolic link)") from None
-        raise
-
-
 # --- replaying one backup ----------------------------------------------------------------------------
 
 
 def _replay(root: int, plan: Plan, progress: WriteProgress, selection: Selection) -> int:
-    """Deletions, then directories (parents first), links, and files; returns the deletions replayed.
+    """Deletions, then directories (parents first), symbolic links, and files; returns the deletions
+    replayed. What was where a hard link goes is removed: the links are made once every backup is
+    replayed (:func:`_link_hard_links`), when the files they name are complete.
 
     Files never lie below a link or a file of the same backup (the chain check saw to it), so they
     are written in any order: each pack and each file of its own is a unit of work, and units are
@@ -339,7 +255,8 @@ def _replay(root: int, plan: Plan, progress: WriteProgress, selection: Selection
     where = f"backup {plan.link.backup_id}"
     removed = [path for path in plan.deleted if selection.covers(path)]
     replaced = [item.path for item in plan.entries if item.kind != "dir" and selection.above(item.path)]
-    for path in [*removed, *replaced]:
+    linked = [item.path for item in plan.entries if item.kind == "hardlink" and selection.selected(item.path)]
+    for path in [*removed, *replaced, *linked]:
         parent_path, _, name = path.rpartition("/")
         try:
             with directory(root, parent_path, create=False) as parent:
@@ -395,13 +312,66 @@ def _reader(plan: Plan) -> ArchiveReader:
 # --- finishing -------------------------------------------------------------------------------------
 
 
-def _verify(root: int, target: Path, state: list[FileRecord], selection: Selection, *, exact: bool) -> None:
-    """The target holds the paths of ``state``, each of its kind; nothing else when it started empty
-    (of the selected paths and the directories above them).
+def _link_hard_links(
+    root: int, plans: list[Plan], state: list[FileRecord], selection: Selection, written: WriteProgress
+) -> None:
+    """Makes each selected hard link of ``state`` a name of the file it shares. Where that file is not
+    selected, its content is restored (in a scratch directory) to the first of its links instead,
+    and the others link to that one."""
+    links = sorted(
+        (item for item in state if item.kind == "hardlink" and selection.selected(item.path)),
+        key=lambda item: item.path.split("/"),
+    )
+    if not links:
+        return
+    holders: dict[str, str] = {}  # the file's path -> the link holding its content instead
+    for item in links:
+        assert item.target is not None
+        if not selection.selected(item.target):
+            holders.setdefault(item.target, item.path)
+    if holders:
+        _restore_to_links(root, plans, holders, written)
+    where = f"backup {plans[-1].link.backup_id}"
+    with parent_directories(root, create=True) as parents:
+        for item in links:
+            assert item.target is not None
+            source = holders.get(item.target, item.target)
+            if source == item.path:
+                continue
+            source_parent, _, source_name = source.rpartition("/")
+            with directory(root, source_parent, create=False) as source_fd:
+                write_hard_link(source_fd, source_name, *parents.of(item.path), item, where)
+
+
+def _restore_to_links(root: int, plans: list[Plan], holders: dict[str, str], written: WriteProgress) -> None:
+    """Restores the files ``holders`` names into a scratch directory of ``root``, then moves each to
+    the link that holds it."""
+    scratch = temp_name()
+    os.mkdir(scratch, 0o700, dir_fd=root)
+    try:
+        with directory(root, scratch, create=False) as fd:
+            chosen = Selection(list(holders))
+            for plan in plans:
+                _replay(fd, plan, written, chosen)
+            for path, holder in holders.items():
+                path_parent, _, name = path.rpartition("/")
+                holder_parent, _, holder_name = holder.rpartition("/")
+                with (
+                    directory(fd, path_parent, create=False) as source,
+                    directory(root, holder_parent, create=True) as destination,
+                ):
+                    put_in_place(source, name, destination, holder_name)
+    finally:
+        remove(root, scratch)
+
+
+def _verify(root: int, target: Path, state: list[FileRecord], selection: Selection) -> None:
+    """The target holds the paths of ``state``, each of its kind (a hard link is a file), and nothing
+    else (of the selected paths and the directories above them).
 
     Tree roots are not part of a state: they are left out of the comparison unless the state has them.
     """
-    expected = {item.path: item.kind for item in state}
+    expected = {item.path: "file" if item.kind == "hardlink" else item.kind for item in state}
     actual: dict[str, str] = {}
     # Iterative, each directory reached from the target: trees may be deeper than the recursion
     # limit, or than the descriptors a process may hold open.
@@ -415,14 +385,11 @@ def _verify(root: int, target: Path, state: list[FileRecord], selection: Selecti
                     actual[child] = "symlink"
                 elif entry.is_dir(follow_symlinks=False):
                     actual[child] = "dir"
-                    if exact or child.split("/")[0] in TREES:
-                        pending.append(child)
+                    pending.append(child)
                 elif entry.is_file(follow_symlinks=False):
                     actual[child] = "file"
                 else:
                     actual[child] = "other"
-    if not exact:
-        actual = {path: kind for path, kind in actual.items() if path in expected}
     actual = without_unlisted_roots({path: kind for path, kind in actual.items() if selection.covers(path)}, expected)
     if actual != expected:
         differing = sorted(set(actual.items()) ^ set(expected.items()))
@@ -434,7 +401,8 @@ def _verify(root: int, target: Path, state: list[FileRecord], selection: Selecti
 def _set_attributes(root: int, state: list[FileRecord], written: dict[str, tuple[int, int]]) -> None:
     """Modes and times not set yet: links, files not written with the state's (by an earlier backup of
     the chain, say, or unreadable to their owner) and directories last, deepest first, so that nothing
-    bumps a time already set."""
+    bumps a time already set. A hard link's are its file's, set again through it: its file may be one
+    the restore did not select."""
     others = sorted((item for item in state if item.kind != "dir"), key=lambda item: item.path.split("/"))
     with parent_directories(root, create=False) as parents:
         for item in others:

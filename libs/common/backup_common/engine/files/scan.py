@@ -2,8 +2,10 @@
 and time of each tree root.
 
 The walk never follows symbolic links (they are entries of their own) and never reads file content.
-Anything that cannot go into a ZIP archive and a JSON manifest (sockets, FIFOs, device files, names
-that are not text) is listed as skipped, with the reason, instead of silently left out.
+Every name is taken as the bytes it is (undecodable ones as lone surrogates, see model.Entry).
+Paths of one tree that are the same file are found as hard links: the first in path order is the
+file, the others link to it. What cannot be backed up (sockets, FIFOs, device files, directories
+that cannot be listed) is listed as skipped, with the reason, instead of silently left out.
 
 Synchronous: callers run it in a worker thread.
 """
@@ -17,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from backup_common.engine.archive import check_member_name
 from backup_common.engine.files.model import TREES, Entry, Skipped
 
 _SPECIAL_KINDS: tuple[tuple[Callable[[int], bool], str], ...] = (
@@ -137,10 +138,11 @@ def scan(roots: dict[str, Path], exclude: Callable[[str], bool]) -> Scan:
             continue
         tree_entries: list[Entry] = []
         tree_skipped: list[Skipped] = []
-        root_entry = _scan_tree(tree, root, exclude, tree_entries, tree_skipped)
+        inodes: dict[str, tuple[int, int]] = {}
+        root_entry = _scan_tree(tree, root, exclude, tree_entries, tree_skipped, inodes)
         if root_entry is not None:
             found.roots[tree] = root_entry
-        found.entries.extend(sorted(tree_entries, key=lambda entry: entry.path))
+        found.entries.extend(_with_hard_links(sorted(tree_entries, key=lambda entry: entry.path), inodes))
         found.skipped.extend(sorted(tree_skipped, key=lambda item: item.path))
     return found
 
@@ -151,10 +153,33 @@ def scan_trees(roots: dict[str, Path], exclude: Callable[[str], bool]) -> tuple[
     return found.entries, found.skipped
 
 
+def _with_hard_links(entries: list[Entry], inodes: dict[str, tuple[int, int]]) -> list[Entry]:
+    """``entries`` (sorted by path) with each file but the first of its inode made a hard link to it.
+
+    ``inodes`` maps the files that have more than one name to their (device, inode).
+    """
+    first: dict[tuple[int, int], str] = {}
+    linked: list[Entry] = []
+    for entry in entries:
+        inode = inodes.get(entry.path)
+        if inode is not None:
+            primary = first.setdefault(inode, entry.path)
+            if primary != entry.path:
+                entry = Entry(entry.path, "hardlink", entry.mode, entry.mtime_ns, entry.size, primary)
+        linked.append(entry)
+    return linked
+
+
 def _scan_tree(
-    tree: str, root: Path, exclude: Callable[[str], bool], entries: list[Entry], skipped: list[Skipped]
+    tree: str,
+    root: Path,
+    exclude: Callable[[str], bool],
+    entries: list[Entry],
+    skipped: list[Skipped],
+    inodes: dict[str, tuple[int, int]],
 ) -> Entry | None:
-    """Adds the entries of one tree; returns its root, as found before it was listed."""
+    """Adds the entries of one tree, and the (device, inode) of its files with several names;
+    returns its root, as found before it was listed."""
     try:
         # The root itself may be a link (a mounted volume, say): the operator configured it.
         root_stat = os.stat(root)
@@ -181,8 +206,8 @@ def _scan_tree(
             entries.append(Entry(path, "dir", stat.S_IMODE(directory_stat.st_mode), directory_stat.st_mtime_ns, 0))
         with listing:
             for item in listing:
-                child = _child_path(path, item.name, skipped)
-                if child is None or exclude(child):
+                child = f"{path}/{item.name}"
+                if exclude(child):
                     continue
                 try:
                     item_stat = item.stat(follow_symlinks=False)
@@ -196,30 +221,14 @@ def _scan_tree(
                     pending.append((item.path, child, item_stat))
                 elif stat.S_ISREG(mode):
                     entries.append(Entry(child, "file", stat.S_IMODE(mode), item_stat.st_mtime_ns, item_stat.st_size))
+                    if item_stat.st_nlink > 1:
+                        inodes[child] = (item_stat.st_dev, item_stat.st_ino)
                 elif stat.S_ISLNK(mode):
                     _add_link(child, item.path, item_stat, entries, skipped)
                 else:
                     reason = next((name for test, name in _SPECIAL_KINDS if test(mode)), "unsupported file type")
                     skipped.append(Skipped(child, reason))
     return Entry(tree, "dir", stat.S_IMODE(root_stat.st_mode), root_stat.st_mtime_ns, 0)
-
-
-def _child_path(parent: str, name: str, skipped: list[Skipped]) -> str | None:
-    path = f"{parent}/{name}"
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        # os.scandir decodes undecodable bytes as lone surrogates; the skipped list must be text too.
-        shown = f"{parent}/{os.fsencode(name).decode('utf-8', 'backslashreplace')}"
-        skipped.append(Skipped(shown, "name is not valid UTF-8"))
-        return None
-    try:
-        check_member_name(path)
-    except ValueError as exc:
-        # e.g. a backslash, which ZIP readers take for a directory separator.
-        skipped.append(Skipped(path, f"name cannot be archived: {exc}"))
-        return None
-    return path
 
 
 def _add_link(
@@ -232,9 +241,5 @@ def _add_link(
     except OSError as exc:
         skipped.append(Skipped(path, f"unreadable: {exc.strerror}"))
         return
-    try:
-        size = len(target.encode("utf-8"))
-    except UnicodeEncodeError:
-        skipped.append(Skipped(path, "link target is not valid UTF-8"))
-        return
+    size = len(os.fsencode(target))
     entries.append(Entry(path, "symlink", stat.S_IMODE(link_stat.st_mode), link_stat.st_mtime_ns, size, target))

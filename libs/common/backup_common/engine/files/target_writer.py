@@ -306,13 +306,17 @@ def temp_name() -> str:
     return f"{TEMP_PREFIX}{secrets.token_hex(8)}{TEMP_SUFFIX}"
 
 
-def _put_in_place(parent: int, temp: str, name: str) -> None:
-    """Renames ``temp`` over ``name``; a directory there goes first (a rename replaces anything else,
+def put_in_place(source_dir: int, source: str, parent: int, name: str) -> None:
+    """Renames ``source`` over ``name``; a directory there goes first (a rename replaces anything else,
     a link included, without following it)."""
     st = lstat_in(name, parent)
     if st is not None and stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(name, dir_fd=parent)
-    os.replace(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
+        remove(parent, name)
+    os.replace(source, name, src_dir_fd=source_dir, dst_dir_fd=parent)
+
+
+def _put_in_place(parent: int, temp: str, name: str) -> None:
+    put_in_place(parent, temp, parent, name)
 
 
 def write_link(reader: ArchiveReader, parent: int, name: str, item: FileRecord, where: str) -> None:
@@ -322,12 +326,33 @@ def write_link(reader: ArchiveReader, parent: int, name: str, item: FileRecord, 
         check_link_member(reader, item, where)
     temp = temp_name()
     os.symlink(item.target, temp, dir_fd=parent)
+    _rename_in(parent, temp, name)
+
+
+def _rename_in(parent: int, temp: str, name: str) -> None:
+    """Puts ``temp`` in place of ``name``; removes it when that fails."""
     try:
         _put_in_place(parent, temp, name)
     except BaseException:
         with suppress(OSError):
             os.unlink(temp, dir_fd=parent)
         raise
+
+
+def write_hard_link(source_dir: int, source: str, parent: int, name: str, item: FileRecord, where: str) -> None:
+    """Makes ``name`` another name of the file ``source``, in place of whatever is there."""
+    st = lstat_in(source, source_dir)
+    if st is None or not stat.S_ISREG(st.st_mode):
+        raise IntegrityError(
+            f"{where}: {item.path!r} is a hard link to {item.target!r}, which was not restored as a file"
+        )
+    there = lstat_in(name, parent)
+    if there is not None and (there.st_dev, there.st_ino) == (st.st_dev, st.st_ino):
+        return
+    temp = temp_name()
+    # linkat without AT_SYMLINK_FOLLOW: the name made is the file's, never a link's target.
+    os.link(source, temp, src_dir_fd=source_dir, dst_dir_fd=parent, follow_symlinks=False)
+    _rename_in(parent, temp, name)
 
 
 def _write_file(
