@@ -41,11 +41,12 @@ e2e: setup
 test: lint
 	$(BIN)/pytest
 
-# Regenerates infra/schemas/ from the event models and infra/rabbitmq/topology.json from the
-# services' handler tables (unit tests fail while either drifts).
+# Regenerates infra/schemas/ from the event models, infra/rabbitmq/topology.json from the services'
+# handler tables and client/openapi.json from the gateway's routes (unit tests fail while any drifts).
 schemas: setup
 	$(BIN)/backupctl export-schemas infra/schemas
 	$(BIN)/python -m tools.topology
+	$(BIN)/python -m tools.openapi
 
 # Re-resolves requirements.lock after a dependency change in pyproject.toml.
 lock:
