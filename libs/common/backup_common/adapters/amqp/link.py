@@ -12,6 +12,7 @@ import logging
 
 import aio_pika
 from aio_pika.abc import AbstractRobustConnection
+from aio_pika.connection import make_url
 
 from backup_common.adapters.amqp.publisher import AmqpPublisher
 from backup_common.adapters.amqp.topology import ServiceQueues, Topology
@@ -62,9 +63,11 @@ class BrokerLink:
     async def _connect_until_up(self) -> None:
         delay = self._retry_seconds
         while True:
-            connection: AbstractRobustConnection | None = None
+            # Made here rather than by connect_robust: stopped while it connects, a connection only
+            # connect_robust knew of would be left reconnecting forever.
+            connection: AbstractRobustConnection = aio_pika.RobustConnection(make_url(self._url))
             try:
-                connection = await aio_pika.connect_robust(self._url, timeout=10)
+                await connection.connect(timeout=10)
                 await self._declare(connection)
                 self._publisher = await AmqpPublisher(connection, self._topology).start()
                 self._connection = connection
@@ -73,8 +76,7 @@ class BrokerLink:
                 return
             except BaseException as exc:
                 # Also when stopped half-way: a robust connection left open would reconnect forever.
-                if connection is not None:
-                    await connection.close()
+                await connection.close()
                 if not isinstance(exc, Exception):
                     raise
                 log.warning("RabbitMQ not reachable (%s); retrying in %.0f s", type(exc).__name__, delay)
