@@ -344,27 +344,33 @@ async def test_a_scratch_name_without_the_prefix_is_refused(backup: Backup, serv
 # --- the sweep ---------------------------------------------------------------------------------------
 
 
-async def test_the_sweep_drops_leftover_scratch_databases_but_those_it_is_told_to_keep(
+async def test_the_sweep_drops_its_catalogs_leftover_scratch_databases_but_those_it_is_told_to_keep(
     server: AsyncmySqlServer, servers: ServiceEndpoints
 ) -> None:
-    # Only this test's own names are eligible: another run's drills may be using theirs right now.
+    # The sweep takes only its own catalog's names: another catalog's drills may be running right now.
     run = f"{DRILL_PREFIX}{secrets.token_hex(4)}_"
-    leftover, in_use, other = f"{run}left", f"{run}in_use", f"backup_other_{secrets.token_hex(4)}"
+    leftover, in_use = f"{run}left", f"{run}in_use"
+    another_catalog, other = f"{DRILL_PREFIX}{secrets.token_hex(4)}_running", f"backup_other_{secrets.token_hex(4)}"
+    names = (leftover, in_use, another_catalog, other)
     conn = await server.connect(None)
     try:
-        for name in (leftover, in_use, other):
+        for name in names:
             await conn.execute(f"CREATE DATABASE {quote_identifier(name)}")
         await conn.execute(f"CREATE TABLE {quote_identifier(leftover)}.half_loaded (id INT PRIMARY KEY)")
     finally:
         conn.close()
     try:
-        dropped = await sweep_scratch_databases(server, keep=lambda name: not name.startswith(run) or name == in_use)
+        dropped = await sweep_scratch_databases(server, prefix=run, keep=lambda name: name == in_use)
 
         assert dropped == [leftover]
         assert not await database_exists(server, leftover)
         assert await database_exists(server, in_use)
+        assert await database_exists(server, another_catalog)
         assert await database_exists(server, other)
-        assert await sweep_scratch_databases(server, keep=lambda name: not name.startswith(run)) == [in_use]
+        assert await sweep_scratch_databases(server, prefix=run) == [in_use]
+        assert await database_exists(server, another_catalog)
+        with pytest.raises(ValueError, match="start with 'bk_drill_'"):
+            await sweep_scratch_databases(server, prefix="backup_")
     finally:
-        for name in (leftover, in_use, other):
+        for name in names:
             await drop_quietly(MysqlTarget(servers.mysql_url(name)))

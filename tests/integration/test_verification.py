@@ -73,10 +73,11 @@ async def full_backup(system: Gateway) -> dict[str, Any]:
 
 
 async def scratch_databases(system: Gateway) -> list[str]:
-    rows = await system.rows(
-        "SELECT SCHEMA_NAME AS name FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE 'bk\\_drill\\_%%'"
-    )
-    return [row["name"] for row in rows]
+    """This catalog's scratch databases: other test runs on the server have their own."""
+    catalog = system.settings.catalog
+    prefix = verification.drill_prefix(f"{catalog.host}:{catalog.port}/{catalog.database}")
+    rows = await system.rows("SELECT SCHEMA_NAME AS name FROM information_schema.SCHEMATA")
+    return [row["name"] for row in rows if row["name"].startswith(prefix)]
 
 
 async def test_a_new_full_backup_ends_verified_by_a_restore_drill_and_leaves_no_scratch_database(

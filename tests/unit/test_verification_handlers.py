@@ -32,7 +32,7 @@ from backup_common.domain.verification import Check, VerificationStatus
 from backup_database.bootstrap import bootstrap as database_backup
 from backup_gateway import handlers as gateway
 from backup_verification.bootstrap import bootstrap
-from backup_verification.handlers import DrillSchedule, VerificationMetrics, Verifier, scratch_database
+from backup_verification.handlers import DrillSchedule, VerificationMetrics, Verifier, drill_prefix, scratch_database
 from tests.unit.fakes import FakeSystem, fake_ports
 from tests.unit.test_database_backup_handlers import FakeDump, Source
 
@@ -96,7 +96,10 @@ async def test_a_completed_backup_is_verified_with_every_check_passed_and_announ
         "restore_drill",
     ]
     assert all(check.ok for check in verification.checks)
-    assert drill.calls == [(system.storage.directory(backup) / "database.zip", scratch_database(backup.id))]
+    # Named after the catalog, so that the drills of another catalog on the server are not its to sweep.
+    catalog = Settings().catalog
+    prefix = drill_prefix(f"{catalog.host}:{catalog.port}/{catalog.database}")
+    assert drill.calls == [(system.storage.directory(backup) / "database.zip", scratch_database(prefix, backup.id))]
     assert [str(e.backup_id) for e in system.catalog.events(BackupVerified)] == [backup.id]
     lease = system.catalog.leases[verify_job_key(backup.id)]
     assert (lease.state, lease.attempts) == ("released", 0)  # free for the next verification

@@ -27,6 +27,7 @@ from backup_verification.handlers import (
     DrillSchedule,
     VerificationMetrics,
     Verifier,
+    drill_prefix,
     scratch_database,
 )
 
@@ -50,18 +51,25 @@ def bootstrap(
     async def restore_drill_on_server(part: StoredPart, scratch: str, limits: RestoreLimits) -> Check:
         return await restore_drill(part.archive, part.manifest, server, scratch, password=part.password, limits=limits)
 
+    catalog = settings.catalog
+    prefix = drill_prefix(f"{catalog.host}:{catalog.port}/{catalog.database}")
     verifier = Verifier(
-        ports, JobMetrics(registry, NAME), VerificationMetrics(registry), drill or restore_drill_on_server
+        ports,
+        JobMetrics(registry, NAME),
+        VerificationMetrics(registry),
+        drill or restore_drill_on_server,
+        scratch_prefix=prefix,
     )
     schedule = DrillSchedule(ports, verifier, tick_seconds=tick_seconds or handlers.TICK_SECONDS)
 
     async def sweep_then_schedule() -> None:
         # Scratch databases a crashed drill left behind, except those a live replica is using.
         live = {
-            scratch_database(key.removeprefix(VERIFY_JOB_PREFIX)) for key in await ports.leases.held(VERIFY_JOB_PREFIX)
+            scratch_database(prefix, key.removeprefix(VERIFY_JOB_PREFIX))
+            for key in await ports.leases.held(VERIFY_JOB_PREFIX)
         }
         try:
-            swept = await sweep_scratch_databases(server, keep=lambda name: name in live)
+            swept = await sweep_scratch_databases(server, prefix=prefix, keep=lambda name: name in live)
         except Exception:
             log.exception("could not sweep leftover scratch databases")
         else:

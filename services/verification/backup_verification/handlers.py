@@ -11,6 +11,7 @@ round's time budget is spent.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 import uuid
@@ -67,10 +68,13 @@ class Verifier(JobWorker[VerifyRequested]):
         jobs: JobMetrics,
         metrics: VerificationMetrics,
         drill: DrillRunner,
+        *,
+        scratch_prefix: str = DRILL_PREFIX,
     ) -> None:
         super().__init__(ports, jobs)
         self._outcomes = metrics
         self._drill = drill
+        self._scratch_prefix = scratch_prefix
         self._drills = asyncio.Semaphore(1)
 
     def _describe(self, event: VerifyRequested) -> str:
@@ -112,7 +116,7 @@ class Verifier(JobWorker[VerifyRequested]):
         await self._record(heartbeat.lease, backup_id, checks)
 
     def _drill_one(self, backup_id: str, limits: RestoreLimits) -> Drill:
-        scratch = scratch_database(backup_id)
+        scratch = scratch_database(self._scratch_prefix, backup_id)
 
         async def drill(part: StoredPart) -> Check:
             async with self._drills:
@@ -145,10 +149,17 @@ class Verifier(JobWorker[VerifyRequested]):
             await asyncio.wait([task])
 
 
-def scratch_database(backup_id: str) -> str:
+def drill_prefix(catalog: str) -> str:
+    """The start of the names of the scratch databases of the catalog ``catalog`` (its server and
+    database): a server may hold the drills of several catalogs (other deployments, test runs), and
+    each sweeps only its own."""
+    return f"{DRILL_PREFIX}{hashlib.sha256(catalog.encode()).hexdigest()[:8]}_"
+
+
+def scratch_database(prefix: str, backup_id: str) -> str:
     """The restore drill's scratch database for this backup: the same on every attempt, so a drill
     a crash interrupted is swept by the next one."""
-    return DRILL_PREFIX + backup_id.replace("-", "")[:16]
+    return prefix + backup_id.replace("-", "")[:16]
 
 
 @dataclass(frozen=True)

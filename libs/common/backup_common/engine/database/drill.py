@@ -375,15 +375,19 @@ async def restore_drill(
     return Check(CHECK_NAME, ok, detail, time.monotonic() - started)
 
 
-async def sweep_scratch_databases(server: SqlServer, *, keep: Callable[[str], bool] = lambda name: False) -> list[str]:
-    """Drops every database whose name starts with DRILL_PREFIX, but those ``keep`` says are in use
-    (by another replica's drill); returns the names dropped. One that cannot be dropped is logged and
-    left for the next sweep."""
+async def sweep_scratch_databases(
+    server: SqlServer, *, prefix: str = DRILL_PREFIX, keep: Callable[[str], bool] = lambda name: False
+) -> list[str]:
+    """Drops every database whose name starts with ``prefix`` (DRILL_PREFIX or longer: the scratch
+    databases of one catalog), but those ``keep`` says are in use (by another replica's drill);
+    returns the names dropped. One that cannot be dropped is logged and left for the next sweep."""
+    if not prefix.startswith(DRILL_PREFIX):
+        raise ValueError(f"scratch database prefixes start with {DRILL_PREFIX!r}, not {prefix!r}")
     conn = await server.connect(None)
     try:
         rows = await conn.fetch_all("SELECT SCHEMA_NAME AS name FROM information_schema.SCHEMATA")
         # Filtered here rather than with LIKE, where the prefix's underscores would match any character.
-        names = sorted(name for name in (_text(row["name"]) for row in rows) if name.startswith(DRILL_PREFIX))
+        names = sorted(name for name in (_text(row["name"]) for row in rows) if name.startswith(prefix))
         dropped: list[str] = []
         for name in names:
             if keep(name):
