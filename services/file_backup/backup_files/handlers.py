@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,13 +20,15 @@ from typing import Any
 from backup_common.adapters.runtime.jobs import PartFailure, PartJob, PartWorker, reporting
 from backup_common.adapters.runtime.restores import RestoreJob, RestoreWorker
 from backup_common.adapters.runtime.service import Handlers
+from backup_common.adapters.runtime.threads import in_thread
 from backup_common.domain.events import BackupPart, BackupRequested, BackupType, RestoreRequested
 from backup_common.domain.model import PartResult, PartWarning
 from backup_common.domain.ports import Ports
+from backup_common.engine.archive import ArchiveInfo
 from backup_common.engine.files.backup import Parent, files_part_manifest, files_progress, plan_files, write_files_part
 from backup_common.engine.files.chain_check import ChainLink, RestoreError
 from backup_common.engine.files.in_place import FilesRestoreProgress, restore_trees
-from backup_common.engine.files.model import TREES, Skipped
+from backup_common.engine.files.model import TREES, ArchiveResult, RestoreSummary, Skipped
 from backup_common.engine.storage import directory_inside
 
 
@@ -59,18 +61,21 @@ async def archive_part(job: PartJob, roots: dict[str, Path]) -> PartResult:
 
     done = {"bytes_done": 0, "entries_done": 0}
 
-    def progress(bytes_done: int, entries_done: int) -> None:
-        done.update(bytes_done=bytes_done, entries_done=entries_done)
+    def write(check: Callable[[], None]) -> tuple[ArchiveResult, ArchiveInfo]:
+        def progress(bytes_done: int, entries_done: int) -> None:
+            check()  # a stopped job's thread gives up here, its partial archive removed
+            done.update(bytes_done=bytes_done, entries_done=entries_done)
 
-    async with reporting(job.progress, lambda: {**done, "entries_total": len(plan.planned)}):
-        result, info = await asyncio.to_thread(
-            write_files_part,
+        return write_files_part(
             job.archive,
             plan,
             password=job.password,
             compression_level=job.settings.compression.level,
             progress=progress,
         )
+
+    async with reporting(job.progress, lambda: {**done, "entries_total": len(plan.planned)}):
+        result, info = await in_thread(write)
     manifest = await asyncio.to_thread(
         files_part_manifest,
         plan,
@@ -133,21 +138,24 @@ async def restore_part(job: RestoreJob, roots: dict[str, Path], restore_dir: Pat
         roots = {tree: base / tree for tree in TREES}
     latest: dict[str, Any] = {"phase": "checking"}
 
-    def progress(update: FilesRestoreProgress) -> None:
-        latest.update(asdict(update))
+    def restore(check: Callable[[], None]) -> RestoreSummary:
+        def progress(update: FilesRestoreProgress) -> None:
+            check()  # a stopped job's thread gives up here, before its staging is swapped in
+            latest.update(asdict(update))
+
+        return restore_trees(
+            chain,
+            roots,
+            job.settings.restore_limits,
+            staging_tag=job.staging_name,
+            paths=job.restore.paths or None,
+            replace=target.in_place or target.replace,
+            progress=progress,
+        )
 
     try:
         async with reporting(job.progress, lambda: dict(latest)):
-            summary = await asyncio.to_thread(
-                restore_trees,
-                chain,
-                roots,
-                job.settings.restore_limits,
-                staging_tag=job.staging_name,
-                paths=job.restore.paths or None,
-                replace=target.in_place or target.replace,
-                progress=progress,
-            )
+            summary = await in_thread(restore)
     except RestoreError as exc:
         raise PartFailure(str(exc)) from exc
     return {**latest, "phase": "done", **asdict(summary)}
