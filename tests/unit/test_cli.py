@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import io
 import json
 import os
 import time
@@ -19,7 +18,7 @@ from backup_common import cli
 from backup_common.adapters.settings import Settings
 from backup_common.adapters.tokens import TokenVerifier
 from backup_common.cli import build_parser, main, parse_duration
-from backup_common.cli.progress import ProgressLine, describe
+from backup_common.cli.progress import describe
 from backup_common.cli.restore import restore_body
 from backup_common.domain.events import event_schemas
 
@@ -287,25 +286,8 @@ def test_progress_reads_in_a_few_words(progress: dict[str, Any] | None, text: st
     assert describe(progress) == text
 
 
-def test_a_progress_line_rewrites_itself_on_a_terminal_and_prints_only_phase_changes_elsewhere() -> None:
-    class Terminal(io.StringIO):
-        def isatty(self) -> bool:
-            return True
-
-    terminal, log = Terminal(), io.StringIO()
-    for stream in (terminal, log):
-        line = ProgressLine(stream)
-        line.update("loading 10%", phase="loading")
-        line.update("loading 20%", phase="loading")
-        line.update("done", phase="done")
-        line.close()
-
-    assert terminal.getvalue() == "\rloading 10%\rloading 20%\rdone       \n"
-    assert log.getvalue() == "loading 10%\ndone\n"
-
-
 class RunCalls:
-    """`backupctl run` with its catalog migration and its services faked: what it would supervise."""
+    """`backupctl run` with its catalog migration, broker check and services faked: what it would supervise."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.supervised: list[list[str]] = []
@@ -317,7 +299,11 @@ class RunCalls:
             self.supervised.append(list(services))
             return 0
 
+        async def check_broker(settings: Any) -> None:
+            return None
+
         monkeypatch.setattr(cli, "migrate", migrate)
+        monkeypatch.setattr(cli, "check_broker", check_broker)
         monkeypatch.setattr(cli, "run_services", supervise)
 
 

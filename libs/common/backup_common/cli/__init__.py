@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import functools
-import getpass
 import importlib.util
 import json
 import logging
 import os
 import re
-import secrets
-import socket
 import sys
-from collections.abc import AsyncIterator, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +23,20 @@ from backup_common.adapters.mysql.migrations import migrate
 from backup_common.adapters.mysql.outbox import parked_events, retry_parked
 from backup_common.adapters.mysql.source import AsyncmySqlServer
 from backup_common.adapters.mysql.uow import unit_of_work_factory
-from backup_common.adapters.settings import ENV_PREFIX, Settings, SettingsError, load_settings
+from backup_common.adapters.runtime.service import (
+    CATALOG_ERRORS,
+    CATALOG_VARIABLE,
+    StartupError,
+    check_broker,
+    mysql_problem,
+)
+from backup_common.adapters.settings import Settings, SettingsError, load_settings
 from backup_common.adapters.tokens import ADMIN_ROLE, issue_token
-from backup_common.cli.progress import ProgressLine, describe
-from backup_common.cli.restore import run_restore
+from backup_common.cli.api_client import EXIT_FAILED, add_api_options
+from backup_common.cli.backups import add_backup_commands
+from backup_common.cli.local import operator, use_local_secrets
+from backup_common.cli.progress import describe, progress_display, share
+from backup_common.cli.restore import cmd_restore
 from backup_common.cli.supervise import run_services
 from backup_common.domain.documents import RestoreLimits
 from backup_common.domain.events import BackupPart, event_schemas
@@ -55,7 +61,6 @@ SERVICES = {
     "verification": "backup_verification",
     "retention": "backup_retention",
 }
-LOCAL_SECRETS = Path("var/secrets")
 
 
 def positive_int(text: str) -> int:
@@ -77,7 +82,7 @@ def parse_duration(text: str) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    _use_local_secrets(os.environ, create=False)
+    use_local_secrets(os.environ, create=False)
     settings = load_settings()
     private_key = Path(args.private_key_file).read_text() if args.private_key_file else ""
     try:
@@ -95,9 +100,22 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _migrate_catalog(settings: Settings) -> list[str]:
+    """Applies the catalog's migrations; raises StartupError, one line naming the variable, when
+    MySQL cannot be reached or the migration fails."""
+    try:
+        return await migrate(settings.catalog)
+    except CATALOG_ERRORS as exc:
+        raise StartupError(mysql_problem(settings.catalog, CATALOG_VARIABLE, exc)) from None
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     settings = load_settings()
-    applied = asyncio.run(migrate(settings.catalog))
+    try:
+        applied = asyncio.run(_migrate_catalog(settings))
+    except StartupError as exc:
+        print(f"backupctl migrate: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     target = settings.catalog
     print(f"catalog {target.database} on {target.host}:{target.port}: " + (", ".join(applied) or "up to date"))
     return 0
@@ -113,61 +131,35 @@ def cmd_export_schemas(args: argparse.Namespace) -> int:
     return 0
 
 
-@dataclass(frozen=True)
-class LocalSecret:
-    path: Path
-    created: bool  # by this call: nobody else can know the secret yet
-
-
-def _local_secret(name: str, make: str, *, create: bool = True) -> LocalSecret | None:
-    """A random secret kept in a git-ignored file, so local restarts keep accepting old tokens."""
-    path = LOCAL_SECRETS / name
-    if path.exists():
-        return LocalSecret(path, created=False)
-    if not create:
-        return None
-    LOCAL_SECRETS.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(make + "\n")
-    return LocalSecret(path, created=True)
-
-
-@dataclass
-class LocalSecrets:
-    notes: list[str] = field(default_factory=list)
-    made_jwt_secret: bool = False  # the JWT secret is one this call generated (not the operator's)
-
-
-def _use_local_secrets(env: MutableMapping[str, str], *, create: bool) -> LocalSecrets:
-    """Fills in the JWT secret and master key from git-ignored local files when they are unset.
-
-    For a first local try only: `run` creates the files; other commands reuse them if present.
-    """
-    used = LocalSecrets()
-    algorithm = env.get(f"{ENV_PREFIX}JWT_ALGORITHM", "HS256")
-    if algorithm.startswith("HS") and not env.get(f"{ENV_PREFIX}JWT_SECRET"):
-        secret = _local_secret("jwt-secret", secrets.token_urlsafe(48), create=create)
-        if secret is not None:
-            env[f"{ENV_PREFIX}JWT_SECRET"] = secret.path.read_text().strip()
-            used.notes.append(f"{ENV_PREFIX}JWT_SECRET is not set: using the local one in {secret.path}")
-            used.made_jwt_secret = secret.created
-    if not env.get(f"{ENV_PREFIX}MASTER_KEY") and not env.get(f"{ENV_PREFIX}MASTER_KEY_FILE"):
-        key = _local_secret("master.key", base64.b64encode(secrets.token_bytes(32)).decode(), create=create)
-        if key is not None:
-            env[f"{ENV_PREFIX}MASTER_KEY_FILE"] = str(key.path.resolve())
-            used.notes.append(f"{ENV_PREFIX}MASTER_KEY is not set: using the local one in {key.path} (back it up!)")
-    return used
+async def _prepare(settings: Settings) -> list[str]:
+    """Checks that RabbitMQ answers and migrates the catalog, both at once; raises StartupError with
+    a line for each server that cannot be used."""
+    checked = await asyncio.gather(check_broker(settings), _migrate_catalog(settings), return_exceptions=True)
+    problems = [str(result) for result in checked if isinstance(result, StartupError)]
+    for result in checked:
+        if isinstance(result, BaseException) and not isinstance(result, StartupError):
+            raise result
+    if problems:
+        raise StartupError("\n".join(problems))
+    applied = checked[1]
+    assert isinstance(applied, list)
+    return applied
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     env = dict(os.environ)
-    local = _use_local_secrets(env, create=True)
+    local = use_local_secrets(env, create=True)
     os.environ.update(env)
     settings = load_settings()
     for note in local.notes:
         print(f"backupctl run: {note}", file=sys.stderr)
-    applied = asyncio.run(migrate(settings.catalog))
+    # Nothing starts while MySQL or RabbitMQ does not answer: one line says which, naming its variable.
+    try:
+        applied = asyncio.run(_prepare(settings))
+    except StartupError as exc:
+        for line in str(exc).splitlines():
+            print(f"backupctl run: {line}", file=sys.stderr)
+        return EXIT_FAILED
     if applied:
         print(f"backupctl run: catalog migrated: {', '.join(applied)}", file=sys.stderr)
     services = {name: package for name, package in SERVICES.items() if _runnable(package)}
@@ -258,19 +250,10 @@ async def _locate(settings: Settings, uow: UnitOfWorkFactory | None, reference: 
     )  # fmt: skip
 
 
-def _operator() -> str:
-    """Who runs this command, as tokens and the audit log name them."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = f"uid-{os.getuid()}"
-    return f"{user}@{socket.gethostname()}"
-
-
 async def _audit(uow: UnitOfWorkFactory | None, action: str, target: str, outcome: str, detail: dict[str, Any]) -> None:
     """Records an offline tool's use of a backup's key in the audit log, as the gateway does for the
     API; without a catalog (the tools work without one) the record goes to the log instead."""
-    entry = AuditEntry(actor=f"cli:{_operator()}", action=action, outcome=outcome, target=target, detail=detail)
+    entry = AuditEntry(actor=f"cli:{operator()}", action=action, outcome=outcome, target=target, detail=detail)
     if uow is not None:
         try:
             async with uow() as work:
@@ -283,7 +266,7 @@ async def _audit(uow: UnitOfWorkFactory | None, action: str, target: str, outcom
 
 
 def cmd_db_load(args: argparse.Namespace) -> int:
-    _use_local_secrets(os.environ, create=False)
+    use_local_secrets(os.environ, create=False)
     settings = load_settings()
     server = args.server or settings.source_mysql_url.get_secret_value()
     target = MysqlTarget(server.rsplit("/", 1)[0] + "/" + args.into)
@@ -291,10 +274,12 @@ def cmd_db_load(args: argparse.Namespace) -> int:
     async def load() -> int:
         async with _catalog(settings) as uow:
             detail: dict[str, Any] = {"into": args.into, "host": target.host, "port": target.port}
-            line = ProgressLine(sys.stderr)
+            display = progress_display()
 
             async def report(progress: LoadProgress) -> None:
-                line.update(f"loading backup {args.backup}: {describe(asdict(progress))}", phase=progress.phase)
+                state = asdict(progress)
+                text = f"loading backup {args.backup}: {describe(state)}"
+                display.show("load", text, phase=progress.phase, done=share(state))
 
             try:
                 located = await _locate(settings, uow, args.backup, BackupPart.DATABASE)
@@ -309,11 +294,11 @@ def cmd_db_load(args: argparse.Namespace) -> int:
                     progress=report,
                 )
             except (BackupNotFound, LoadError, KeyUnwrapError, ArchiveError, SettingsError) as exc:
-                line.close()
+                display.close()
                 await _audit(uow, "cli.db-load", args.backup, "failed", detail | {"reason": str(exc)})
                 print(f"backupctl db-load: {exc}", file=sys.stderr)
                 return 1
-            line.close()
+            display.close()
             await _audit(uow, "cli.db-load", located.backup_id, "allowed", detail | {"rows": summary.rows})
         print(
             f"loaded backup {located.backup_id} into {summary.database} on {target.host}:{target.port} in"
@@ -351,30 +336,32 @@ async def _chain(settings: Settings, uow: UnitOfWorkFactory | None, reference: s
 
 
 def cmd_files_restore(args: argparse.Namespace) -> int:
-    _use_local_secrets(os.environ, create=False)
+    use_local_secrets(os.environ, create=False)
     settings = load_settings()
     into = Path(args.into).absolute()
 
     async def rebuild() -> int:
         async with _catalog(settings) as uow:
             detail: dict[str, Any] = {"into": str(into)}
-            line = ProgressLine(sys.stderr)
+            display = progress_display()
             loop = asyncio.get_running_loop()
 
             def report(progress: FilesRestoreProgress) -> None:
-                text = f"restoring backup {args.backup}: {describe(asdict(progress))}"
-                loop.call_soon_threadsafe(functools.partial(line.update, text, phase=progress.phase))
+                state = asdict(progress)
+                text = f"restoring backup {args.backup}: {describe(state)}"
+                show = functools.partial(display.show, "restore", text, phase=progress.phase, done=share(state))
+                loop.call_soon_threadsafe(show)
 
             try:
                 links = await _chain(settings, uow, args.backup)
                 limits = await _restore_limits(uow)
                 summary = await asyncio.to_thread(restore_chain, links, into, limits, force=args.force, progress=report)
             except (BackupNotFound, KeyUnwrapError, ArchiveError, SettingsError, RestoreError, OSError) as exc:
-                line.close()
+                display.close()
                 await _audit(uow, "cli.files-restore", args.backup, "failed", detail | {"reason": str(exc)})
                 print(f"backupctl files-restore: {exc}", file=sys.stderr)
                 return 1
-            line.close()
+            display.close()
             await _audit(uow, "cli.files-restore", links[-1].backup_id, "allowed", detail | {"files": summary.files})
         print(
             f"restored backup {links[-1].backup_id} into {summary.target} (chain of {len(links)}):"
@@ -387,20 +374,8 @@ def cmd_files_restore(args: argparse.Namespace) -> int:
     return asyncio.run(rebuild())
 
 
-def cmd_restore(args: argparse.Namespace) -> int:
-    _use_local_secrets(os.environ, create=False)
-    settings = load_settings()
-    gateway = args.gateway or f"http://{settings.gateway_host}:{settings.gateway_port}"
-    try:
-        token = issue_token(settings, subject=_operator(), roles=[ADMIN_ROLE], ttl_seconds=24 * 3600)
-    except (SettingsError, ValueError) as exc:
-        print(f"backupctl restore: {exc}", file=sys.stderr)
-        return 2
-    return asyncio.run(run_restore(gateway, token, args))
-
-
 def cmd_key(args: argparse.Namespace) -> int:
-    _use_local_secrets(os.environ, create=False)
+    use_local_secrets(os.environ, create=False)
     settings = load_settings()
 
     async def reveal() -> int:
@@ -425,7 +400,11 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     settings = load_settings()
 
     async def run() -> int:
-        pool = await db.create_pool(settings.catalog, maxsize=1)
+        try:
+            pool = await db.create_pool(settings.catalog, maxsize=1)
+        except CATALOG_ERRORS as exc:
+            print(f"backupctl outbox: {mysql_problem(settings.catalog, CATALOG_VARIABLE, exc)}", file=sys.stderr)
+            return EXIT_FAILED
         try:
             if args.action == "retry":
                 count = await retry_parked(pool)
@@ -483,7 +462,10 @@ def build_parser() -> argparse.ArgumentParser:
     files.set_defaults(func=cmd_files_restore)
 
     restore = commands.add_parser(
-        "restore", help="restore a backup through the running services (as the API does), with its checks"
+        "restore",
+        help="restore a backup through the running services (as the API does), with its checks",
+        epilog="exit status: 0 completed (or, without --wait, accepted), 1 the restore failed (the reason on"
+        " stderr), 2 nothing was done (usage error, request refused, gateway unreachable or failing, no token)",
     )
     restore.add_argument("backup", help="backup id")
     restore.add_argument("--parts", nargs="+", choices=[p.value for p in BackupPart], help="default: every part")
@@ -495,8 +477,11 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--paths", nargs="+", metavar="PATH", help="only these paths, e.g. configs uploads/2025")
     restore.add_argument("--no-safety-backup", action="store_true", help="in place: do not back up what is replaced")
     restore.add_argument("--wait", action="store_true", help="follow the restore to its end, showing progress")
-    restore.add_argument("--gateway", help="gateway URL (default: http://BACKUP_GATEWAY_HOST:BACKUP_GATEWAY_PORT)")
+    restore.add_argument("--json", action="store_true", help="print the restore record (the final one with --wait)")
+    add_api_options(restore)
     restore.set_defaults(func=cmd_restore)
+
+    add_backup_commands(commands)
 
     key = commands.add_parser("key", help="print the password of a backup's archives (for 7-Zip or unzip)")
     key.add_argument("backup", help="backup id, or a backup directory")
@@ -518,7 +503,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="backupctl: %(message)s")
     logging.getLogger("asyncmy").setLevel(logging.ERROR)
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+    except KeyboardInterrupt:
+        # A job the command was waiting for goes on; the command printed its id when it asked for it.
+        print(f"backupctl {args.command}: interrupted", file=sys.stderr)
+        return 130
     return code
 
 

@@ -1,6 +1,7 @@
 """`backupctl restore`: asks the gateway for a restore, exactly as the page and the API do, and with
 ``--wait`` follows it to its end. The offline tools (`db-load`, `files-restore`) are for when the
-services are down; this one needs them running, and gets their checks, safety backup and audit."""
+services are down; this one needs them running, and gets their checks, safety backup and audit.
+Where the gateway is, the token and the exit statuses: see api_client."""
 
 from __future__ import annotations
 
@@ -9,15 +10,22 @@ import asyncio
 import sys
 from typing import Any
 
-import aiohttp
+from backup_common.cli.api_client import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_REFUSED,
+    ApiClient,
+    ApiError,
+    ApiSetupError,
+    fail,
+    follow,
+    print_json,
+    resolve_api,
+)
+from backup_common.cli.progress import Display, describe
+from backup_common.cli.render import part_progress
 
-from backup_common.cli.progress import ProgressLine, describe
-
-POLL_SECONDS = 1.0
-
-
-class RestoreRefused(Exception):
-    """The gateway refused or failed the request; the message is its answer."""
+FINISHED = ("completed", "failed")
 
 
 def restore_body(args: argparse.Namespace) -> dict[str, Any]:
@@ -38,19 +46,6 @@ def restore_body(args: argparse.Namespace) -> dict[str, Any]:
     return body
 
 
-async def _call(session: aiohttp.ClientSession, method: str, url: str, body: Any = None) -> dict[str, Any]:
-    async with session.request(method, url, json=body) as response:
-        try:
-            answer = await response.json(content_type=None)
-        except ValueError:
-            answer = None
-        if response.status >= 400 or not isinstance(answer, dict):
-            error = answer.get("error", {}) if isinstance(answer, dict) else {}
-            message = error.get("message") or f"the gateway answered {response.status} {response.reason}"
-            raise RestoreRefused(f"{message} (HTTP {response.status})")
-        return answer
-
-
 def _status_line(restore: dict[str, Any]) -> str:
     parts = "; ".join(f"{part['part']} {describe(part.get('progress'))}" for part in restore["parts"])
     waiting = ""
@@ -59,44 +54,42 @@ def _status_line(restore: dict[str, Any]) -> str:
     return f"restore {restore['id']}: {restore['status']}{waiting} [{parts}]"
 
 
-async def run_restore(gateway: str, token: str, args: argparse.Namespace) -> int:
+def show_restore_progress(display: Display, restore: dict[str, Any]) -> None:
+    if restore["status"] == "pending" and restore.get("safety_backup_id"):
+        display.note(f"restore {restore['id']}: waiting for its safety backup {restore['safety_backup_id']}")
+    for part in restore["parts"]:
+        text, phase, done = part_progress(part)
+        display.show(part["part"], text, phase=phase, done=done)
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    try:
+        target = resolve_api(args.api_url)
+    except ApiSetupError as exc:
+        return fail("restore", str(exc), EXIT_REFUSED)
+    return asyncio.run(run_restore(ApiClient(target), args))
+
+
+async def run_restore(client: ApiClient, args: argparse.Namespace) -> int:
     """Requests the restore; with ``args.wait``, follows it. Returns the exit status."""
-    base = gateway.rstrip("/") + "/api/admin/backup"
-    headers = {"Authorization": f"Bearer {token}"}
-    timeout = aiohttp.ClientTimeout(total=60)
-    async with aiohttp.ClientSession(headers=headers, timeout=timeout) as session:
+    out = sys.stderr if args.json else sys.stdout
+    async with client:
         try:
-            answer = await _call(session, "POST", f"{base}/{args.backup}/restore", restore_body(args))
-        except (RestoreRefused, aiohttp.ClientError, TimeoutError) as exc:
-            print(f"backupctl restore: {_reason(exc, gateway)}", file=sys.stderr)
-            return 2
-        restore = answer["restore"]
-        print(f"restore {restore['id']} of backup {args.backup} requested ({restore['status']})")
-        if not args.wait:
-            print(f"follow it with: GET {base}/restores/{restore['id']}")
-            return 0
-        line = ProgressLine(sys.stderr)
-        try:
-            while restore["status"] not in ("completed", "failed"):
-                line.update(_status_line(restore), phase=restore["status"])
-                await asyncio.sleep(POLL_SECONDS)
-                try:
-                    restore = (await _call(session, "GET", f"{base}/restores/{restore['id']}"))["restore"]
-                except (aiohttp.ClientError, TimeoutError) as exc:
-                    # The restore goes on without us; keep asking.
-                    line.update(f"restore {restore['id']}: gateway unreachable ({_reason(exc, gateway)})")
-        finally:
-            line.close()
+            restore = (await client.post(f"/{args.backup}/restore", restore_body(args)))["restore"]
+            print(f"restore {restore['id']} of backup {args.backup} requested ({restore['status']})", file=out)
+            if not args.wait:
+                print(f"follow it with: GET {client.url('/restores/' + restore['id'])}", file=out)
+            else:
+                restore = await follow(
+                    client, f"/restores/{restore['id']}", "restore", restore,
+                    finished=lambda record: record["status"] in FINISHED, show=show_restore_progress,
+                )  # fmt: skip
+        except ApiError as exc:
+            return fail("restore", str(exc), EXIT_REFUSED)
+    if args.json:
+        print_json(restore)
     if restore["status"] == "failed":
-        print(f"restore {restore['id']} failed: {restore['error']}", file=sys.stderr)
-        return 1
-    print(_status_line(restore))
-    return 0
-
-
-def _reason(exc: BaseException, gateway: str) -> str:
-    if isinstance(exc, RestoreRefused):
-        return str(exc)
-    if isinstance(exc, TimeoutError):
-        return f"the gateway at {gateway} did not answer in time"
-    return f"cannot reach the gateway at {gateway}: {exc}"
+        return fail("restore", f"restore {restore['id']} failed: {restore['error']}", EXIT_FAILED)
+    if args.wait:
+        print(_status_line(restore), file=out)
+    return EXIT_OK

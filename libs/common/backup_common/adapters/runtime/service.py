@@ -4,6 +4,10 @@ the broker link, the outbox relay, the consumer of its handler table, the lease 
 
 A service provides ``bootstrap(settings, ports, registry) -> Service``: its one composition root,
 which unit tests call with fakes of the ports.
+
+A catalog that cannot be reached or migrated at start stops the process with one line naming the
+variable (``StartupError``), which a supervisor (`backupctl run`, a container's restart policy)
+answers by starting it again; RabbitMQ need not be up: the broker link keeps trying.
 """
 
 from __future__ import annotations
@@ -11,13 +15,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
+import aio_pika
 from aiohttp import web
+from asyncmy.errors import MySQLError
 from prometheus_client import CollectorRegistry
 
 from backup_common.adapters.amqp.consumer import Consumer, HandlerTable
@@ -28,18 +36,19 @@ from backup_common.adapters.mysql import db
 from backup_common.adapters.mysql.keys import MysqlKeyStore
 from backup_common.adapters.mysql.leases import LeaseStore
 from backup_common.adapters.mysql.locks import MysqlLocks
-from backup_common.adapters.mysql.migrations import migrate
+from backup_common.adapters.mysql.migrations import MigrationError, migrate
 from backup_common.adapters.mysql.outbox import OutboxRelay, RetryPolicy
 from backup_common.adapters.mysql.processed import MysqlProcessedMessages
 from backup_common.adapters.mysql.uow import unit_of_work_factory
 from backup_common.adapters.runtime.health import ServiceMetrics, healthz, metrics_response, readiness
 from backup_common.adapters.runtime.jobs import JobWorker, reap_jobs
-from backup_common.adapters.settings import Settings, SettingsError, load_settings
+from backup_common.adapters.settings import ENV_PREFIX, Settings, SettingsError, load_settings
 from backup_common.adapters.waiting import cancel_and_wait
 from backup_common.domain.events import Event
 from backup_common.domain.jobs import MAX_JOB_ATTEMPTS
 from backup_common.domain.ports import Ports
 from backup_common.engine.crypto import MasterKey
+from backup_common.engine.database.target import MysqlTarget
 from backup_common.engine.storage import LocalStorage
 
 log = logging.getLogger(__name__)
@@ -140,8 +149,7 @@ def lifecycle(
     metrics = metrics or ServiceMetrics()
 
     async def run(app: web.Application) -> AsyncIterator[None]:
-        await migrate(settings.catalog)
-        pool = await db.create_pool(settings.catalog, maxsize=10)
+        pool = await open_catalog(settings)
         relay = OutboxRelay(
             pool,
             poll_seconds=settings.outbox_poll_seconds,
@@ -173,6 +181,95 @@ def lifecycle(
         await db.close_pool(pool)
 
     return run
+
+
+class StartupError(Exception):
+    """A server the process needs at start does not answer or refuses it; the message is one line
+    naming the variable that points at it (never its password)."""
+
+
+CATALOG_VARIABLE = f"{ENV_PREFIX}MYSQL_URL"
+AMQP_VARIABLE = f"{ENV_PREFIX}AMQP_URL"
+# The client's "cannot reach the server" errors (as opposed to the server's refusals): can't connect
+# through a socket or TCP, server gone, connection lost.
+_UNREACHABLE = frozenset({2002, 2003, 2005, 2006, 2013})
+_ERRNO = re.compile(r"\[Errno (-?\d+)\] ([^)\]]+)")
+# What reaching, using or migrating the catalog raises when MySQL does not answer or refuses.
+CATALOG_ERRORS: tuple[type[BaseException], ...] = (MySQLError, MigrationError, ConnectionError, TimeoutError)
+
+
+def _os_reason(exc: BaseException) -> str | None:
+    """What the operating system said, as `Connection refused`, from an error or the one it wraps."""
+    for error in (exc, exc.__cause__, exc.__context__):
+        if not isinstance(error, OSError):
+            continue
+        if isinstance(error.errno, int) and error.errno > 0:
+            return os.strerror(error.errno)
+        if error.strerror:  # a resolver's error: negative numbers, their own text
+            return str(error.strerror)
+    return None
+
+
+def mysql_problem(target: MysqlTarget, variable: str, exc: BaseException) -> str:
+    """One line saying why the MySQL server of ``target`` (set by ``variable``) could not be used."""
+    where = f"MySQL at {target.host}:{target.port} ({variable})"
+    if isinstance(exc, MigrationError):
+        return f"cannot migrate the catalog {target.database} on {where}: {exc}"
+    if isinstance(exc, MySQLError) and len(exc.args) >= 2 and isinstance(exc.args[0], int):
+        code, message = exc.args[0], str(exc.args[1])
+        if code in _UNREACHABLE:
+            match = _ERRNO.search(message)
+            if match and int(match.group(1)) > 0:
+                reason = os.strerror(int(match.group(1)))
+            else:
+                reason = _os_reason(exc) or (match.group(2) if match else message)
+            return f"cannot reach {where}: {reason}"
+        return f"cannot use {where}: {message} (error {code})"
+    if isinstance(exc, TimeoutError):
+        return f"cannot reach {where}: no answer in time"
+    return f"cannot reach {where}: {_os_reason(exc) or str(exc) or type(exc).__name__}"
+
+
+def amqp_problem(url: str, variable: str, exc: BaseException) -> str:
+    """One line saying why the RabbitMQ of ``url`` (set by ``variable``) could not be used."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port or (5671 if parts.scheme == "amqps" else 5672)
+    except ValueError:
+        port = 5672
+    where = f"RabbitMQ at {parts.hostname or 'localhost'}:{port} ({variable})"
+    reason = _os_reason(exc)
+    if reason is None and isinstance(exc, TimeoutError):
+        reason = "no answer in time"
+    if reason is None:
+        # aiormq's errors carry the broker's reply (ACCESS_REFUSED - …) as their arguments.
+        reason = "; ".join(str(arg) for arg in exc.args) or type(exc).__name__
+    return f"cannot reach {where}: {reason}"
+
+
+async def open_catalog(settings: Settings, *, maxsize: int = 10) -> db.Pool:
+    """Migrates the catalog and opens a pool on it; raises StartupError when it cannot."""
+    try:
+        await migrate(settings.catalog)
+        return await db.create_pool(settings.catalog, maxsize=maxsize)
+    except CATALOG_ERRORS as exc:
+        raise StartupError(mysql_problem(settings.catalog, CATALOG_VARIABLE, exc)) from exc
+
+
+async def check_broker(settings: Settings, *, seconds: float = 10.0) -> None:
+    """Connects to RabbitMQ once and closes; raises StartupError when it does not answer or refuses."""
+    url = settings.amqp_url.get_secret_value()
+    # aiormq logs each failed connection as an error of its own; the StartupError says it once.
+    quiet = logging.getLogger("aiormq.connection")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        connection = await aio_pika.connect(url, timeout=seconds)
+    except Exception as exc:
+        raise StartupError(amqp_problem(url, AMQP_VARIABLE, exc)) from exc
+    finally:
+        quiet.setLevel(level)
+    await connection.close()
 
 
 async def _consume(running: Running) -> Consumer:
@@ -243,4 +340,9 @@ def serve(
     except SettingsError as exc:
         raise SystemExit(f"invalid configuration:\n{exc}") from None
     host, port = address(settings)
-    web.run_app(app, host=host, port=port, print=None, access_log=None)
+    try:
+        web.run_app(app, host=host, port=port, print=None, access_log=None)
+    except StartupError as exc:
+        # One line, not a traceback: whoever supervises the process starts it again.
+        log.error("%s cannot start: %s", name, exc)
+        raise SystemExit(1) from None
