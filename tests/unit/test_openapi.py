@@ -13,6 +13,7 @@ from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 from backup_common.adapters.settings import Settings
 from backup_common.domain.events import BackupPart
 from backup_common.domain.model import MAX_PART_WARNINGS
+from backup_gateway.admin_page import ROUTE_NAMES as ADMIN_PAGE_ROUTES
 from backup_gateway.bootstrap import create_app
 from backup_gateway.routes import API, ROUTES, openapi_document, openapi_path
 
@@ -32,10 +33,11 @@ def document() -> dict[str, Any]:
 
 
 def registered_operations(app: web.Application) -> set[tuple[str, str]]:
-    """(OpenAPI path, lower-case method) of every route on the router, minus aiohttp's implicit HEADs."""
+    """(OpenAPI path, lower-case method) of every route on the router, minus aiohttp's implicit HEADs
+    and the admin page's files, which are served beside the API but are not part of it."""
     operations = set()
     for route in app.router.routes():
-        if route.method == "HEAD":
+        if route.method == "HEAD" or route.name in ADMIN_PAGE_ROUTES:
             continue
         assert route.resource is not None
         operations.add((openapi_path(route.resource.canonical), route.method.lower()))

@@ -13,6 +13,7 @@ from backup_common.adapters.runtime.service import Service, bind, lifecycle, met
 from backup_common.adapters.settings import Settings
 from backup_common.adapters.tokens import TokenVerifier
 from backup_common.domain.ports import Ports
+from backup_gateway.admin_page import add_admin_page
 from backup_gateway.app_keys import HTTP_METRICS, RESTORE_TARGETS, VERIFIER
 from backup_gateway.handlers import HANDLERS, RestoreTargets
 from backup_gateway.metrics import HttpMetrics
@@ -59,6 +60,8 @@ def create_app(settings: Settings) -> web.Application:
     add_routes(app)
     app.router.add_get("/metrics", metrics_view, name="metrics")
     app.router.add_get("/api/openapi.json", serve_openapi, name="openapi")
+    # The admin page and its files, public (admin_auth guards /api/admin/ only) and undocumented.
+    add_admin_page(app, settings.admin_page_dir)
     app.cleanup_ctx.append(lifecycle(settings, NAME, bootstrap, service_metrics))
     return app
 

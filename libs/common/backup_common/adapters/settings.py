@@ -13,6 +13,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from backup_common.engine.database.target import MysqlTarget
+from backup_common.paths import ADMIN_PAGE_DIR
 
 ENV_PREFIX = "BACKUP_"
 
@@ -54,6 +55,10 @@ class Settings(BaseSettings):
 
     gateway_host: str = "127.0.0.1"
     gateway_port: int = Field(8080, ge=0, le=65535)
+    # The admin page's static export (`npm run build` in client/), served by the gateway at
+    # /admin/backup-recovery. Default: client/out of the checkout the gateway runs from, whatever the
+    # working directory; a relative value is taken from the working directory, as every path here.
+    admin_page_dir: Path = ADMIN_PAGE_DIR
 
     # Workers serve only /healthz, /readyz and /metrics, each on its own port.
     worker_host: str = "127.0.0.1"
