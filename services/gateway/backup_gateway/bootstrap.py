@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry
 
 from backup_common.adapters.mysql.source import AsyncmySqlServer
 from backup_common.adapters.runtime.health import ServiceMetrics
-from backup_common.adapters.runtime.service import Service, bind, lifecycle, metrics_view, serve
+from backup_common.adapters.runtime.service import Service, bind, lifecycle, serve
 from backup_common.adapters.settings import Settings
 from backup_common.adapters.tokens import TokenVerifier
 from backup_common.domain.ports import Ports
@@ -26,6 +26,7 @@ from backup_gateway.middleware import (
     metrics,
 )
 from backup_gateway.routes import add_routes, openapi_document
+from backup_gateway.system_metrics import add_system_metrics
 
 NAME = "gateway"
 MAX_BODY_BYTES = 1 << 20
@@ -58,7 +59,7 @@ def create_app(settings: Settings) -> web.Application:
         source=AsyncmySqlServer(settings.source),
     )
     add_routes(app)
-    app.router.add_get("/metrics", metrics_view, name="metrics")
+    add_system_metrics(app, service_metrics)
     app.router.add_get("/api/openapi.json", serve_openapi, name="openapi")
     # The admin page and its files, public (admin_auth guards /api/admin/ only) and undocumented.
     add_admin_page(app, settings.admin_page_dir)
