@@ -14,7 +14,9 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobus
 from backup_common.adapters.amqp.consumer import Consumer
 from backup_common.adapters.amqp.topology import Topology
 from backup_common.adapters.mysql.processed import MysqlProcessedMessages
+from backup_common.domain.commands import Command
 from backup_common.domain.events import BackupPart, BackupRequested, BackupType, Event
+from backup_common.domain.ports import Message, MessageRejected
 
 TIMEOUT = 10.0
 FAST_RETRY = 0.01
@@ -47,14 +49,18 @@ class CountingProcessed:
 
 
 class RecordingHandler:
-    """Records each event; fails the first ``failures`` calls (all of them with ``failures=-1``)."""
+    """Records each event (or command); fails the first ``failures`` calls (all of them with
+    ``failures=-1``), or rejects every one with ``reject``."""
 
-    def __init__(self, failures: int = 0) -> None:
-        self.events: list[Event] = []
+    def __init__(self, failures: int = 0, *, reject: str | None = None) -> None:
+        self.events: list[Message] = []
         self.failures = failures
+        self.reject = reject
 
-    async def __call__(self, event: Event) -> None:
+    async def __call__(self, event: Message) -> None:
         self.events.append(event)
+        if self.reject is not None:
+            raise MessageRejected(self.reject)
         if self.failures < 0 or len(self.events) <= self.failures:
             raise RuntimeError(f"handler failure number {len(self.events)}")
 
@@ -120,12 +126,14 @@ async def consumer_for(
     name: str,
     handler: RecordingHandler,
     processed: MysqlProcessedMessages | CountingProcessed,
+    *,
+    takes: type[Event] | type[Command] = BackupRequested,
 ) -> AsyncIterator[Consumer]:
     consumer = Consumer(
         amqp_connection,
         topology,
         name,
-        {BackupRequested: handler},
+        {takes: handler},
         processed,
         max_attempts=3,
         retry_backoff=FAST_RETRY,

@@ -45,6 +45,7 @@ def environment(settings: Settings, **variables: str) -> dict[str, str]:
         "BACKUP_AMQP_QUEUE_PREFIX": settings.amqp_queue_prefix,
         "BACKUP_JWT_SECRET": settings.jwt_secret.get_secret_value(),
         "BACKUP_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
+        "BACKUP_NOTIFICATION_SECRET": secrets.token_urlsafe(48),
         "BACKUP_GATEWAY_PORT": str(free_port()),
         "BACKUP_DATABASE_BACKUP_PORT": str(free_port()),
         "BACKUP_FILE_BACKUP_PORT": str(free_port()),

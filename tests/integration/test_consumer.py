@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 from uuid import uuid4
 
+import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
@@ -13,6 +14,7 @@ from backup_common.adapters.amqp.consumer import Consumer
 from backup_common.adapters.amqp.publisher import AmqpPublisher
 from backup_common.adapters.amqp.topology import Topology
 from backup_common.adapters.mysql.processed import MysqlProcessedMessages
+from backup_common.domain.commands import CreateBackupCommand
 from backup_common.domain.events import BackupCompleted, BackupRequested, BackupType, Event
 from tests.integration.messaging_support import (
     TIMEOUT,
@@ -158,6 +160,90 @@ async def test_an_event_the_table_has_no_handler_for_is_dead_lettered_with_the_r
     assert dead.headers["x-dead-letter-reason"] == f"{name} has no handler for BackupCompleted"
     assert await ready_count(channel, queue) == 0
     assert not await processed.seen(name, str(event.event_id))
+
+
+async def test_a_message_its_handler_rejects_is_dead_lettered_at_once_with_the_reason_and_not_remembered(
+    amqp_connection: AbstractRobustConnection,
+    topology: Topology,
+    service_name: Callable[[str], str],
+    channel: AbstractChannel,
+    processed: MysqlProcessedMessages,
+) -> None:
+    name = service_name("rejecting")
+    queue = topology.queue_name(name)
+    handler = RecordingHandler(reject="backup 42 is not in the catalog")
+    event = backup_requested()
+
+    async with (
+        consumer_for(amqp_connection, topology, name, handler, processed) as consumer,
+        AmqpPublisher(amqp_connection, topology) as publisher,
+    ):
+        await publisher.publish(event)
+        dead = await next_message(channel, topology.dead_letter_queue_name(queue))
+
+    assert consumer.max_attempts == 3
+    assert handler.events == [event]  # never retried
+    assert dead.message_id == str(event.event_id)
+    assert dead.headers["x-dead-letter-reason"] == "backup 42 is not in the catalog"
+    assert dead.headers["x-routing-key"] == "backup.requested"
+    assert "x-attempts" not in dead.headers
+    assert await ready_count(channel, queue) == 0
+    assert not await processed.seen(name, str(event.event_id))
+
+
+async def publish_command(channel: AbstractChannel, topology: Topology, body: bytes, message_id: str) -> None:
+    exchange = await channel.get_exchange(topology.exchange)
+    message = aio_pika.Message(body, message_id=message_id, content_type="application/json")
+    await exchange.publish(message, routing_key=CreateBackupCommand.routing_key, mandatory=True)
+
+
+async def test_a_command_is_known_by_its_routing_key_and_still_is_when_retried(
+    amqp_connection: AbstractRobustConnection,
+    topology: Topology,
+    service_name: Callable[[str], str],
+    channel: AbstractChannel,
+    processed: MysqlProcessedMessages,
+) -> None:
+    name = service_name("commands")
+    queue = topology.queue_name(name)
+    handler = RecordingHandler(failures=1)
+    body = b'{"type": "full", "requested_by": "ci"}'
+
+    async with consumer_for(amqp_connection, topology, name, handler, processed, takes=CreateBackupCommand):
+        await publish_command(channel, topology, body, "deploy-7")
+        await eventually(lambda: processed.seen(name, "deploy-7"), "the command is remembered")
+
+    # The retry went straight to the queue, under the queue's name; it is still the command.
+    expected = CreateBackupCommand(type=BackupType.FULL, requested_by="ci").with_message_id("deploy-7")
+    assert handler.events == [expected, expected]
+    assert [command.message_id for command in handler.events if isinstance(command, CreateBackupCommand)] == [
+        "deploy-7",
+        "deploy-7",
+    ]
+    assert await ready_count(channel, topology.dead_letter_queue_name(queue)) == 0
+
+
+async def test_an_invalid_command_is_dead_lettered_at_once_saying_what_is_wrong(
+    amqp_connection: AbstractRobustConnection,
+    topology: Topology,
+    service_name: Callable[[str], str],
+    channel: AbstractChannel,
+    processed: MysqlProcessedMessages,
+) -> None:
+    name = service_name("bad-command")
+    queue = topology.queue_name(name)
+    handler = RecordingHandler()
+
+    async with consumer_for(amqp_connection, topology, name, handler, processed, takes=CreateBackupCommand):
+        await publish_command(channel, topology, b'{"type": "weekly"}', "deploy-8")
+        dead = await next_message(channel, topology.dead_letter_queue_name(queue))
+
+    assert handler.events == []
+    assert dead.headers["x-dead-letter-reason"] == (
+        "it is not a valid command.backup.create command (type: enum, Input should be 'full', 'database',"
+        " 'files' or 'incremental'; requested_by: missing, Field required)"
+    )
+    assert dead.headers["x-routing-key"] == "command.backup.create"
 
 
 async def test_a_consumer_binds_its_queue_to_the_routing_keys_of_its_handler_table_only(

@@ -37,13 +37,14 @@ from backup_common.domain.model import (
     RestoreStatus,
     target_busy,
 )
+from backup_common.domain.notifications import Delivery
 from backup_common.domain.ports import DuplicateRequest, Ports, StoredDocument, WrappedKey
 from backup_common.domain.retention import Candidate
 from backup_common.domain.schedule import Firing
 from backup_common.domain.verification import Verification, VerificationStatus
 from backup_common.engine.crypto import MasterKey, new_data_key
 from backup_common.engine.storage import LocalStorage
-from tests.unit.fake_upkeep import FakeHousekeeping, FakeLocks, FakeSchedules
+from tests.unit.fake_upkeep import FakeHousekeeping, FakeLocks, FakeNotifications, FakeSchedules
 
 LEASE_SECONDS = 60.0
 
@@ -90,6 +91,8 @@ class FakeCatalog:
     cursors: dict[str, datetime] = field(default_factory=dict)
     locks: set[str] = field(default_factory=set)
     purges: list[datetime] = field(default_factory=list)
+    deliveries: dict[str, Delivery] = field(default_factory=dict)
+    claimed: set[str] = field(default_factory=set)  # deliveries an open unit of work holds
     commits: int = 0
 
     def events(self, kind: type[Event]) -> list[Any]:
@@ -166,6 +169,16 @@ class _Backups:
     async def running_of_schedule(self, schedule: str) -> Backup | None:
         running = [b for b in self._catalog.backups.values() if b.schedule == schedule and b.status.in_progress]
         newest = max(running, key=lambda b: b.created_at, default=None)
+        return _fresh(newest) if newest else None
+
+    async def last_success_of_schedule(self, schedule: str) -> Backup | None:
+        made = [
+            b
+            for b in self._catalog.backups.values()
+            if b.schedule == schedule and b.completed_at is not None and b.error is None
+            and b.status in (BackupStatus.COMPLETED, BackupStatus.DELETING, BackupStatus.DELETED)
+        ]  # fmt: skip
+        newest = max(made, key=lambda b: b.created_at, default=None)
         return _fresh(newest) if newest else None
 
     async def idle_since(self, status: BackupStatus, before: datetime, limit: int) -> list[str]:
@@ -428,6 +441,9 @@ class FakeUnitOfWork:
         self.staged_verifications: dict[str, Verification] = {}
         self.staged_firings: dict[tuple[str, datetime], Firing] = {}
         self.staged_cursors: dict[str, datetime] = {}
+        self.staged_reports: dict[tuple[str, datetime], datetime] = {}
+        self.staged_deliveries: dict[str, Delivery] = {}
+        self.claimed: set[str] = set()
         self.backups = _Backups(self)
         self.restores = _Restores(self)
         self.verifications = _Verifications(self)
@@ -437,6 +453,7 @@ class FakeUnitOfWork:
         self.leases = _JobLeases(self)
         self.schedules = FakeSchedules(self)
         self.housekeeping = FakeHousekeeping(self)
+        self.notifications = FakeNotifications(self)
 
     def stage(self, aggregate: Backup | Restore) -> None:
         self.staged[aggregate.id] = aggregate
@@ -449,6 +466,10 @@ class FakeUnitOfWork:
     ) -> None:
         self.staged.clear()
         self.staged_firings.clear()
+        self.staged_reports.clear()
+        self.staged_deliveries.clear()
+        self.catalog.claimed -= self.claimed
+        self.claimed.clear()
 
     async def commit(self) -> None:
         catalog = self.catalog
@@ -478,12 +499,16 @@ class FakeUnitOfWork:
         catalog.leases.update(self.staged_leases)
         catalog.firings.update(self.staged_firings)
         catalog.cursors.update(self.staged_cursors)
+        for firing_key, reported_at in self.staged_reports.items():
+            catalog.firings[firing_key] = replace(catalog.firings[firing_key], missing_reported_at=reported_at)
+        catalog.deliveries.update(self.staged_deliveries)
         catalog.commits += 1
         self.staged.clear()
         self.staged_events, self.staged_audit, self.staged_progress = [], [], []
         self.staged_idempotency, self.staged_documents, self.staged_leases = {}, {}, {}
         self.staged_targets, self.staged_verifications = {}, {}
         self.staged_firings, self.staged_cursors = {}, {}
+        self.staged_reports, self.staged_deliveries = {}, {}
 
 
 class FakeHeartbeat:

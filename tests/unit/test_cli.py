@@ -20,11 +20,12 @@ from backup_common.adapters.tokens import TokenVerifier
 from backup_common.cli import build_parser, main, parse_duration
 from backup_common.cli.progress import describe
 from backup_common.cli.restore import restore_body
+from backup_common.domain.commands import message_schemas
 from backup_common.domain.events import event_schemas
 
 SECRET = "c" * 48
 # Variables `backupctl token` may set in os.environ itself (from local secret files).
-TOUCHED = ("BACKUP_JWT_SECRET", "BACKUP_MASTER_KEY", "BACKUP_MASTER_KEY_FILE")
+TOUCHED = ("BACKUP_JWT_SECRET", "BACKUP_MASTER_KEY", "BACKUP_MASTER_KEY_FILE", "BACKUP_NOTIFICATION_SECRET")
 
 
 @pytest.fixture(autouse=True)
@@ -182,14 +183,18 @@ def test_token_for_rs256_without_a_private_key_file_fails_saying_so(
     assert "--private-key-file" in captured.err
 
 
-def test_export_schemas_writes_every_event_schema(isolated: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_export_schemas_writes_every_event_and_command_schema(
+    isolated: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     target = isolated / "schemas"
 
     assert main(["export-schemas", str(target)]) == 0
 
     written = sorted(path.name for path in target.iterdir())
-    assert written == sorted(event_schemas())
-    for name, schema in event_schemas().items():
+    assert written == sorted(message_schemas())
+    assert set(event_schemas()) < set(written)
+    assert {"CreateBackupCommand.v1.json", "VerifyBackupCommand.v1.json"} < set(written)
+    for name, schema in message_schemas().items():
         assert json.loads((target / name).read_text()) == schema
     assert len(capsys.readouterr().out.splitlines()) == len(written)
 

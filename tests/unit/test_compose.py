@@ -45,9 +45,14 @@ from tests.unit.deploy_support import (
 )
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
+TEST_NOTIFICATION_SECRET = "n" * 48
 INFRASTRUCTURE = ("mysql", "rabbitmq")
 REQUIRED_SECRETS = ("BACKUP_JWT_SECRET", "BACKUP_MASTER_KEY")
-TEST_SECRETS = {"BACKUP_JWT_SECRET": TEST_JWT_SECRET, "BACKUP_MASTER_KEY": TEST_MASTER_KEY}
+TEST_SECRETS = {
+    "BACKUP_JWT_SECRET": TEST_JWT_SECRET,
+    "BACKUP_MASTER_KEY": TEST_MASTER_KEY,
+    "BACKUP_NOTIFICATION_SECRET": TEST_NOTIFICATION_SECRET,
+}
 STORAGE_VOLUME = "backups"
 # They only read the backups (downloads; checks): mounted read-only. Every other service writes.
 STORAGE_READERS = {"gateway", "verification"}
@@ -247,6 +252,9 @@ def test_the_required_secrets_use_required_interpolation_in_every_service() -> N
             assert re.fullmatch(rf"\$\{{{secret}:\?[^}}]+\}}", str(environment.get(secret, ""))), (
                 f"{name}: {secret} must be `${{{secret}:?message}}`, got {environment.get(secret)!r}"
             )
+    # Only the retention service sends (and signs) webhook notifications.
+    given = str(raw()["services"]["retention"]["environment"].get("BACKUP_NOTIFICATION_SECRET", ""))
+    assert re.fullmatch(r"\$\{BACKUP_NOTIFICATION_SECRET:\?[^}]+\}", given), given
 
 
 @pytest.mark.parametrize("package", service_items(), ids=service_ids())

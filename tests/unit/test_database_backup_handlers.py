@@ -21,6 +21,7 @@ from backup_common.adapters.settings import Settings
 from backup_common.domain.events import BackupFailed, BackupPart, BackupRequested, BackupType, RestoreRequested
 from backup_common.domain.jobs import MAX_JOB_ATTEMPTS, part_job_key
 from backup_common.domain.model import Backup, BackupStatus, PartStatus
+from backup_common.domain.ports import MessageRejected
 from backup_common.engine.archive import ArchiveWriter
 from backup_common.engine.database.dump import DumpError, SourceConnectionLost
 from backup_common.engine.database.model import DumpOptions, DumpProgress, DumpResult, TableSummary
@@ -300,3 +301,31 @@ async def test_at_start_the_worker_sweeps_temporary_files_of_backups_no_live_wor
 
     assert sorted(path.name for path in (root / "2026-01-01" / abandoned).iterdir()) == ["database.zip"]
     assert hidden_files(root / "2026-01-01" / running) == [".database.zip.k1ll3d.partial", ".files.json.partial"]
+
+
+async def test_a_backup_request_for_a_backup_not_in_the_catalog_is_rejected_so_dead_lettered(
+    system: FakeSystem,
+) -> None:
+    # Published by hand or by automation: the gateway records every backup before requesting it.
+    service = service_with(system, dump := FakeDump())
+    event = BackupRequested(
+        backup_id=uuid.uuid4(), backup_type=BackupType.DATABASE, parts=(BackupPart.DATABASE,), requested_by="cron"
+    )
+
+    with pytest.raises(MessageRejected, match=r"is not in the catalog .*publish command\.backup\.create"):
+        await handle(service, event)
+
+    assert dump.calls == []
+    assert system.catalog.leases == {}
+    assert system.catalog.backups == {}
+
+
+async def test_a_backup_request_for_a_part_its_backup_does_not_have_is_rejected(system: FakeSystem) -> None:
+    files_only = await requested(system, BackupType.FILES)
+    service = service_with(system, dump := FakeDump())
+    event = files_only.model_copy(update={"parts": (BackupPart.DATABASE,)})
+
+    with pytest.raises(MessageRejected, match="is a files backup, which has no database part"):
+        await handle(service, event)
+
+    assert dump.calls == []

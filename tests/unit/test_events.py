@@ -13,6 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from backup_common.cli import main as backupctl
+from backup_common.domain.commands import message_schemas
 from backup_common.domain.events import (
     EVENT_TYPES,
     SCHEMA_VERSION,
@@ -277,10 +278,12 @@ def test_the_published_schemas_parse_to_exactly_event_schemas() -> None:
 
 def test_no_stale_file_is_left_in_the_schemas_directory() -> None:
     present = sorted(path.name for path in SCHEMAS_DIR.iterdir())
-    expected = sorted(event_schemas())
+    expected = sorted(message_schemas())
 
     stale = sorted(set(present) - set(expected))
-    assert not stale, f"{SCHEMAS_DIR} holds files no event model produces: {stale}; remove them ({REGENERATE})"
+    assert not stale, (
+        f"{SCHEMAS_DIR} holds files no event or command model produces: {stale}; remove them ({REGENERATE})"
+    )
     assert present == expected, REGENERATE
 
 

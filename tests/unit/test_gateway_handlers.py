@@ -5,15 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
-from backup_common.adapters.settings import Settings
 from backup_common.domain.errors import Conflict
 from backup_common.domain.events import BackupPart, BackupRequested, BackupType, DeleteRequested
 from backup_common.domain.model import BackupStatus, Idempotency, PartResult
 from backup_gateway import handlers
-from backup_gateway.bootstrap import bootstrap
 from tests.unit.fakes import FakeSystem, fake_ports
 
 
@@ -33,13 +30,6 @@ async def completed_backup(system: FakeSystem, backup_type: BackupType = BackupT
         await uow.backups.save(stored)
         await uow.commit()
     return backup.id
-
-
-def test_the_gateway_consumes_no_event_yet() -> None:
-    service = bootstrap(Settings(), fake_ports(Path("/nonexistent")).ports, CollectorRegistry())
-
-    assert service.handlers == {}
-    assert not service.reaps_leases
 
 
 async def test_creating_a_backup_records_it_pending_with_its_request_in_one_unit_of_work(system: FakeSystem) -> None:

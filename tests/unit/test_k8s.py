@@ -355,8 +355,12 @@ def secret_values(name: str) -> dict[str, str]:
 
 def effective_environment(workload: dict[str, Any]) -> dict[str, str]:
     """What the container's process sees: the image's ENV, then envFrom, then env; the secrets with
-    their examples' values, but valid stand-ins for the JWT secret and the master key."""
-    stand_ins = {"BACKUP_JWT_SECRET": TEST_JWT_SECRET, "BACKUP_MASTER_KEY": TEST_MASTER_KEY}
+    their examples' values, but valid stand-ins for the JWT secret, the master key and the webhook key."""
+    stand_ins = {
+        "BACKUP_JWT_SECRET": TEST_JWT_SECRET,
+        "BACKUP_MASTER_KEY": TEST_MASTER_KEY,
+        "BACKUP_NOTIFICATION_SECRET": "n" * 48,
+    }
     environment = image_environment()
     found = container(workload)
     for source in found.get("envFrom") or []:

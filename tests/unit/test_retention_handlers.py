@@ -16,8 +16,10 @@ from backup_common.domain.documents import ScheduleDocument, ScheduleEntry
 from backup_common.domain.events import (
     BackupCompleted,
     BackupDeleted,
+    BackupFailed,
     BackupPart,
     BackupType,
+    BackupVerificationFailed,
     DeleteRequested,
     RestoreFailed,
 )
@@ -69,11 +71,13 @@ async def set_schedule(system: FakeSystem, *entries: ScheduleEntry) -> None:
     await gateway.replace_document(system.ports, "schedule", document, updated_by="alice")
 
 
-def test_the_service_consumes_deletions_and_completed_backups_and_runs_two_loops(system: FakeSystem) -> None:
+def test_the_service_consumes_deletions_completed_and_failed_backups_and_failed_verifications(
+    system: FakeSystem,
+) -> None:
     service = bootstrap(Settings(), system.ports, CollectorRegistry())
 
-    assert set(service.handlers) == {DeleteRequested, BackupCompleted}
-    assert len(service.loops) == 2
+    assert set(service.handlers) == {DeleteRequested, BackupCompleted, BackupFailed, BackupVerificationFailed}
+    assert len(service.loops) == 4  # the schedule, housekeeping, notifications' delivery and missing backups
 
 
 # --- deletion -------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ from backup_common.adapters.amqp.topology import TOPOLOGY_FILE, load_service_que
 from backup_common.domain.events import BackupCompleted, BackupRequested, RestoreRequested, VerifyRequested
 from backup_database.handlers import HANDLERS as DATABASE_BACKUP
 from backup_files.handlers import HANDLERS as FILE_BACKUP
-from tools.topology import render
+from backup_gateway.handlers import HANDLERS as GATEWAY
+from tools.topology import TABLES, render
 
 REGENERATE = "the handler tables and infra/rabbitmq/topology.json differ: run `make schemas` and commit the result"
 
@@ -28,5 +29,10 @@ def test_verification_takes_completed_backups_and_verify_requests() -> None:
     assert set(load_service_queues()["verification"]) == {BackupCompleted.routing_key, VerifyRequested.routing_key}
 
 
+def test_the_gateway_s_queue_takes_the_commands_automation_sends_and_no_event() -> None:
+    assert load_service_queues()["gateway"] == ["command.backup.create", "command.backup.verify"]
+    assert load_service_queues()["gateway"] == routing_keys(GATEWAY)
+
+
 def test_a_service_that_consumes_nothing_has_no_queue() -> None:
-    assert "gateway" not in load_service_queues()
+    assert {name for name, table in TABLES.items() if table} == set(load_service_queues())

@@ -565,6 +565,22 @@ export interface components {
             /** Size Bytes */
             size_bytes: number;
         };
+        /**
+         * NotificationKind
+         * @enum {string}
+         */
+        NotificationKind: "backup_failed" | "verification_failed" | "backup_missing";
+        /** NotificationSettings */
+        NotificationSettings: {
+            /**
+             * Missing After Minutes
+             * @description A scheduled backup that has not completed this many minutes after its fire time is reported missing (backup_missing), once per fire time.
+             * @default 60
+             */
+            missing_after_minutes: number;
+            /** Webhooks */
+            webhooks?: components["schemas"]["Webhook"][];
+        };
         /** Outcomes */
         Outcomes: {
             /** Completed */
@@ -858,6 +874,13 @@ export interface components {
             exclude?: string[];
             /**
              * @default {
+             *       "missing_after_minutes": 60,
+             *       "webhooks": []
+             *     }
+             */
+            notifications: components["schemas"]["NotificationSettings"];
+            /**
+             * @default {
              *       "max_compression_ratio": 1100,
              *       "max_entries": 10000000,
              *       "max_total_bytes": 1099511627776
@@ -1030,6 +1053,25 @@ export interface components {
              * @description Why it was left out: "socket", "fifo", "unreadable: Permission denied", ….
              */
             reason: string;
+        };
+        /** Webhook */
+        Webhook: {
+            /**
+             * Enabled
+             * @default true
+             */
+            enabled: boolean;
+            /**
+             * Events
+             * @description The notifications it receives (default: all of them).
+             */
+            events?: components["schemas"]["NotificationKind"][];
+            /**
+             * Url
+             * @description Receives a signed JSON POST for each notification (http or https).
+             * @example https://hooks.example.com/backup
+             */
+            url: string;
         };
     };
     responses: never;

@@ -200,6 +200,7 @@ export function someSettings(revision = 7): StoredDocument<SettingsDocument> {
       retention: { keep_last: 3, keep_daily: 7, keep_weekly: 4, keep_monthly: 12, keep_yearly: 0, max_age_days: null },
       encryption: { enabled: true },
       compression: { level: 3 },
+      notifications: { missing_after_minutes: 60, webhooks: [] },
       database: { keep_definers: true },
       verification: { after_backup: true, restore_drill_cron: "0 4 * * 6", drill_budget_minutes: 60 },
       restore_limits: { max_total_bytes: 2 ** 40, max_entries: 10_000_000, max_compression_ratio: 1100 },

@@ -3,20 +3,27 @@
 The views parse and validate a request, call one of these, and answer with what it returns. Every
 state change and its event commit in one unit of work, which wakes the outbox relay.
 
-``HANDLERS`` is the gateway's event table: empty, as the gateway consumes no event yet.
+``HANDLERS`` is the gateway's message table: the commands automation sends over AMQP
+(``command.backup.create``, ``command.backup.verify``), carried out as the API's requests are, the
+backup's trigger being ``event``. A command's message_id makes it idempotent, and it is audited with
+it; one that cannot be carried out (an unknown or unfinished backup, a message_id reused for another
+command) is rejected, so dead-lettered with the reason; a catalog that fails is retried.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import logging
 import re
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from backup_common.adapters.runtime.service import Handlers
+from backup_common.domain.commands import CreateBackupCommand, VerifyBackupCommand
 from backup_common.domain.documents import DOCUMENTS, Document, merge_patch, missing_sections
 from backup_common.domain.errors import Conflict, InvalidRequest, NotFound, PreconditionFailed, Unavailable
 from backup_common.domain.events import BackupPart, BackupType, VerifyRequested
@@ -33,7 +40,7 @@ from backup_common.domain.model import (
     RestoreTarget,
     Trigger,
 )
-from backup_common.domain.ports import DuplicateRequest, Ports, StoredDocument, retention_plan
+from backup_common.domain.ports import DuplicateRequest, MessageRejected, Ports, StoredDocument, retention_plan
 from backup_common.domain.ports import read_document as read_stored_document
 from backup_common.domain.retention import RetentionPlan
 from backup_common.engine.database.restore import database_objects, unknown_tables
@@ -41,7 +48,7 @@ from backup_common.engine.database.sql import SqlError, SqlServer
 from backup_common.engine.files.in_place import non_empty_trees, unknown_paths
 from backup_common.engine.storage import directory_inside
 
-HANDLERS: Handlers[Ports] = {}
+log = logging.getLogger(__name__)
 
 
 async def create_backup(
@@ -51,8 +58,11 @@ async def create_backup(
     requested_by: str,
     description: str = "",
     idempotency: Idempotency | None = None,
+    trigger: Trigger = Trigger.API,
+    audit: AuditEntry | None = None,
 ) -> tuple[Backup, bool]:
-    """Records a pending backup and its BackupRequested; returns it and whether it was created now.
+    """Records a pending backup and its BackupRequested (and ``audit``, naming the new backup, in the
+    same unit of work); returns it and whether it was created now.
 
     A repeated idempotency key returns the backup it created first (Conflict when the key is reused
     for a different request).
@@ -62,11 +72,13 @@ async def create_backup(
         if existing is not None:
             return existing, False
     backup = Backup.request(
-        backup_type, requested_by=requested_by, description=description, now=ports.clock(), trigger=Trigger.API
+        backup_type, requested_by=requested_by, description=description, now=ports.clock(), trigger=trigger
     )
     try:
         async with ports.uow() as uow:
             await uow.backups.add(backup, idempotency)
+            if audit is not None:
+                await uow.audit.add(replace(audit, target=backup.id))
             await uow.commit()
     except DuplicateRequest:
         # Two requests with one key raced; the other one won.
@@ -261,8 +273,11 @@ async def list_restores(ports: Ports, query: RestoreFilter) -> tuple[list[Restor
         return await uow.restores.list(query)
 
 
-async def request_verification(ports: Ports, backup_id: str, *, requested_by: str) -> Backup:
-    """Asks the verification service to verify a completed backup again (Conflict unless completed)."""
+async def request_verification(
+    ports: Ports, backup_id: str, *, requested_by: str, audit: AuditEntry | None = None
+) -> Backup:
+    """Asks the verification service to verify a completed backup again (Conflict unless completed),
+    recording ``audit`` in the same unit of work."""
     async with ports.uow() as uow:
         backup = await uow.backups.get(backup_id)
         if backup is None:
@@ -273,6 +288,8 @@ async def request_verification(ports: Ports, backup_id: str, *, requested_by: st
                 code="backup_not_verifiable",
             )
         await uow.outbox.add(VerifyRequested(backup_id=uuid.UUID(backup_id), requested_by=requested_by))
+        if audit is not None:
+            await uow.audit.add(audit)
         await uow.commit()
     return backup
 
@@ -359,3 +376,85 @@ async def record_audit(ports: Ports, entry: AuditEntry) -> None:
     async with ports.uow() as uow:
         await uow.audit.add(entry)
         await uow.commit()
+
+
+# --- Commands from automation, over AMQP -----------------------------------------------------------
+
+COMMAND_SOURCE = "amqp"  # the audit log's source_address of a command
+COMMAND_KEY_PREFIX = "amqp:"  # a command's idempotency key is its message_id, apart from the API's keys
+
+
+GatewayCommand = CreateBackupCommand | VerifyBackupCommand
+
+
+def _command_audit(command: GatewayCommand, action: str, outcome: str, target: str = "", **detail: Any) -> AuditEntry:
+    """The audit record of a command, as the API's are written: who, what, on which backup, the outcome."""
+    return AuditEntry(
+        actor=command.requested_by,
+        action=action,
+        outcome=outcome,
+        target=target,
+        source_address=COMMAND_SOURCE,
+        detail={"routing_key": command.routing_key, "message_id": command.message_id, **detail},
+    )
+
+
+async def _rejected(ports: Ports, command: GatewayCommand, action: str, target: str, reason: str) -> MessageRejected:
+    """Audits the refusal of a command (best effort: the refusal stands) and returns the rejection."""
+    try:
+        await record_audit(ports, _command_audit(command, action, "failed", target, reason=reason))
+    except Exception:
+        log.exception("could not write the audit record of the rejected command %s", command.message_id)
+    return MessageRejected(reason)
+
+
+async def create_backup_on_command(command: CreateBackupCommand, ports: Ports) -> None:
+    """Creates the backup a ``command.backup.create`` asks for, as the API does, with trigger `event`.
+
+    The message_id is the idempotency key: a command delivered again (after a crash between the commit
+    and its acknowledgement) returns the backup it made; one reusing the message_id for another body is
+    rejected.
+    """
+    if not command.message_id:
+        raise MessageRejected("it has no message_id")
+    body = command.model_dump_json().encode()
+    idempotency = Idempotency(COMMAND_KEY_PREFIX + command.message_id, hashlib.sha256(body).hexdigest())
+    audit = _command_audit(command, "backup.create", "allowed", trigger=Trigger.EVENT.value)
+    try:
+        backup, created = await create_backup(
+            ports,
+            command.type,
+            requested_by=command.requested_by,
+            description=command.description,
+            idempotency=idempotency,
+            trigger=Trigger.EVENT,
+            audit=audit,
+        )
+    except Conflict as exc:
+        reason = f"its message_id {command.message_id!r} was already used for a different command"
+        raise await _rejected(ports, command, "backup.create", "", reason) from exc
+    if created:
+        log.info("command %s: backup %s requested by %s", command.message_id, backup.id, command.requested_by)
+    else:
+        log.info("command %s: already made backup %s; not made again", command.message_id, backup.id)
+
+
+async def verify_backup_on_command(command: VerifyBackupCommand, ports: Ports) -> None:
+    """Asks for the verification a ``command.backup.verify`` asks for, as the API does; an unknown backup
+    or one not completed rejects the command."""
+    if not command.message_id:
+        raise MessageRejected("it has no message_id")
+    backup_id = str(command.backup_id)
+    audit = _command_audit(command, "backup.verify", "allowed", backup_id)
+    try:
+        await request_verification(ports, backup_id, requested_by=command.requested_by, audit=audit)
+    except (NotFound, Conflict) as exc:
+        raise await _rejected(ports, command, "backup.verify", backup_id, exc.message) from exc
+    log.info("command %s: verification of backup %s requested by %s", command.message_id, backup_id,
+             command.requested_by)  # fmt: skip
+
+
+HANDLERS: Handlers[Ports] = {
+    CreateBackupCommand: create_backup_on_command,
+    VerifyBackupCommand: verify_backup_on_command,
+}

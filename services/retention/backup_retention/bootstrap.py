@@ -1,4 +1,5 @@
-"""The retention service's composition root: its handlers, its scheduler and its rounds."""
+"""The retention service's composition root: its handlers, its scheduler, its rounds and its webhook
+notifications."""
 
 from __future__ import annotations
 
@@ -10,10 +11,13 @@ from prometheus_client import CollectorRegistry
 
 from backup_common.adapters.runtime.service import Service, bind, serve, worker_app
 from backup_common.adapters.settings import Settings
-from backup_common.domain.ports import Clock, Ports
-from backup_retention import housekeeping, scheduler
+from backup_common.adapters.webhooks import AiohttpWebhooks
+from backup_common.domain.notifications import RetryPolicy
+from backup_common.domain.ports import Clock, Ports, WebhookSender
+from backup_retention import housekeeping, notifications, scheduler
 from backup_retention.handlers import HANDLERS, Dependencies, RetentionMetrics
 from backup_retention.housekeeping import Housekeeper, Windows
+from backup_retention.notifications import NotificationMetrics, Notifier
 from backup_retention.scheduler import Scheduler
 
 NAME = "retention"
@@ -27,12 +31,30 @@ def bootstrap(
     clock: Clock | None = None,
     tick_seconds: float | None = None,
     round_seconds: float | None = None,
+    webhooks: WebhookSender | None = None,
+    notify_seconds: float | None = None,
 ) -> Service:
     """``clock`` replaces the ports' (tests run the schedule on a faster one), ``tick_seconds`` and
-    ``round_seconds`` how often the scheduler and the housekeeping look."""
+    ``round_seconds`` how often the scheduler and the housekeeping (and the look for missing backups)
+    run, ``webhooks`` what POSTs notifications (aiohttp's client by default), ``notify_seconds`` how
+    often due deliveries are looked for."""
     if clock is not None:
         ports = dataclasses.replace(ports, clock=clock)
     metrics = RetentionMetrics(registry)
+    sender = webhooks or AiohttpWebhooks(settings.notification_timeout_seconds)
+    secret = settings.notification_secret
+    notifier = Notifier(
+        ports,
+        NotificationMetrics(registry),
+        sender,
+        secret.get_secret_value().encode() if secret is not None else None,
+        retry=RetryPolicy(
+            max_attempts=settings.notification_max_attempts,
+            first_delay=settings.notification_retry_seconds,
+        ),
+        poll_seconds=notify_seconds or notifications.POLL_SECONDS,
+        watch_seconds=round_seconds or notifications.WATCH_SECONDS,
+    )
     schedule = Scheduler(
         ports,
         metrics,
@@ -45,8 +67,10 @@ def bootstrap(
         keep=timedelta(days=settings.housekeeping_keep_days),
     )
     keeper = Housekeeper(ports, metrics, windows, round_seconds=round_seconds or housekeeping.ROUND_SECONDS)
-    service = Service(NAME, bind(HANDLERS, Dependencies(ports, metrics)))
-    service.loops = (schedule.run, keeper.run)
+    service = Service(NAME, bind(HANDLERS, Dependencies(ports, metrics, notifier)))
+    service.loops = (schedule.run, keeper.run, notifier.run, notifier.watch)
+    if isinstance(sender, AiohttpWebhooks):
+        service.stop = sender.close  # after the loops: no delivery is in flight
     return service
 
 

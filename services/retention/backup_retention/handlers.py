@@ -4,7 +4,8 @@ DeleteRequested is carried out: the backup's directory is removed, then its wrap
 destroyed, then the backup is marked `deleted` (with BackupDeleted). Each step is idempotent and the
 order makes a half-done deletion safe: a crash after the files leaves the backup `deleting` with its
 key, and the retry (redelivery, or housekeeping) finishes it. BackupCompleted applies the retention
-policy, one replica at a time.
+policy, one replica at a time. BackupFailed and BackupVerificationFailed are told to the webhooks
+that want them (notifications.py).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter
 
 from backup_common.adapters.runtime.service import Handlers
-from backup_common.domain.events import BackupCompleted, DeleteRequested
+from backup_common.domain.events import BackupCompleted, BackupFailed, BackupVerificationFailed, DeleteRequested
 from backup_common.domain.model import BackupStatus
 from backup_common.domain.ports import Ports, retention_plan
+from backup_retention.notifications import Notifier
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,7 @@ class RetentionMetrics:
 class Dependencies:
     ports: Ports
     metrics: RetentionMetrics
+    notifier: Notifier
 
 
 async def erase(ports: Ports, backup_id: str) -> bool:
@@ -111,7 +114,17 @@ async def backup_completed(event: BackupCompleted, deps: Dependencies) -> None:
     await apply_retention(deps.ports, deps.metrics)
 
 
+async def backup_failed(event: BackupFailed, deps: Dependencies) -> None:
+    await deps.notifier.backup_failed(event)
+
+
+async def verification_failed(event: BackupVerificationFailed, deps: Dependencies) -> None:
+    await deps.notifier.verification_failed(event)
+
+
 HANDLERS: Handlers[Dependencies] = {
     DeleteRequested: delete_requested,
     BackupCompleted: backup_completed,
+    BackupFailed: backup_failed,
+    BackupVerificationFailed: verification_failed,
 }

@@ -97,6 +97,13 @@ class Settings(BaseSettings):
     pending_timeout_minutes: int = Field(60, ge=1, le=7 * 24 * 60)
     deleting_retry_minutes: int = Field(10, ge=1, le=24 * 60)
     housekeeping_keep_days: int = Field(7, ge=1, le=3650)
+    # Webhook notifications (the settings document's `notifications` section says where): the HMAC
+    # key they are signed with, how many times and how far apart a delivery is tried (the delay
+    # doubles from the first up to an hour), and how long one attempt may take.
+    notification_secret: SecretStr | None = None
+    notification_max_attempts: int = Field(12, ge=1, le=100)
+    notification_retry_seconds: float = Field(10.0, gt=0, le=3600)
+    notification_timeout_seconds: float = Field(10.0, gt=0, le=120)
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
     log_format: LogFormat = LogFormat.TEXT
 
@@ -123,6 +130,13 @@ class Settings(BaseSettings):
     @field_validator("jwt_secret")
     @classmethod
     def _jwt_secret_is_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters (use e.g. `openssl rand -base64 48`)")
+        return value
+
+    @field_validator("notification_secret")
+    @classmethod
+    def _notification_secret_is_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value()) < 32:
             raise ValueError("must be at least 32 characters (use e.g. `openssl rand -base64 48`)")
         return value

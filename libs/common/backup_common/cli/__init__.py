@@ -38,8 +38,9 @@ from backup_common.cli.local import operator, use_local_secrets
 from backup_common.cli.progress import describe, progress_display, share
 from backup_common.cli.restore import cmd_restore
 from backup_common.cli.supervise import run_services
+from backup_common.domain.commands import message_schemas
 from backup_common.domain.documents import RestoreLimits
-from backup_common.domain.events import BackupPart, event_schemas
+from backup_common.domain.events import BackupPart
 from backup_common.domain.model import AuditEntry, Backup, BackupStatus
 from backup_common.domain.ports import UnitOfWorkFactory, read_settings
 from backup_common.engine.archive import ArchiveError
@@ -124,7 +125,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_export_schemas(args: argparse.Namespace) -> int:
     directory = Path(args.directory)
     directory.mkdir(parents=True, exist_ok=True)
-    for name, schema in event_schemas().items():
+    for name, schema in message_schemas().items():
         path = directory / name
         path.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
         print(path)
@@ -493,7 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     outbox.add_argument("--limit", type=int, default=100, help="parked events listed at most (default 100)")
     outbox.set_defaults(func=cmd_outbox)
 
-    schemas = commands.add_parser("export-schemas", help="write the events' JSON Schemas to a directory")
+    schemas = commands.add_parser("export-schemas", help="write the events' and commands' JSON Schemas to a directory")
     schemas.add_argument("directory", nargs="?", default="infra/schemas")
     schemas.set_defaults(func=cmd_export_schemas)
     return parser

@@ -44,7 +44,8 @@ class LocalSecrets:
 
 
 def use_local_secrets(env: MutableMapping[str, str], *, create: bool) -> LocalSecrets:
-    """Fills in the JWT secret and master key from git-ignored local files when they are unset.
+    """Fills in the JWT secret, the master key and the webhooks' signing secret from git-ignored local
+    files when they are unset.
 
     For a first local try only: `run` creates the files; other commands reuse them if present.
     """
@@ -61,6 +62,13 @@ def use_local_secrets(env: MutableMapping[str, str], *, create: bool) -> LocalSe
         if key is not None:
             env[f"{ENV_PREFIX}MASTER_KEY_FILE"] = str(key.path.resolve())
             used.notes.append(f"{ENV_PREFIX}MASTER_KEY is not set: using the local one in {key.path} (back it up!)")
+    if not env.get(f"{ENV_PREFIX}NOTIFICATION_SECRET"):
+        signing = local_secret("notification-secret", secrets.token_urlsafe(48), create=create)
+        if signing is not None:
+            env[f"{ENV_PREFIX}NOTIFICATION_SECRET"] = signing.path.read_text().strip()
+            used.notes.append(
+                f"{ENV_PREFIX}NOTIFICATION_SECRET is not set: webhooks are signed with the local one in {signing.path}"
+            )
     return used
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
@@ -23,6 +24,7 @@ from pydantic import (
 )
 
 from backup_common.domain.events import BackupType
+from backup_common.domain.notifications import NotificationKind
 
 
 def _check_cron(value: str) -> str:
@@ -141,6 +143,79 @@ class RestoreLimits(_Strict):
     max_compression_ratio: StrictInt = Field(1100, ge=1)
 
 
+MAX_WEBHOOK_URL_LENGTH = 2000
+MAX_WEBHOOKS = 20
+
+
+def _check_webhook_url(value: str) -> str:
+    if not value.isascii() or any(char.isspace() or not char.isprintable() for char in value):
+        raise ValueError("must be ASCII without spaces (percent-encode other characters, use punycode for hosts)")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (raises on a port that is not a number in 0-65535)
+    except ValueError as exc:
+        raise ValueError(f"not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("must be an http:// or https:// URL")
+    if not parts.hostname:
+        raise ValueError("must name a host")
+    if parts.fragment:
+        raise ValueError("must have no #fragment (it is never sent)")
+    return value
+
+
+WebhookUrl = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_WEBHOOK_URL_LENGTH, examples=["https://hooks.example.com/backup"]),
+    AfterValidator(_check_webhook_url),
+]
+
+
+def _every_kind() -> list[NotificationKind]:
+    return list(NotificationKind)
+
+
+class Webhook(_Strict):
+    url: WebhookUrl = Field(description="Receives a signed JSON POST for each notification (http or https).")
+    events: list[NotificationKind] = Field(
+        default_factory=_every_kind,
+        min_length=1,
+        max_length=len(NotificationKind),
+        description="The notifications it receives (default: all of them).",
+    )
+    enabled: StrictBool = True
+
+    @field_validator("events")
+    @classmethod
+    def _events_are_unique(cls, value: list[NotificationKind]) -> list[NotificationKind]:
+        if len(set(value)) != len(value):
+            raise ValueError("each event may be listed once")
+        return value
+
+
+class NotificationSettings(_Strict):
+    webhooks: list[Webhook] = Field(default_factory=list, max_length=MAX_WEBHOOKS)
+    missing_after_minutes: StrictInt = Field(
+        60,
+        ge=1,
+        le=7 * 24 * 60,
+        description="A scheduled backup that has not completed this many minutes after its fire time is reported "
+        "missing (backup_missing), once per fire time.",
+    )
+
+    @model_validator(mode="after")
+    def _urls_are_unique(self) -> NotificationSettings:
+        urls = [webhook.url for webhook in self.webhooks]
+        duplicates = sorted({url for url in urls if urls.count(url) > 1})
+        if duplicates:
+            raise ValueError(f"webhook URLs must be unique: {len(duplicates)} listed twice")
+        return self
+
+    def subscribers(self, kind: NotificationKind) -> list[str]:
+        """The URLs of the enabled webhooks that receive ``kind``."""
+        return [webhook.url for webhook in self.webhooks if webhook.enabled and kind in webhook.events]
+
+
 class SettingsDocument(_Strict):
     retention: RetentionPolicy = RetentionPolicy()
     encryption: EncryptionSettings = EncryptionSettings()
@@ -149,6 +224,7 @@ class SettingsDocument(_Strict):
     verification: VerificationSettings = VerificationSettings()
     restore_limits: RestoreLimits = RestoreLimits()
     exclude: list[Annotated[str, Field(min_length=1, max_length=500)]] = Field(default_factory=list, max_length=200)
+    notifications: NotificationSettings = NotificationSettings()
 
 
 Document = ScheduleDocument | SettingsDocument

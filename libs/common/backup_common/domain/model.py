@@ -80,6 +80,7 @@ class Trigger(StrEnum):
     SCHEDULE = "schedule"
     CLI = "cli"
     PRE_RESTORE = "pre-restore"  # the safety backup of what a restore in place replaces
+    EVENT = "event"  # a command.backup.create from automation, over AMQP
 
 
 BACKUP_TRANSITIONS: dict[BackupStatus, frozenset[BackupStatus]] = {

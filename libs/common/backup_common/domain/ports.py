@@ -4,7 +4,7 @@ local filesystem); unit tests pass in-memory fakes."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import Any, Protocol, Self
 from zoneinfo import ZoneInfo
 
+from backup_common.domain.commands import Command
 from backup_common.domain.documents import Document, ScheduleDocument, SettingsDocument
 from backup_common.domain.events import BackupPart, Event
 from backup_common.domain.jobs import Lease, ReapResult
@@ -26,6 +27,7 @@ from backup_common.domain.model import (
     Restore,
     RestoreFilter,
 )
+from backup_common.domain.notifications import Delivery
 from backup_common.domain.retention import Candidate, RetentionPlan, apply_policy
 from backup_common.domain.schedule import Firing
 from backup_common.domain.verification import Verification
@@ -38,6 +40,12 @@ class PublishError(Exception):
 class EventRefused(PublishError):
     """The broker answered and refused this event (no queue is bound to its routing key, or it
     nacked it): trying again at once would fail the same way."""
+
+
+class MessageRejected(Exception):
+    """A handler refuses a message for good: it names what does not exist, or asks for what cannot be
+    done. The consumer dead-letters it at once with this reason (worded to follow "because"), never
+    retrying it; any other exception is retried."""
 
 
 class DuplicateRequest(Exception):
@@ -93,6 +101,9 @@ class BackupRepository(Protocol):
 
     async def running_of_schedule(self, schedule: str) -> Backup | None:
         """The schedule entry's newest backup if it is still pending or running."""
+
+    async def last_success_of_schedule(self, schedule: str) -> Backup | None:
+        """The schedule entry's newest backup that completed (even if deleted since)."""
 
     async def idle_since(self, status: BackupStatus, before: datetime, limit: int) -> list[str]:
         """Backups in ``status`` that have not changed since ``before``, the longest idle first."""
@@ -200,11 +211,41 @@ class ScheduleRepository(Protocol):
     async def firings(self, schedule: str | None = None, limit: int = 100) -> list[Firing]:
         """The latest recorded firings, newest first."""
 
+    async def latest_firing(self, schedule: str, at_or_before: datetime) -> Firing | None:
+        """The entry's newest recorded firing whose fire time is at or before ``at_or_before``."""
+
+    async def report_missing(self, schedule: str, fire_at: datetime, now: datetime) -> bool:
+        """Marks the firing's backup reported missing; False when it was already (by another
+        replica, say), or the firing was never recorded."""
+
+
+class NotificationRepository(Protocol):
+    """Webhook deliveries waiting to be made, made, or given up."""
+
+    async def add(self, delivery: Delivery) -> bool:
+        """Queues the delivery in the unit of work; False when one with the same dedupe key and URL
+        exists (the notification was recorded already: a redelivered event)."""
+
+    async def due(self, now: datetime, limit: int) -> list[Delivery]:
+        """Deliveries neither delivered nor given up whose next attempt is due, oldest due first,
+        locked until the unit of work ends; those another unit of work holds are skipped."""
+
+    async def delivered(self, delivery_id: str, attempts: int, now: datetime) -> None: ...
+
+    async def retry(self, delivery_id: str, attempts: int, error: str, next_attempt_at: datetime) -> None: ...
+
+    async def give_up(self, delivery_id: str, attempts: int, error: str, now: datetime) -> None: ...
+
+    async def get(self, delivery_id: str) -> Delivery | None: ...
+
+    async def pending(self) -> int:
+        """How many deliveries are neither delivered nor given up."""
+
 
 class Housekeeping(Protocol):
     async def purge(self, before: datetime, batch: int) -> dict[str, int]:
-        """Deletes, ``batch`` rows at a time, sent outbox rows, processed message ids and finished
-        leases older than ``before``; returns how many of each."""
+        """Deletes, ``batch`` rows at a time, sent outbox rows, processed message ids, finished
+        leases and finished webhook deliveries older than ``before``; returns how many of each."""
 
 
 class UnitOfWork(Protocol):
@@ -238,6 +279,9 @@ class UnitOfWork(Protocol):
 
     @property
     def housekeeping(self) -> Housekeeping: ...
+
+    @property
+    def notifications(self) -> NotificationRepository: ...
 
     async def __aenter__(self) -> Self: ...
 
@@ -329,6 +373,17 @@ class KeyStore(Protocol):
         """Crypto-erases the backup; False when it had no key left."""
 
 
+class WebhookError(Exception):
+    """A webhook gave no HTTP answer (unreachable, too slow, TLS refused); the message never holds
+    the URL's credentials or query."""
+
+
+class WebhookSender(Protocol):
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> tuple[int, str]:
+        """POSTs ``body``; the answer's status and the start of its text. Raises WebhookError when
+        there was no answer."""
+
+
 class Locks(Protocol):
     def hold(self, name: str) -> AbstractAsyncContextManager[bool]:
         """Holds the named lock for the block when no other process holds it (True), else yields
@@ -361,7 +416,10 @@ class BackupStorage(Protocol):
         """Removes the backup's directory and everything in it; False when it was gone already."""
 
 
-EventHandler = Callable[[Event], Awaitable[None]]
+# What a consumer hands a handler: an event, or a command (which carries its message_id).
+Message = Event | Command
+# Takes the message of the type it is registered for in a handler table.
+MessageHandler = Callable[[Any], Awaitable[None]]
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ class Firing:
     outcome: FiringOutcome
     backup_id: str | None = None
     reason: str | None = None
+    missing_reported_at: datetime | None = None  # when its backup was reported missing (notifications)
 
 
 @dataclass(frozen=True)

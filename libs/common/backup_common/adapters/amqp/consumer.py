@@ -1,8 +1,10 @@
 """Feeding a service's queue to its handler table.
 
-Handlers never see aio-pika: they receive a validated ``Event``. Delivery is at least once; the
-consumer skips message ids it already processed, retries a failing handler a bounded number of
-times, and dead-letters whatever it cannot handle, an event its table has no handler for included.
+Handlers never see aio-pika: they receive a validated ``Event``, or a ``Command`` (the table's
+commands are told apart by the routing key they were published with, their body naming no model).
+Delivery is at least once; the consumer skips message ids it already processed, retries a failing
+handler a bounded number of times, and dead-letters whatever it cannot handle: an invalid message,
+one its table has no handler for, one its handler rejects (``MessageRejected``, at once).
 """
 
 from __future__ import annotations
@@ -27,19 +29,23 @@ from pydantic import ValidationError
 from backup_common.adapters.amqp.publisher import KeyedLocks, confirmed_publish, event_type
 from backup_common.adapters.amqp.topology import Topology, routing_keys
 from backup_common.adapters.waiting import wait_event
+from backup_common.domain.commands import Command, parse_command
 from backup_common.domain.events import Event, parse_event
-from backup_common.domain.ports import EventHandler, ProcessedMessages, PublishError
+from backup_common.domain.ports import Message, MessageHandler, MessageRejected, ProcessedMessages, PublishError
 
 log = logging.getLogger(__name__)
 
 ATTEMPTS_HEADER = "x-attempts"
 LAST_ERROR_HEADER = "x-last-error"
 DEAD_LETTER_REASON_HEADER = "x-dead-letter-reason"
+# The routing key a message was first published with, kept on the copies the consumer retries (sent
+# straight to the queue) and dead-letters: a retried command is still known by it.
+ROUTING_KEY_HEADER = "x-routing-key"
 # processed_messages.message_id is VARCHAR(128); a longer id could never be remembered.
 MAX_MESSAGE_ID_LENGTH = 128
 _MAX_ERROR_TEXT = 300
 
-HandlerTable = Mapping[type[Event], EventHandler]
+HandlerTable = Mapping[type[Event] | type[Command], MessageHandler]
 
 
 class Consumer:
@@ -74,6 +80,7 @@ class Consumer:
         if not handlers:
             raise ValueError(f"consumer {name} has no handler: it would consume nothing")
         self._handlers = dict(handlers)
+        self._commands = {model.routing_key: model for model in handlers if issubclass(model, Command)}
         self._routing_keys = routing_keys(handlers)
         self._processed = processed
         self._retry_backoff = retry_backoff
@@ -150,34 +157,48 @@ class Consumer:
         if len(message_id) > MAX_MESSAGE_ID_LENGTH:
             await self._dead_letter(message, f"its message_id is longer than {MAX_MESSAGE_ID_LENGTH}")
             return
+        routing_key = _first_routing_key(message)
+        command = self._commands.get(routing_key)
+        received: Message
         try:
-            event = parse_event(message.body)
+            received = parse_command(command, message.body, message_id) if command else parse_event(message.body)
         except ValidationError as exc:
-            await self._dead_letter(message, f"it is not a valid event ({_describe_invalid(exc)})")
+            if command is None:
+                await self._dead_letter(message, f"it is not a valid event ({_describe_invalid(exc)})")
+            else:
+                invalid = _describe_invalid(exc, with_messages=True)
+                await self._dead_letter(message, f"it is not a valid {routing_key} command ({invalid})")
             return
-        handler = self._handlers.get(type(event))
+        kind = message_kind(received)
+        handler = self._handlers.get(type(received))
         if handler is None:
             # Bound by another routing key, or published here by hand: never acknowledged unhandled.
-            await self._dead_letter(message, f"{self.name} has no handler for {event_type(event)}")
+            await self._dead_letter(message, f"{self.name} has no handler for {kind}")
             return
 
         failure: Exception | None = None
+        rejected: MessageRejected | None = None
         # Duplicates delivered together wait for each other, so the second one sees the first remembered.
         async with self._processing_ids.hold(message_id):
             try:
                 if await self._processed.seen(self.name, message_id):
-                    log.info("consumer %s: skipping %s %s, already processed", self.name, event_type(event), message_id)
+                    log.info("consumer %s: skipping %s %s, already processed", self.name, kind, message_id)
                     await self._settle(message.ack())
                     return
-                await handler(event)
+                await handler(received)
                 await self._processed.remember(self.name, message_id)
+            except MessageRejected as exc:
+                rejected = exc
             except Exception as exc:
                 failure = exc
-        if failure is None:
-            log.debug("consumer %s: processed %s %s", self.name, event_type(event), message_id)
+        if rejected is not None:
+            # Not remembered: once the cause is fixed, the dead letter may be published again.
+            await self._dead_letter(message, str(rejected) or f"{self.name} rejected {kind}")
+        elif failure is None:
+            log.debug("consumer %s: processed %s %s", self.name, kind, message_id)
             await self._settle(message.ack())
         else:
-            await self._retry_or_dead_letter(message, event_type(event), failure)
+            await self._retry_or_dead_letter(message, kind, failure)
 
     async def _retry_or_dead_letter(self, message: AbstractIncomingMessage, kind: str, exc: Exception) -> None:
         attempt = _attempt_of(message)
@@ -226,8 +247,8 @@ class Consumer:
         operator reading it there knows why; if that copy cannot be queued, the broker dead-letters
         the original (without the reason)."""
         log.error(
-            "consumer %s: dead-lettering message %s (type %s) because %s",
-            self.name, message.message_id, message.type, reason,
+            "consumer %s: dead-lettering message %s (type %s, routing key %s) because %s",
+            self.name, message.message_id, message.type, _first_routing_key(message), reason,
         )  # fmt: skip
         channel = self._channel
         try:
@@ -256,11 +277,25 @@ class Consumer:
             log.warning("consumer %s: could not settle a message, it will be redelivered: %r", self.name, exc)
 
 
+def message_kind(message: Message) -> str:
+    """What a message is, for logs and reasons: the event's type, or the command's model."""
+    return type(message).__name__ if isinstance(message, Command) else event_type(message)
+
+
+def _first_routing_key(message: AbstractIncomingMessage) -> str:
+    """The routing key the message was first published with (a retried copy comes straight to the queue)."""
+    value = message.headers.get(ROUTING_KEY_HEADER)
+    if isinstance(value, bytes):
+        value = value.decode(errors="replace")
+    return value if isinstance(value, str) else (message.routing_key or "")
+
+
 def _copy(message: AbstractIncomingMessage, extra_headers: HeadersType) -> aio_pika.Message:
-    """The message with the same body and properties, and ``extra_headers`` added."""
+    """The message with the same body and properties, the routing key it was first published with,
+    and ``extra_headers`` added."""
     return aio_pika.Message(
         message.body,
-        headers={**message.headers, **extra_headers},
+        headers={ROUTING_KEY_HEADER: _first_routing_key(message), **message.headers, **extra_headers},
         content_type=message.content_type,
         content_encoding=message.content_encoding,
         delivery_mode=message.delivery_mode or aio_pika.DeliveryMode.PERSISTENT,
@@ -291,11 +326,13 @@ def _error_text(exc: Exception) -> str:
     return text if len(text) <= _MAX_ERROR_TEXT else text[: _MAX_ERROR_TEXT - 3] + "..."
 
 
-def _describe_invalid(exc: ValidationError) -> str:
-    """Where and how the body is invalid, without the offending values (they come from the body)."""
+def _describe_invalid(exc: ValidationError, *, with_messages: bool = False) -> str:
+    """Where and how the body is invalid, without the offending values (they come from the body);
+    ``with_messages`` says what is expected too (pydantic's messages name the rule, not the input)."""
     parts = []
-    for error in exc.errors()[:5]:
+    for error in exc.errors(include_url=False, include_input=False)[:5]:
         location = ".".join(str(part) for part in error["loc"]) or "body"
-        parts.append(f"{location}: {error['type']}")
+        said = f"{error['type']}, {error['msg'][:120]}" if with_messages else error["type"]
+        parts.append(f"{location}: {said}")
     more = exc.error_count() - len(parts)
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")

@@ -1,10 +1,11 @@
 """Names and declarations of the exchanges and queues one deployment uses.
 
-Events travel on one durable topic exchange; a service's queue is bound to the routing keys of the
-events its handler table handles, and dead-letters into its own `.dead` queue. Which queues exist is
-derived from the handler tables into infra/rabbitmq/topology.json (`make schemas`), and every process
-declares all of them when it connects: an event that several services take (a full backup's
-BackupRequested) then reaches each of them, even one that has not started yet.
+Events (and the commands automation sends) travel on one durable topic exchange; a service's queue is
+bound to the routing keys of the events and commands its handler table handles, and dead-letters into
+its own `.dead` queue. Which queues exist is derived from the handler tables into
+infra/rabbitmq/topology.json (`make schemas`), and every process declares all of them when it connects:
+an event that several services take (a full backup's BackupRequested) then reaches each of them, even
+one that has not started yet, and a command waits for the gateway.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
 
 from backup_common.adapters.settings import Settings
+from backup_common.domain.commands import Command
 from backup_common.domain.events import Event
 from backup_common.paths import INFRA_DIR
 
@@ -26,8 +28,8 @@ TOPOLOGY_FILE = INFRA_DIR / "rabbitmq" / "topology.json"
 ServiceQueues = dict[str, list[str]]
 
 
-def routing_keys(handlers: Mapping[type[Event], object]) -> list[str]:
-    """The routing keys a service's queue is bound to: those of the events it has handlers for."""
+def routing_keys(handlers: Mapping[type[Event] | type[Command], object]) -> list[str]:
+    """The routing keys a service's queue is bound to: those of the events and commands it has handlers for."""
     return sorted({event.routing_key for event in handlers})
 
 

@@ -265,6 +265,16 @@ class MysqlBackups:
         )
         return await self.get(row["id"]) if row else None
 
+    async def last_success_of_schedule(self, schedule: str) -> Backup | None:
+        # A completed backup deleted since still counts: it was made. A failed one keeps its error.
+        row = await db.fetch_one(
+            self._conn,
+            "SELECT id FROM backups WHERE schedule_name = %s AND status IN ('completed', 'deleting', 'deleted')"
+            " AND error IS NULL AND completed_at IS NOT NULL ORDER BY created_at DESC LIMIT 1",
+            (schedule,),
+        )
+        return await self.get(row["id"]) if row else None
+
     async def idle_since(self, status: BackupStatus, before: datetime, limit: int) -> list[str]:
         rows = await db.fetch_all(
             self._conn,

@@ -15,6 +15,8 @@ _PURGES = {
     "outbox": "DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < %s LIMIT %s",
     "processed_messages": "DELETE FROM processed_messages WHERE processed_at < %s LIMIT %s",
     "job_leases": "DELETE FROM job_leases WHERE state IN ('done', 'failed', 'released') AND updated_at < %s LIMIT %s",
+    "notification_deliveries": "DELETE FROM notification_deliveries WHERE created_at < %s"
+    " AND (delivered_at IS NOT NULL OR given_up_at IS NOT NULL) LIMIT %s",
 }
 
 

@@ -4,6 +4,7 @@ became of each fire time; its primary key makes a firing happen once whatever th
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from asyncmy.connection import Connection
 from asyncmy.errors import IntegrityError
@@ -66,17 +67,40 @@ class MysqlSchedules:
         where, args = ("WHERE schedule_name = %s", [schedule]) if schedule is not None else ("", [])
         rows = await db.fetch_all(
             self._conn,
-            "SELECT schedule_name, fire_at, outcome, backup_id, reason FROM schedule_firings"
-            f" {where} ORDER BY fire_at DESC, schedule_name LIMIT %s",
+            f"SELECT {_FIRING_COLUMNS} FROM schedule_firings {where} ORDER BY fire_at DESC, schedule_name LIMIT %s",
             [*args, limit],
         )
-        return [
-            Firing(
-                schedule=row["schedule_name"],
-                fire_at=utc(row["fire_at"]),
-                outcome=FiringOutcome(row["outcome"]),
-                backup_id=row["backup_id"],
-                reason=row["reason"],
-            )
-            for row in rows
-        ]
+        return [_firing(row) for row in rows]
+
+    async def latest_firing(self, schedule: str, at_or_before: datetime) -> Firing | None:
+        row = await db.fetch_one(
+            self._conn,
+            f"SELECT {_FIRING_COLUMNS} FROM schedule_firings WHERE schedule_name = %s AND fire_at <= %s"
+            " ORDER BY fire_at DESC LIMIT 1",
+            (schedule, naive(at_or_before)),
+        )
+        return _firing(row) if row else None
+
+    async def report_missing(self, schedule: str, fire_at: datetime, now: datetime) -> bool:
+        # The row lock this takes makes a second replica wait, then find it reported.
+        changed = await db.execute(
+            self._conn,
+            "UPDATE schedule_firings SET missing_reported_at = %s"
+            " WHERE schedule_name = %s AND fire_at = %s AND missing_reported_at IS NULL",
+            (naive(now), schedule, naive(fire_at)),
+        )
+        return changed == 1
+
+
+_FIRING_COLUMNS = "schedule_name, fire_at, outcome, backup_id, reason, missing_reported_at"
+
+
+def _firing(row: dict[str, Any]) -> Firing:
+    return Firing(
+        schedule=row["schedule_name"],
+        fire_at=utc(row["fire_at"]),
+        outcome=FiringOutcome(row["outcome"]),
+        backup_id=row["backup_id"],
+        reason=row["reason"],
+        missing_reported_at=utc(row["missing_reported_at"]),
+    )

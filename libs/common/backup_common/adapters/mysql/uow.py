@@ -20,6 +20,7 @@ from backup_common.adapters.mysql.backups import MysqlBackups
 from backup_common.adapters.mysql.documents import MysqlDocuments
 from backup_common.adapters.mysql.housekeeping import MysqlHousekeeping
 from backup_common.adapters.mysql.leases import LeaseStore, MysqlJobLeases
+from backup_common.adapters.mysql.notifications import MysqlNotifications
 from backup_common.adapters.mysql.outbox import add_to_outbox
 from backup_common.adapters.mysql.restores import MysqlRestores
 from backup_common.adapters.mysql.schedules import MysqlSchedules
@@ -54,6 +55,7 @@ class MysqlUnitOfWork:
     outbox: _Outbox
     schedules: MysqlSchedules
     housekeeping: MysqlHousekeeping
+    notifications: MysqlNotifications
 
     def __init__(self, pool: db.Pool, leases: LeaseStore, on_events: Callable[[], None] = lambda: None) -> None:
         self._pool = pool
@@ -84,6 +86,7 @@ class MysqlUnitOfWork:
         self.outbox = _Outbox(conn, self._mark_events)
         self.schedules = MysqlSchedules(conn)
         self.housekeeping = MysqlHousekeeping(conn)
+        self.notifications = MysqlNotifications(conn)
         return self
 
     def _mark_events(self) -> None:

@@ -36,7 +36,7 @@ from backup_common.domain.jobs import (
     part_job_key,
 )
 from backup_common.domain.model import Backup, BackupStatus, PartResult, Trigger
-from backup_common.domain.ports import BackupStorage, Heartbeat, Ports, UnitOfWork, read_settings
+from backup_common.domain.ports import BackupStorage, Heartbeat, MessageRejected, Ports, UnitOfWork, read_settings
 from backup_common.domain.verification import Check, Verification
 from backup_common.engine.archive import ArchiveError
 from backup_common.engine.crypto import KeyUnwrapError, archive_password
@@ -100,12 +100,21 @@ class PartJobs:
             return await uow.backups.previous_with_files(backup)
 
     async def claim(self, event: BackupRequested, part: BackupPart) -> Lease | None:
-        """Takes the part's job unless it is finished, held by a live worker, or its backup is over."""
+        """Takes the part's job unless it is finished, held by a live worker, or its backup is over.
+
+        MessageRejected (so the request is dead-lettered) when the catalog has no such backup or part:
+        the gateway records a backup before it requests it, so such a request was published by hand or
+        by automation, which asks for a backup with the command.backup.create command instead.
+        """
         backup_id = str(event.backup_id)
         backup = await self.backup(backup_id)
-        if backup is None or not backup.has_part(part):
-            log.warning("backup %s has no %s part in the catalog; ignoring the request", backup_id, part.value)
-            return None
+        if backup is None:
+            raise MessageRejected(
+                f"backup {backup_id} is not in the catalog (a BackupRequested only starts a backup the gateway"
+                " recorded; to request one, publish command.backup.create)"
+            )
+        if not backup.has_part(part):
+            raise MessageRejected(f"backup {backup_id} is a {backup.type.value} backup, which has no {part.value} part")
         if not backup.status.in_progress or backup.part(part).status.finished:
             return None
         payload = json.loads(event.to_json())

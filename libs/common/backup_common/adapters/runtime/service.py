@@ -44,9 +44,10 @@ from backup_common.adapters.runtime.health import ServiceMetrics, healthz, metri
 from backup_common.adapters.runtime.jobs import JobWorker, reap_jobs
 from backup_common.adapters.settings import ENV_PREFIX, Settings, SettingsError, load_settings
 from backup_common.adapters.waiting import cancel_and_wait
+from backup_common.domain.commands import Command
 from backup_common.domain.events import Event
 from backup_common.domain.jobs import MAX_JOB_ATTEMPTS
-from backup_common.domain.ports import Ports
+from backup_common.domain.ports import Message, MessageHandler, Ports
 from backup_common.engine.crypto import MasterKey
 from backup_common.engine.database.target import MysqlTarget
 from backup_common.engine.storage import LocalStorage
@@ -87,16 +88,16 @@ def job_worker_service(name: str, handlers: HandlerTable, *workers: JobWorker[An
 
 Bootstrap = Callable[[Settings, Ports, CollectorRegistry], Service]
 Dependencies = TypeVar("Dependencies")
-# A service's handler table: each handler takes its event and the service's dependencies.
-Handlers = Mapping[type[Event], Callable[[Any, Dependencies], Awaitable[None]]]
+# A service's handler table: each handler takes its event (or command) and the service's dependencies.
+Handlers = Mapping[type[Event] | type[Command], Callable[[Any, Dependencies], Awaitable[None]]]
 
 
 def bind(handlers: Handlers[Dependencies], dependencies: Dependencies) -> HandlerTable:
     """The table with each handler given the dependencies, as the consumer calls it."""
 
-    def bound(handler: Callable[[Any, Dependencies], Awaitable[None]]) -> Callable[[Event], Awaitable[None]]:
-        async def handle(event: Event) -> None:
-            await handler(event, dependencies)
+    def bound(handler: Callable[[Any, Dependencies], Awaitable[None]]) -> MessageHandler:
+        async def handle(message: Message) -> None:
+            await handler(message, dependencies)
 
         return handle
 
