@@ -38,6 +38,7 @@ from backup_common.domain.model import (
     RestoreTarget,
     Trigger,
 )
+from backup_common.domain.ports import MessageRejected
 from backup_common.engine.database.dump import DumpError
 from backup_common.engine.database.load import LoadError
 from backup_common.engine.database.restore import DatabaseRestoreProgress, DatabaseRestoreSummary
@@ -361,3 +362,17 @@ async def test_a_target_database_that_cannot_be_checked_is_refused_as_unavailabl
             system.ports, targets, backup.id, RestoreSpec(target=RestoreTarget(database="copy")), requested_by="bob"
         )
     assert system.catalog.restores == {}
+
+
+async def test_a_restore_request_the_gateway_never_recorded_is_rejected(system: FakeSystem) -> None:
+    service = service_with(system, engine := FakeRestore())
+    unknown = uuid.uuid4()
+    event = RestoreRequested(
+        restore_id=unknown, backup_id=uuid.uuid4(), parts=(BackupPart.DATABASE,), requested_by="automation"
+    )
+
+    with pytest.raises(MessageRejected, match=f"restore {unknown} is not in the catalog"):
+        await service.handlers[RestoreRequested](event)
+
+    assert engine.calls == []
+    assert system.catalog.leases == {}

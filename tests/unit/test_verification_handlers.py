@@ -28,6 +28,7 @@ from backup_common.domain.events import (
 )
 from backup_common.domain.jobs import MAX_JOB_ATTEMPTS, verify_job_key
 from backup_common.domain.model import Backup, BackupFilter, BackupStatus
+from backup_common.domain.ports import MessageRejected
 from backup_common.domain.verification import Check, VerificationStatus
 from backup_database.bootstrap import bootstrap as database_backup
 from backup_gateway import handlers as gateway
@@ -235,3 +236,14 @@ async def test_the_schedule_reverifies_those_verified_longest_ago_first_once_per
     verified, total = await gateway.list_backups(system.ports, BackupFilter(verification=[VerificationStatus.VERIFIED]))
     assert total == 3
     assert {backup.verification.status for backup in verified if backup.verification} == {VerificationStatus.VERIFIED}
+
+
+async def test_a_verify_request_for_a_backup_the_catalog_never_had_is_rejected(system: FakeSystem) -> None:
+    service = verification_service(system, drill := FakeDrill())
+    unknown = uuid.uuid4()
+
+    with pytest.raises(MessageRejected, match=f"backup {unknown} is not in the catalog"):
+        await deliver(service, VerifyRequested(backup_id=unknown, requested_by="automation"))
+
+    assert drill.calls == []
+    assert system.catalog.verifications == {}

@@ -29,7 +29,7 @@ from backup_common.domain.documents import RestoreLimits
 from backup_common.domain.events import BackupCompleted, VerifyRequested
 from backup_common.domain.jobs import Lease, verify_job_key
 from backup_common.domain.model import BackupStatus
-from backup_common.domain.ports import Heartbeat, Ports, read_settings
+from backup_common.domain.ports import Heartbeat, MessageRejected, Ports, read_settings
 from backup_common.domain.verification import Check, Verification, VerificationStatus
 from backup_common.engine.database.drill import DRILL_PREFIX
 from backup_verification.checks import Drill, verify_backup
@@ -84,7 +84,11 @@ class Verifier(JobWorker[VerifyRequested]):
         backup_id = str(event.backup_id)
         async with self._ports.uow() as uow:
             backup = await uow.backups.get(backup_id)
-        if backup is None or backup.status is not BackupStatus.COMPLETED:
+        if backup is None:
+            # The gateway and the commands request a verification of a backup they found: one of a
+            # backup the catalog never had was published by hand, and goes to the dead letters.
+            raise MessageRejected(f"backup {backup_id} is not in the catalog; nothing to verify")
+        if backup.status is not BackupStatus.COMPLETED:
             log.info("backup %s is not a completed backup; nothing to verify", backup_id)
             return None
         lease = await self._ports.leases.claim(

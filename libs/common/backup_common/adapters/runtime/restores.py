@@ -20,7 +20,7 @@ from backup_common.domain.documents import SettingsDocument
 from backup_common.domain.events import BackupPart, RestorePartProgressed, RestoreRequested
 from backup_common.domain.jobs import Lease, restore_job_key
 from backup_common.domain.model import Backup, BackupStatus, Restore
-from backup_common.domain.ports import Heartbeat, Ports, read_settings
+from backup_common.domain.ports import Heartbeat, MessageRejected, Ports, read_settings
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +33,21 @@ class RestoreJobs:
         self.stored = StoredParts(ports)
 
     async def claim(self, event: RestoreRequested, part: BackupPart) -> Lease | None:
-        """Takes the part's job unless the restore or the part is finished or a live worker holds it."""
+        """Takes the part's job unless the restore or the part is finished or a live worker holds it.
+
+        MessageRejected (so the request is dead-lettered) when the catalog has no such restore or part:
+        the gateway records a restore before it requests it, so such a request was published by hand.
+        """
         restore_id = str(event.restore_id)
         async with self._ports.uow() as uow:
             restore = await uow.restores.get(restore_id)
-        if restore is None or not restore.has_part(part):
-            log.warning("restore %s has no %s part in the catalog; ignoring the request", restore_id, part.value)
-            return None
+        if restore is None:
+            raise MessageRejected(
+                f"restore {restore_id} is not in the catalog (a RestoreRequested only starts a restore the gateway"
+                " recorded; to request one, POST /api/admin/backup/{id}/restore)"
+            )
+        if not restore.has_part(part):
+            raise MessageRejected(f"restore {restore_id} has no {part.value} part")
         if restore.status.finished or restore.part(part).status.finished:
             return None
         payload = json.loads(event.to_json())
