@@ -16,6 +16,7 @@ file.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import logging
@@ -184,12 +185,17 @@ def _not_found(request: web.Request) -> web.Response:
     return error_response(404, "not_found", f"no route {request.path}", headers=COMMON_HEADERS)
 
 
-def _serve(request: web.Request, path: Path, cache_control: str) -> web.StreamResponse:
+async def _resolve(request: web.Request, relative: str) -> Path | None:
+    # Resolving walks the filesystem: off the event loop.
+    return await asyncio.to_thread(request.app[ADMIN_PAGE].resolve, relative)
+
+
+async def _serve(request: web.Request, path: Path, cache_control: str) -> web.StreamResponse:
     headers = {**COMMON_HEADERS, "Cache-Control": cache_control}
     if path.suffix in CONTENT_TYPES:
         headers["Content-Type"] = CONTENT_TYPES[path.suffix]
     if path.suffix == ".html":
-        document = request.app[ADMIN_PAGE].document(path)
+        document = await asyncio.to_thread(request.app[ADMIN_PAGE].document, path)
         headers["Content-Security-Policy"] = document.policy
         return web.Response(body=document.body, content_type="text/html", charset="utf-8", headers=headers)
     return web.FileResponse(path, headers=headers)
@@ -197,7 +203,7 @@ def _serve(request: web.Request, path: Path, cache_control: str) -> web.StreamRe
 
 async def page(request: web.Request) -> web.StreamResponse:
     admin_page = request.app[ADMIN_PAGE]
-    path = admin_page.resolve(PAGE_FILE)
+    path = await _resolve(request, PAGE_FILE)
     if path is None:
         return error_response(
             503,
@@ -206,7 +212,7 @@ async def page(request: web.Request) -> web.StreamResponse:
             "(it needs Node.js 20 and npm), or point BACKUP_ADMIN_PAGE_DIR at a built page",
             headers=COMMON_HEADERS,
         )
-    return _serve(request, path, NO_CACHE)
+    return await _serve(request, path, NO_CACHE)
 
 
 async def redirect(request: web.Request) -> web.StreamResponse:
@@ -216,11 +222,11 @@ async def redirect(request: web.Request) -> web.StreamResponse:
 def _file_under(prefix: str) -> Handler:
     async def serve_file(request: web.Request) -> web.StreamResponse:
         relative = prefix + request.match_info["path"]
-        path = request.app[ADMIN_PAGE].resolve(relative)
+        path = await _resolve(request, relative)
         if path is None:
             return _not_found(request)
         immutable = relative.startswith("_next/static/")
-        return _serve(request, path, IMMUTABLE if immutable else NO_CACHE)
+        return await _serve(request, path, IMMUTABLE if immutable else NO_CACHE)
 
     return serve_file
 
