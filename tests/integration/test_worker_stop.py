@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncmy.errors
 import pytest
@@ -88,16 +89,19 @@ def free_port() -> int:
 
 
 @asynccontextmanager
-async def worker_process(settings: Settings, log_file: Path) -> AsyncIterator[asyncio.subprocess.Process]:
-    """``python -m backup_database`` on the gateway's catalog, broker names and storage, logging to
-    ``log_file`` (a pipe nobody reads would fill and stall it). Killed at the end if still running."""
+async def worker_process(
+    settings: Settings, log_file: Path, *, source_url: str
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """``python -m backup_database`` on the gateway's catalog, broker names and storage, dumping
+    ``source_url`` and logging to ``log_file`` (a pipe nobody reads would fill and stall it).
+    Killed at the end if still running."""
     assert settings.master_key is not None
     env = os.environ | {
         "BACKUP_MYSQL_URL": settings.mysql_url.get_secret_value(),
         "BACKUP_AMQP_URL": settings.amqp_url.get_secret_value(),
         "BACKUP_AMQP_EXCHANGE": settings.amqp_exchange,
         "BACKUP_AMQP_QUEUE_PREFIX": settings.amqp_queue_prefix,
-        "BACKUP_SOURCE_MYSQL_URL": settings.source_mysql_url.get_secret_value(),
+        "BACKUP_SOURCE_MYSQL_URL": source_url,
         "BACKUP_STORAGE_DIR": str(settings.storage_dir),
         "BACKUP_MASTER_KEY": settings.master_key.get_secret_value(),
         "BACKUP_WORKER_HOST": "127.0.0.1",
@@ -114,6 +118,60 @@ async def worker_process(settings: Settings, log_file: Path) -> AsyncIterator[as
             if child.returncode is None:
                 child.kill()
                 await child.wait()
+
+
+# The pace of a throttled source's replies: the 50 MB dump then lasts several seconds, so its
+# progress is surely seen before it ends, however fast the machine.
+THROTTLE_BYTES_PER_SECOND = 8 * 1024 * 1024
+PROXY_CHUNK_BYTES = 64 * 1024
+
+
+@asynccontextmanager
+async def throttled(url: str) -> AsyncIterator[str]:
+    """``url`` reached through a TCP proxy on loopback that passes the server's replies at
+    THROTTLE_BYTES_PER_SECOND per connection. Every connection is closed at the end."""
+    parts = urlsplit(url)
+    upstream_host, upstream_port = parts.hostname or "127.0.0.1", parts.port or 3306
+    links: set[asyncio.Task[None]] = set()
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, paced: bool) -> None:
+        try:
+            while chunk := await reader.read(PROXY_CHUNK_BYTES):
+                writer.write(chunk)
+                await writer.drain()
+                if paced:
+                    await asyncio.sleep(len(chunk) / THROTTLE_BYTES_PER_SECOND)
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def link(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        try:
+            server_reader, server_writer = await asyncio.open_connection(upstream_host, upstream_port)
+        except OSError:
+            client_writer.close()
+            raise
+        await asyncio.gather(
+            pipe(client_reader, server_writer, paced=False), pipe(server_reader, client_writer, paced=True)
+        )
+
+    def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.create_task(link(reader, writer))
+        links.add(task)
+        task.add_done_callback(links.discard)
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    credentials = parts.netloc.rpartition("@")[0]
+    try:
+        yield urlunsplit(parts._replace(netloc=f"{credentials}@127.0.0.1:{port}"))
+    finally:
+        server.close()
+        await server.wait_closed()
+        for task in list(links):
+            task.cancel()
+        await asyncio.gather(*links, return_exceptions=True)
 
 
 async def until(check: Callable[[], Awaitable[Any]], *, seconds: float = 120) -> Any:
@@ -156,7 +214,10 @@ async def test_a_worker_stopped_mid_dump_hands_its_part_back_and_another_worker_
     overrides = system_overrides(big_source, tmp_path) | {"lease_seconds": 5}
     async with running_gateway(settings, **overrides) as gateway:
         log_file = tmp_path / "first-worker.log"
-        async with worker_process(gateway.settings, log_file) as first:
+        async with (
+            throttled(big_source) as slow_source,
+            worker_process(gateway.settings, log_file, source_url=slow_source) as first,
+        ):
             created = await gateway.create("database")
             await until(lambda: dumping_with_progress(gateway, created["id"]))
             first.send_signal(signal.SIGTERM)
