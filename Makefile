@@ -69,7 +69,7 @@ run: setup
 
 # lint-imports checks the import contracts in pyproject.toml's [tool.importlinter]: the layers of
 # backup_common (cli -> adapters -> engine -> domain), services independent of each other and
-# unknown to backup_common, and MySQL/AMQP/HTTP libraries kept out of domain, engine and handlers.
+# unknown to backup_common, and MySQL/AMQP/HTTP/S3 libraries kept out of domain, engine and handlers.
 # `npm run lint` in client/: tsc --noEmit, and src/lib/api-types.ts checked against client/openapi.json.
 lint: setup
 	$(BIN)/ruff check .
@@ -111,6 +111,7 @@ bench: setup
 	bash bench/setup.sh
 	$(BIN)/python -m bench.database $(BENCH_ARGS)
 	$(BIN)/python -m bench.files $(BENCH_FILES_ARGS)
+	$(BIN)/python -m bench.offsite $(BENCH_OFFSITE_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .import_linter_cache

@@ -20,6 +20,7 @@ from backup_common.engine.database.target import MysqlTarget
 from tests.conftest import DECLARED_QUEUES
 from tests.integration import source_db
 from tests.integration.gateway_support import Gateway, running_gateway
+from tests.integration.s3_support import moto_endpoint as moto_endpoint
 from tests.integration.source_snapshot import snapshot
 from tests.services import ServiceEndpoints
 

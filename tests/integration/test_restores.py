@@ -11,6 +11,7 @@ import secrets
 import stat
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,8 +49,14 @@ class System:
 
 @pytest.fixture
 async def system(settings: Settings, tmp_path: Path) -> AsyncIterator[System]:
-    """A gateway and both workers sharing one catalog, storage and exchange, over a feature-rich source
-    database and three small trees with modes, times and links."""
+    async with running_system(settings, tmp_path, "database_backup", "file_backup") as running:
+        yield running
+
+
+@asynccontextmanager
+async def running_system(settings: Settings, tmp_path: Path, *services: str, **extra: Any) -> AsyncIterator[System]:
+    """A gateway and the named services sharing one catalog, storage and exchange, over a feature-rich
+    source database and three small trees with modes, times and links; ``extra`` settings on top."""
     server = settings.mysql_url.get_secret_value().rsplit("/", 1)[0]
     source = MysqlTarget(f"{server}/backup_src_{secrets.token_hex(4)}")
     await source_db.build_feature_database(source)
@@ -64,10 +71,11 @@ async def system(settings: Settings, tmp_path: Path) -> AsyncIterator[System]:
         "logs_dir": app / "logs",
         "restore_dir": tmp_path / "restores",
         "lease_seconds": 5,
+        **extra,
     }
     async with running_gateway(settings, **overrides) as gateway:
         try:
-            async with running_workers(gateway, "database_backup", "file_backup"):
+            async with running_workers(gateway, *services):
                 yield System(gateway, source, app, tmp_path / "restores")
         finally:
             await db.drop_database(source)

@@ -36,6 +36,7 @@ from tests.integration.gateway_support import (
     wait_finished,
 )
 from tests.integration.source_db import connect, numbers, rows, run, run_on
+from tests.integration.tcp_proxy import tcp_proxy
 
 pytestmark = pytest.mark.integration
 
@@ -123,55 +124,16 @@ async def worker_process(
 # The pace of a throttled source's replies: the 50 MB dump then lasts several seconds, so its
 # progress is surely seen before it ends, however fast the machine.
 THROTTLE_BYTES_PER_SECOND = 8 * 1024 * 1024
-PROXY_CHUNK_BYTES = 64 * 1024
 
 
 @asynccontextmanager
 async def throttled(url: str) -> AsyncIterator[str]:
-    """``url`` reached through a TCP proxy on loopback that passes the server's replies at
-    THROTTLE_BYTES_PER_SECOND per connection. Every connection is closed at the end."""
+    """``url`` reached through a proxy that passes the server's replies at THROTTLE_BYTES_PER_SECOND."""
     parts = urlsplit(url)
-    upstream_host, upstream_port = parts.hostname or "127.0.0.1", parts.port or 3306
-    links: set[asyncio.Task[None]] = set()
-
-    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, paced: bool) -> None:
-        try:
-            while chunk := await reader.read(PROXY_CHUNK_BYTES):
-                writer.write(chunk)
-                await writer.drain()
-                if paced:
-                    await asyncio.sleep(len(chunk) / THROTTLE_BYTES_PER_SECOND)
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
-
-    async def link(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
-        try:
-            server_reader, server_writer = await asyncio.open_connection(upstream_host, upstream_port)
-        except OSError:
-            client_writer.close()
-            raise
-        await asyncio.gather(
-            pipe(client_reader, server_writer, paced=False), pipe(server_reader, client_writer, paced=True)
-        )
-
-    def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.create_task(link(reader, writer))
-        links.add(task)
-        task.add_done_callback(links.discard)
-
-    server = await asyncio.start_server(accept, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    credentials = parts.netloc.rpartition("@")[0]
-    try:
+    upstream = (parts.hostname or "127.0.0.1", parts.port or 3306)
+    async with tcp_proxy(*upstream, reply_bytes_per_second=THROTTLE_BYTES_PER_SECOND) as port:
+        credentials = parts.netloc.rpartition("@")[0]
         yield urlunsplit(parts._replace(netloc=f"{credentials}@127.0.0.1:{port}"))
-    finally:
-        server.close()
-        await server.wait_closed()
-        for task in list(links):
-            task.cancel()
-        await asyncio.gather(*links, return_exceptions=True)
 
 
 async def until(check: Callable[[], Awaitable[Any]], *, seconds: float = 120) -> Any:

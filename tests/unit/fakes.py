@@ -9,8 +9,10 @@ every saved aggregate to the outbox together with the state.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -38,12 +40,23 @@ from backup_common.domain.model import (
     target_busy,
 )
 from backup_common.domain.notifications import Delivery
-from backup_common.domain.ports import DuplicateRequest, Ports, StoredDocument, WrappedKey
+from backup_common.domain.offsite import OffsiteCopy, OffsiteStatus
+from backup_common.domain.ports import (
+    DuplicateRequest,
+    OffsiteError,
+    OffsiteLocked,
+    OffsiteObject,
+    OffsiteStore,
+    Ports,
+    StoredDocument,
+    UploadProgress,
+    WrappedKey,
+)
 from backup_common.domain.retention import Candidate
 from backup_common.domain.schedule import Firing
 from backup_common.domain.verification import Verification, VerificationStatus
 from backup_common.engine.crypto import MasterKey, new_data_key
-from backup_common.engine.storage import LocalStorage
+from backup_common.engine.storage import MANIFEST, LocalStorage
 from tests.unit.fake_upkeep import FakeHousekeeping, FakeLocks, FakeNotifications, FakeSchedules
 
 LEASE_SECONDS = 60.0
@@ -92,6 +105,7 @@ class FakeCatalog:
     locks: set[str] = field(default_factory=set)
     purges: list[datetime] = field(default_factory=list)
     deliveries: dict[str, Delivery] = field(default_factory=dict)
+    offsite: dict[str, OffsiteCopy] = field(default_factory=dict)
     claimed: set[str] = field(default_factory=set)  # deliveries an open unit of work holds
     commits: int = 0
 
@@ -332,6 +346,55 @@ class _Verifications:
         return [backup.id for backup in sorted(completed, key=age)[:limit]]
 
 
+class _OffsiteCopies:
+    def __init__(self, uow: FakeUnitOfWork) -> None:
+        self._uow = uow
+
+    async def get(self, backup_id: str, *, for_update: bool = False) -> OffsiteCopy | None:
+        found = self._uow.catalog.offsite.get(backup_id)
+        return copy.deepcopy(found) if found else None
+
+    async def save(self, offsite: OffsiteCopy) -> None:
+        self._uow.staged_offsite[offsite.backup_id] = copy.deepcopy(offsite)
+
+    def _completed(self) -> list[Backup]:
+        backups = self._uow.catalog.backups.values()
+        return sorted((b for b in backups if b.status is BackupStatus.COMPLETED), key=lambda b: (b.created_at, b.id))
+
+    async def due(self, now: datetime, limit: int) -> list[str]:
+        copies = self._uow.catalog.offsite
+
+        def is_due(found: OffsiteCopy | None) -> bool:
+            if found is None or found.status is OffsiteStatus.PENDING:
+                return True
+            return (
+                found.status is OffsiteStatus.FAILED
+                and found.next_attempt_at is not None
+                and found.next_attempt_at <= now
+            )
+
+        return [b.id for b in self._completed() if is_due(copies.get(b.id))][:limit]
+
+    async def locked_due(self, now: datetime, limit: int) -> list[str]:
+        found = [
+            c
+            for c in self._uow.catalog.offsite.values()
+            if c.status is OffsiteStatus.LOCKED and c.next_attempt_at is not None and c.next_attempt_at <= now
+        ]
+        return [c.backup_id for c in sorted(found, key=lambda c: c.next_attempt_at or now)][:limit]
+
+    async def local_expiry(self, created_before: datetime, limit: int) -> list[str]:
+        copies = self._uow.catalog.offsite
+        return [
+            b.id
+            for b in self._completed()
+            if b.created_at < created_before
+            and (found := copies.get(b.id)) is not None
+            and found.status is OffsiteStatus.COPIED
+            and found.local_removed_at is None
+        ][:limit]
+
+
 class _Documents:
     def __init__(self, uow: FakeUnitOfWork) -> None:
         self._uow = uow
@@ -443,6 +506,7 @@ class FakeUnitOfWork:
         self.staged_cursors: dict[str, datetime] = {}
         self.staged_reports: dict[tuple[str, datetime], datetime] = {}
         self.staged_deliveries: dict[str, Delivery] = {}
+        self.staged_offsite: dict[str, OffsiteCopy] = {}
         self.claimed: set[str] = set()
         self.backups = _Backups(self)
         self.restores = _Restores(self)
@@ -454,6 +518,7 @@ class FakeUnitOfWork:
         self.schedules = FakeSchedules(self)
         self.housekeeping = FakeHousekeeping(self)
         self.notifications = FakeNotifications(self)
+        self.offsite = _OffsiteCopies(self)
 
     def stage(self, aggregate: Backup | Restore) -> None:
         self.staged[aggregate.id] = aggregate
@@ -468,6 +533,7 @@ class FakeUnitOfWork:
         self.staged_firings.clear()
         self.staged_reports.clear()
         self.staged_deliveries.clear()
+        self.staged_offsite.clear()
         self.catalog.claimed -= self.claimed
         self.claimed.clear()
 
@@ -484,6 +550,7 @@ class FakeUnitOfWork:
             self.staged_events.extend(verification.events)
             verification.events.clear()
             catalog.verifications[verification.backup_id] = _fresh(verification)
+        catalog.offsite.update(self.staged_offsite)
         catalog.restore_targets.update(self.staged_targets)
         for key, restore_id in list(catalog.restore_targets.items()):
             if catalog.restores[restore_id].status.finished:
@@ -596,7 +663,7 @@ class FakeSystem:
     ports: Ports
 
 
-def fake_ports(storage: Path, holder: str = "test-worker") -> FakeSystem:
+def fake_ports(storage: Path, holder: str = "test-worker", offsite: OffsiteStore | None = None) -> FakeSystem:
     clock = FakeClock()
     catalog = FakeCatalog(clock)
     keys = FakeKeyStore()
@@ -609,5 +676,110 @@ def fake_ports(storage: Path, holder: str = "test-worker") -> FakeSystem:
         locks=FakeLocks(catalog),
         clock=clock,
         holder=holder,
+        offsite=offsite,
     )
     return FakeSystem(catalog, keys, local, clock, ports)
+
+
+class FakeOffsiteStore:
+    """``OffsiteStore`` in memory: objects by key, and what was written in which order. ``down``
+    makes every call fail as an unreachable store does; ``lock_until`` refuses removals as Object
+    Lock does."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+        self.written: list[str] = []
+        self.tombstones: set[str] = set()
+        self.down: str | None = None
+        self.lock_until: datetime | None = None
+        self.lock_on = False
+
+    def _check(self) -> None:
+        if self.down is not None:
+            raise OffsiteError(self.down)
+
+    def location(self, storage_path: str) -> str:
+        return f"s3://fake/{storage_path}/"
+
+    async def upload(
+        self,
+        storage_path: str,
+        directory: Path,
+        names: Sequence[str],
+        *,
+        retain_until: datetime | None = None,
+        progress: UploadProgress | None = None,
+        expected: Mapping[str, str] | None = None,
+    ) -> list[OffsiteObject]:
+        self._check()
+        for name, digest in (expected or {}).items():
+            if hashlib.sha256((directory / name).read_bytes()).hexdigest() != digest:
+                raise OffsiteError(f"{directory / name} has another SHA-256 than the {digest} recorded")
+        sent = 0
+        for name in sorted(names, key=lambda name: name == MANIFEST):
+            data = (directory / name).read_bytes()
+            key = f"{storage_path}/{name}"
+            if self.objects.get(key) != data:
+                self.objects[key] = data
+                self.written.append(key)
+                sent += len(data)
+                if progress is not None:
+                    await progress(sent)
+        return list((await self.listing(storage_path)).values())
+
+    async def listing(self, storage_path: str) -> dict[str, OffsiteObject]:
+        self._check()
+        prefix = f"{storage_path}/"
+        return {
+            key.removeprefix(prefix): OffsiteObject(
+                key.removeprefix(prefix), len(data), hashlib.sha256(data).hexdigest()
+            )
+            for key, data in self.objects.items()
+            if key.startswith(prefix)
+        }
+
+    async def download(self, storage_path: str, names: Sequence[str], directory: Path) -> None:
+        self._check()
+        directory.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            data = self.objects.get(f"{storage_path}/{name}")
+            if data is None:
+                raise OffsiteError(f"{self.location(storage_path)}{name} does not exist")
+            (directory / name).write_bytes(data)
+
+    async def stream(self, storage_path: str, name: str) -> AsyncIterator[bytes]:
+        self._check()
+        yield self.objects[f"{storage_path}/{name}"]
+
+    async def read_json(self, storage_path: str, name: str) -> dict[str, Any]:
+        self._check()
+        document: dict[str, Any] = json.loads(self.objects[f"{storage_path}/{name}"])
+        return document
+
+    async def remove(self, storage_path: str) -> int:
+        self._check()
+        keys = [key for key in self.objects if key.startswith(f"{storage_path}/")]
+        if keys and self.lock_until is not None:
+            raise OffsiteLocked("Object Lock keeps them", self.lock_until)
+        for key in sorted(keys, key=lambda key: not key.endswith(MANIFEST)):
+            del self.objects[key]
+        return len(keys)
+
+    async def mark_deleted(self, backup_id: str) -> None:
+        self._check()
+        self.tombstones.add(backup_id)
+
+    async def deleted(self) -> set[str]:
+        self._check()
+        return set(self.tombstones)
+
+    async def backups(self) -> list[str]:
+        self._check()
+        return sorted(key.rsplit("/", 1)[0] for key in self.objects if key.endswith(f"/{MANIFEST}"))
+
+    async def lock_enabled(self) -> bool:
+        self._check()
+        return self.lock_on
+
+    async def close(self) -> None:
+        pass

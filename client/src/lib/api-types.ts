@@ -313,6 +313,8 @@ export interface components {
             error: string | null;
             /** Id */
             id: string;
+            /** @description The off-site copy; null when no object store was configured when the backup completed. */
+            offsite: components["schemas"]["OffsiteOut"] | null;
             /** Parent Id */
             parent_id: string | null;
             /** Parts */
@@ -381,6 +383,8 @@ export interface components {
             error: string | null;
             /** Id */
             id: string;
+            /** @description The off-site copy; null when no object store was configured when the backup completed. */
+            offsite: components["schemas"]["OffsiteOut"] | null;
             /** Parent Id */
             parent_id: string | null;
             /** Parts */
@@ -581,6 +585,64 @@ export interface components {
             /** Webhooks */
             webhooks?: components["schemas"]["Webhook"][];
         };
+        /** OffsiteOut */
+        OffsiteOut: {
+            /**
+             * Attempts
+             * @description Attempts made so far.
+             * @default 0
+             */
+            attempts: number;
+            /**
+             * Bytes Copied
+             * @description Bytes sent so far (while pending), or held by the store.
+             * @default 0
+             */
+            bytes_copied: number;
+            /**
+             * Copied At
+             * @description When the copy was completed.
+             * @default null
+             */
+            copied_at: string | null;
+            /**
+             * Error
+             * @description Why the last attempt failed.
+             * @default null
+             */
+            error: string | null;
+            /**
+             * Local Removed At
+             * @description When the local copy was removed (BACKUP_LOCAL_KEEP_DAYS); reads fetch it back.
+             * @default null
+             */
+            local_removed_at: string | null;
+            /**
+             * Location
+             * @description Where the copy is: s3://bucket/prefix/YYYY-MM-DD/<id>/.
+             * @default null
+             */
+            location: string | null;
+            /**
+             * Next Attempt At
+             * @description When a failed copy is tried again.
+             * @default null
+             */
+            next_attempt_at: string | null;
+            /**
+             * Retain Until
+             * @description Until when Object Lock keeps the copy, when it does.
+             * @default null
+             */
+            retain_until: string | null;
+            /** @description pending until copied; copied; failed (tried again at next_attempt_at). For a deleted backup: removed, or locked while Object Lock keeps its objects. */
+            status: components["schemas"]["OffsiteStatus"];
+        };
+        /**
+         * OffsiteStatus
+         * @enum {string}
+         */
+        OffsiteStatus: "pending" | "copied" | "failed" | "removed" | "locked";
         /** Outcomes */
         Outcomes: {
             /** Completed */

@@ -1,6 +1,7 @@
 /** How far a running backup or restore is, from the parts' progress the workers record. */
 
 import type { Backup, Restore } from "./backupApi";
+import { formatBytes, formatDateTime } from "./format";
 
 export interface ProgressSummary {
   /** 0 to 1, or null when nothing says how much is left. */
@@ -81,4 +82,25 @@ export function restoreProgress(restore: Restore): ProgressSummary {
       .map((part) => `${part.part}: ${part.status === "running" ? describePartProgress(part.progress) : part.status}`)
       .join("; "),
   };
+}
+
+/** The backup's off-site copy in words; null when it has none (no object store was configured). */
+export function describeOffsite(offsite: Backup["offsite"]): string | null {
+  if (!offsite) return null;
+  switch (offsite.status) {
+    case "copied": {
+      const local = offsite.local_removed_at
+        ? `; the local copy was removed ${formatDateTime(offsite.local_removed_at)} (restores fetch it back)`
+        : "";
+      return `Copied ${formatDateTime(offsite.copied_at)} to ${offsite.location ?? "the object store"}${local}`;
+    }
+    case "failed":
+      return `Failed after ${offsite.attempts} ${offsite.attempts === 1 ? "attempt" : "attempts"}: ${offsite.error ?? "no reason given"}; tried again ${formatDateTime(offsite.next_attempt_at)}`;
+    case "pending":
+      return offsite.bytes_copied > 0 ? `Copying: ${formatBytes(offsite.bytes_copied)} sent` : "Waiting to be copied";
+    case "removed":
+      return "Removed with the backup";
+    case "locked":
+      return `Deleted; Object Lock keeps the objects until ${formatDateTime(offsite.retain_until)}`;
+  }
 }

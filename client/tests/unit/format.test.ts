@@ -2,7 +2,7 @@ import { describe, expect, it } from "vitest";
 
 import { cronProblem, describeCron } from "../../src/lib/cron";
 import { formatBytes, formatPercent, formatRelative, shortId } from "../../src/lib/format";
-import { backupProgress, describePartProgress } from "../../src/lib/progress";
+import { backupProgress, describeOffsite, describePartProgress } from "../../src/lib/progress";
 import { aBackup } from "./gateway";
 
 describe("sizes, ages and ids", () => {
@@ -73,5 +73,32 @@ describe("progress", () => {
   it("describes a part's progress as backupctl does", () => {
     expect(describePartProgress({ phase: "writing", files_done: 3, files_total: 9 })).toBe("writing, 3/9 files");
     expect(describePartProgress(null)).toBe("waiting");
+  });
+});
+
+describe("off-site copies", () => {
+  const copy = {
+    status: "pending" as const,
+    copied_at: null,
+    error: null,
+    attempts: 0,
+    bytes_copied: 0,
+    next_attempt_at: null,
+    location: null,
+    retain_until: null,
+    local_removed_at: null,
+  };
+
+  it("says nothing of a backup that has no off-site copy", () => {
+    expect(describeOffsite(null)).toBeNull();
+  });
+
+  it("says where a copy is, and what failed and when it is tried again", () => {
+    expect(describeOffsite(copy)).toBe("Waiting to be copied");
+    expect(describeOffsite({ ...copy, bytes_copied: 3 * 1024 ** 2 })).toBe("Copying: 3.00 MiB sent");
+    const copied = describeOffsite({ ...copy, status: "copied", copied_at: "2025-12-01T10:02:00Z", location: "s3://b/p/x/" });
+    expect(copied).toMatch(/^Copied .+ to s3:\/\/b\/p\/x\/$/);
+    const failed = describeOffsite({ ...copy, status: "failed", attempts: 2, error: "endpoint down", next_attempt_at: "2025-12-01T10:05:00Z" });
+    expect(failed).toMatch(/^Failed after 2 attempts: endpoint down; tried again /);
   });
 });

@@ -133,6 +133,7 @@ export function aBackup(overrides: Partial<BackupDetail> = {}): BackupDetail {
       },
     ],
     verification: { status: "verified", checked_at: "2025-12-01T10:01:00Z", error: null, checks: [] },
+    offsite: null,
     warning_count: 0,
     warnings: [],
     ...overrides,

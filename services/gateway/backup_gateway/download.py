@@ -14,6 +14,7 @@ from pathlib import Path
 from aiohttp import web
 from zipstream import ZIP_STORED, ZipStream
 
+from backup_common.adapters.runtime.fetch import LocalCopyMissing, local_copy
 from backup_common.domain.errors import Conflict, Gone
 from backup_common.domain.model import Backup, BackupStatus, Part
 from backup_common.engine.storage import MANIFEST
@@ -78,7 +79,11 @@ async def download_backup(request: web.Request) -> web.StreamResponse:
             f"backup {backup.id} is {backup.status}; only a completed backup can be downloaded",
             code="backup_not_completed",
         )
-    directory = ports(request).storage.directory(backup)
+    # Sizes only here: the stream itself checks each archive's SHA-256 before its last chunk goes out.
+    try:
+        directory = await local_copy(ports(request), backup, checksums=False)
+    except LocalCopyMissing as exc:
+        raise Gone(str(exc)) from exc
     paths = await asyncio.to_thread(_archive_paths, directory, backup)
     stem = f"backup-{backup.created_at:%Y%m%d-%H%M%S}-{backup.id}"
     if len(paths) == 1:

@@ -19,6 +19,7 @@ from backup_common.domain.model import (
     Restore,
     RestoreStatus,
 )
+from backup_common.domain.offsite import OffsiteCopy, OffsiteStatus
 from backup_common.domain.ports import StoredDocument
 from backup_common.domain.retention import RetentionPlan
 from backup_common.domain.schedule import next_fire_times
@@ -164,6 +165,39 @@ def verification_out(verification: Verification | None) -> VerificationOut:
     )
 
 
+class OffsiteOut(BaseModel):
+    status: OffsiteStatus = Field(
+        description="pending until copied; copied; failed (tried again at next_attempt_at). For a deleted backup:"
+        " removed, or locked while Object Lock keeps its objects."
+    )
+    copied_at: datetime | None = Field(None, description="When the copy was completed.")
+    error: str | None = Field(None, description="Why the last attempt failed.")
+    attempts: int = Field(0, ge=0, description="Attempts made so far.")
+    bytes_copied: int = Field(0, ge=0, description="Bytes sent so far (while pending), or held by the store.")
+    next_attempt_at: datetime | None = Field(None, description="When a failed copy is tried again.")
+    location: str | None = Field(None, description="Where the copy is: s3://bucket/prefix/YYYY-MM-DD/<id>/.")
+    retain_until: datetime | None = Field(None, description="Until when Object Lock keeps the copy, when it does.")
+    local_removed_at: datetime | None = Field(
+        None, description="When the local copy was removed (BACKUP_LOCAL_KEEP_DAYS); reads fetch it back."
+    )
+
+
+def offsite_out(copy: OffsiteCopy | None) -> OffsiteOut | None:
+    if copy is None:
+        return None
+    return OffsiteOut(
+        status=copy.status,
+        copied_at=copy.copied_at,
+        error=copy.error,
+        attempts=copy.attempts,
+        bytes_copied=copy.bytes_copied,
+        next_attempt_at=copy.next_attempt_at,
+        location=copy.location,
+        retain_until=copy.retain_until,
+        local_removed_at=copy.local_removed_at,
+    )
+
+
 class BackupOut(BaseModel):
     id: str
     type: BackupType
@@ -185,6 +219,9 @@ class BackupOut(BaseModel):
     progress: Progress
     parts: list[PartOut]
     verification: VerificationOut
+    offsite: OffsiteOut | None = Field(
+        description="The off-site copy; null when no object store was configured when the backup completed."
+    )
     warning_count: int = Field(
         ge=0,
         description="Paths the backup left out (sockets, FIFOs, device files, files unreadable as they were read).",
@@ -380,6 +417,7 @@ def backup_out(backup: Backup) -> BackupOut:
         progress=Progress(parts_completed=backup.parts_completed, parts_total=len(backup.parts)),
         parts=[PartOut.model_validate(part) for part in backup.parts],
         verification=verification_out(backup.verification),
+        offsite=offsite_out(backup.offsite),
         warning_count=backup.warning_count,
     )
 

@@ -1,29 +1,33 @@
 """What the retention service does with the events it consumes.
 
-DeleteRequested is carried out: the backup's directory is removed, then its wrapped data key is
-destroyed, then the backup is marked `deleted` (with BackupDeleted). Each step is idempotent and the
-order makes a half-done deletion safe: a crash after the files leaves the backup `deleting` with its
-key, and the retry (redelivery, or housekeeping) finishes it. BackupCompleted applies the retention
-policy, one replica at a time. BackupFailed and BackupVerificationFailed are told to the webhooks
-that want them (notifications.py).
+DeleteRequested is carried out: the backup's directory is removed, then its off-site copy, then its
+wrapped data key is destroyed, then the backup is marked `deleted` (with BackupDeleted). Each step is
+idempotent and the order makes a half-done deletion safe: a crash after the files leaves the backup
+`deleting` with its key, and the retry (redelivery, or housekeeping) finishes it. BackupCompleted
+applies the retention policy, one replica at a time, and wakes the off-site copier (offsite.py).
+BackupFailed and BackupVerificationFailed are told to the webhooks that want them (notifications.py).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 
 from prometheus_client import CollectorRegistry, Counter
 
 from backup_common.adapters.runtime.service import Handlers
 from backup_common.domain.events import BackupCompleted, BackupFailed, BackupVerificationFailed, DeleteRequested
-from backup_common.domain.model import BackupStatus
-from backup_common.domain.ports import Ports, retention_plan
+from backup_common.domain.model import Backup, BackupStatus
+from backup_common.domain.ports import OffsiteError, OffsiteStore, Ports, retention_plan
 from backup_retention.notifications import Notifier
+from backup_retention.offsite import Copier, copy_lock, remove_offsite
 
 log = logging.getLogger(__name__)
 
 POLICY_LOCK = "retention-policy"
+# When Object Lock refused a removal and the store did not say until when: looked at again after this.
+OFFSITE_RETRY = timedelta(hours=1)
 RETENTION = "retention"  # who asks for the deletions the policy decides
 
 
@@ -48,6 +52,7 @@ class Dependencies:
     ports: Ports
     metrics: RetentionMetrics
     notifier: Notifier
+    copier: Copier | None = None  # when BACKUP_OFFSITE_URL is set
 
 
 async def erase(ports: Ports, backup_id: str) -> bool:
@@ -62,6 +67,8 @@ async def erase(ports: Ports, backup_id: str) -> bool:
     # Files before the key: with the key gone first, a crash would leave files nothing could read and
     # nothing would clean up; the other way round, the retry finds the key and finishes.
     removed = await ports.storage.remove(backup)
+    if ports.offsite is not None and not await _erase_offsite(ports, ports.offsite, backup):
+        return False
     destroyed = await ports.keys.destroy(backup_id)
     async with ports.uow() as uow:
         backup = await uow.backups.get(backup_id, for_update=True)
@@ -76,6 +83,23 @@ async def erase(ports: Ports, backup_id: str) -> bool:
         "directory removed" if removed else "no directory left",
         "data key destroyed" if destroyed else "no data key left",
     )
+    return True
+
+
+async def _erase_offsite(ports: Ports, store: OffsiteStore, backup: Backup) -> bool:
+    """Removes the backup's off-site copy (or records that Object Lock keeps it); False leaves the
+    deletion to be asked again: a copy of it is being written, or the store failed."""
+    async with ports.locks.hold(copy_lock(backup.id)) as held:
+        if not held:
+            log.info("backup %s: its off-site copy is being written; deleting it later", backup.id)
+            return False
+        async with ports.uow() as uow:
+            copy = await uow.offsite.get(backup.id)
+        try:
+            await remove_offsite(ports, store, backup, copy, OFFSITE_RETRY)
+        except OffsiteError as exc:
+            log.warning("backup %s: off-site copy not removed (%s); deleting it later", backup.id, exc)
+            return False
     return True
 
 
@@ -111,6 +135,8 @@ async def delete_requested(event: DeleteRequested, deps: Dependencies) -> None:
 
 
 async def backup_completed(event: BackupCompleted, deps: Dependencies) -> None:
+    if deps.copier is not None:
+        deps.copier.wake()
     await apply_retention(deps.ports, deps.metrics)
 
 

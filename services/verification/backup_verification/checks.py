@@ -19,10 +19,12 @@ when it was read: it proves the backup is what was written, and restores.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from backup_common.adapters.runtime.fetch import LocalCopyMissing, local_copy
 from backup_common.adapters.runtime.jobs import PartFailure
 from backup_common.adapters.runtime.stored import StoredPart, StoredParts
 from backup_common.domain.documents import RestoreLimits
@@ -40,9 +42,13 @@ Drill = Callable[[StoredPart], Awaitable[Check]]
 
 
 async def verify_backup(ports: Ports, backup: Backup, limits: RestoreLimits, drill: Drill) -> list[Check]:
+    # What is missing or damaged locally is fetched from the off-site copy first, and that is what
+    # the checks prove; without one, the checks below say what is wrong.
+    with contextlib.suppress(LocalCopyMissing):
+        await local_copy(ports, backup)
     check, signed = await _manifest_check(ports, backup)
     checks = [check]
-    stored = StoredParts(ports)
+    stored = StoredParts(ports, checksums=False)
     for record in backup.parts:
         part = record.part
         try:

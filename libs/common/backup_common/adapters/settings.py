@@ -104,6 +104,19 @@ class Settings(BaseSettings):
     notification_max_attempts: int = Field(12, ge=1, le=100)
     notification_retry_seconds: float = Field(10.0, gt=0, le=3600)
     notification_timeout_seconds: float = Field(10.0, gt=0, le=120)
+    # Off-site copies (s3://bucket/prefix) in an S3-compatible store: AWS, or another at the endpoint
+    # URL. Credentials and region come from the standard AWS variables and files. Local copies of
+    # backups copied off-site are removed after local_keep_days (unset: kept as long as the backup).
+    offsite_url: str | None = None
+    offsite_endpoint_url: str | None = None
+    offsite_storage_class: str | None = Field(None, pattern=r"^[A-Z_]+$")
+    offsite_part_size_mib: int = Field(16, ge=5, le=5 * 1024)
+    offsite_concurrency: int = Field(4, ge=1, le=64)
+    offsite_retry_seconds: float = Field(30.0, gt=0, le=3600)
+    # Object Lock retention of each copy, in days from the backup's creation, when the bucket has
+    # Object Lock; unset: the retention policy's max_age_days, else its keep_daily.
+    offsite_lock_days: int | None = Field(None, ge=1, le=36500)
+    local_keep_days: int | None = Field(None, ge=1, le=36500)
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
     log_format: LogFormat = LogFormat.TEXT
 
@@ -118,6 +131,20 @@ class Settings(BaseSettings):
     def _drill_url_is_valid(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
             _check_mysql_url(value.get_secret_value())
+        return value
+
+    @field_validator("offsite_url")
+    @classmethod
+    def _offsite_url_is_valid(cls, value: str | None) -> str | None:
+        if value is not None:
+            offsite_location(value)
+        return value
+
+    @field_validator("offsite_endpoint_url")
+    @classmethod
+    def _offsite_endpoint_is_valid(cls, value: str | None) -> str | None:
+        if value is not None and (urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).hostname):
+            raise ValueError("must be an http:// or https:// URL, e.g. https://minio.example.com:9000")
         return value
 
     @field_validator("amqp_url")
@@ -198,6 +225,16 @@ class Settings(BaseSettings):
             except ValueError as exc:
                 raise SettingsError(f"{ENV_PREFIX}MASTER_KEY_FILE: {exc}") from exc
         raise SettingsError(f"{ENV_PREFIX}MASTER_KEY or {ENV_PREFIX}MASTER_KEY_FILE is required")
+
+
+def offsite_location(url: str) -> tuple[str, str]:
+    """The bucket and key prefix (no slashes at either end; may be empty) of ``s3://bucket/prefix``."""
+    parts = urlsplit(url)
+    if parts.scheme != "s3" or not parts.netloc:
+        raise ValueError("must be an s3://bucket/prefix URL (the prefix may be empty)")
+    if parts.query or parts.fragment:
+        raise ValueError("must be an s3://bucket/prefix URL, without a query or fragment")
+    return parts.netloc, parts.path.strip("/")
 
 
 class SettingsError(Exception):

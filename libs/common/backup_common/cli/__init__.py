@@ -34,6 +34,7 @@ from backup_common.adapters.settings import Settings, SettingsError, load_settin
 from backup_common.adapters.tokens import ADMIN_ROLE, issue_token
 from backup_common.cli.api_client import EXIT_FAILED, add_api_options
 from backup_common.cli.backups import add_backup_commands
+from backup_common.cli.fetch import locate_or_fetch
 from backup_common.cli.local import operator, use_local_secrets
 from backup_common.cli.progress import describe, progress_display, share
 from backup_common.cli.restore import cmd_restore
@@ -44,12 +45,12 @@ from backup_common.domain.events import BackupPart
 from backup_common.domain.model import AuditEntry, Backup, BackupStatus
 from backup_common.domain.ports import UnitOfWorkFactory, read_settings
 from backup_common.engine.archive import ArchiveError
-from backup_common.engine.crypto import KeyUnwrapError, MasterKey
+from backup_common.engine.crypto import KeyUnwrapError
 from backup_common.engine.database.load import LoadError, LoadProgress, load_database
 from backup_common.engine.database.target import MysqlTarget
 from backup_common.engine.files.in_place import FilesRestoreProgress, restore_chain
 from backup_common.engine.files.restore import ChainLink, RestoreError
-from backup_common.engine.locate import MAX_CHAIN, BackupNotFound, LocatedPart, backup_id_of, locate_part
+from backup_common.engine.locate import MAX_CHAIN, BackupNotFound, LocatedPart, backup_id_of
 
 log = logging.getLogger(__name__)
 
@@ -244,11 +245,7 @@ async def _locate(settings: Settings, uow: UnitOfWorkFactory | None, reference: 
     backup = await _catalogued(uow, reference)
     if backup is not None and (reason := _erased(backup)) is not None:
         raise BackupNotFound(reason)
-    recorded = settings.storage_dir / backup.storage_path if backup else None
-    return await asyncio.to_thread(
-        locate_part, settings.storage_dir, reference, part, lambda: MasterKey(settings.load_master_key()),
-        recorded=recorded,
-    )  # fmt: skip
+    return await locate_or_fetch(settings, reference, part, backup)
 
 
 async def _audit(uow: UnitOfWorkFactory | None, action: str, target: str, outcome: str, detail: dict[str, Any]) -> None:

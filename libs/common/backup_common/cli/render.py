@@ -194,6 +194,8 @@ def summary_table(backup: dict[str, Any]) -> Table:
         rows.append(["erased", when(backup["erased_at"])])
     rows.append(["storage", backup.get("storage_path") or NONE])
     rows.append(["verification", verification_line(backup)])
+    if backup.get("offsite"):
+        rows.append(["off-site", offsite_line(backup["offsite"])])
     rows.append(["warnings", str(backup.get("warning_count") or 0)])
     return Table(["FIELD", "VALUE"], rows, header=False, wrap=frozenset({"VALUE"}))
 
@@ -208,6 +210,23 @@ def verification_line(backup: dict[str, Any]) -> str:
     if verification.get("error"):
         line += f": {verification['error']}"
     return line
+
+
+def offsite_line(offsite: dict[str, Any]) -> str:
+    status = str(offsite.get("status") or NONE)
+    if status == "copied":
+        line = f"copied at {when(offsite.get('copied_at'))} to {offsite.get('location') or NONE}"
+        if offsite.get("local_removed_at"):
+            line += f"; local copy removed at {when(offsite['local_removed_at'])}"
+        return line
+    if status == "failed":
+        line = f"failed ({offsite.get('attempts') or 0} attempts; next at {when(offsite.get('next_attempt_at'))})"
+        return f"{line}: {offsite.get('error') or NONE}"
+    if status == "pending" and offsite.get("bytes_copied"):
+        return f"pending: {human_bytes(int(offsite['bytes_copied']))} sent"
+    if status == "locked":
+        return f"deleted; Object Lock keeps the objects until {when(offsite.get('retain_until'))}"
+    return status
 
 
 PART_COLUMNS = ["PART", "STATUS", "SIZE", "ITEMS", "ATTEMPTS", "PROGRESS", "SHA-256"]

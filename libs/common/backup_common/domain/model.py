@@ -30,6 +30,7 @@ from backup_common.domain.events import (
     RestorePartFailed,
     RestoreRequested,
 )
+from backup_common.domain.offsite import OffsiteCopy
 from backup_common.domain.verification import Verification, VerificationStatus
 
 MAX_ERROR_TEXT = 4000  # the catalog's error columns are TEXT; a reason longer than this is cut
@@ -170,6 +171,7 @@ class Backup:
     erased_at: datetime | None = None  # when its files and data key were destroyed
     parts: list[Part] = field(default_factory=list)
     verification: Verification | None = None  # the latest; None when never verified
+    offsite: OffsiteCopy | None = None  # None until the copier takes it up (or with no off-site store)
     events: list[Event] = field(default_factory=list, repr=False, compare=False)
 
     @classmethod

@@ -4,7 +4,7 @@ local filesystem); unit tests pass in-memory fakes."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,6 +28,7 @@ from backup_common.domain.model import (
     RestoreFilter,
 )
 from backup_common.domain.notifications import Delivery
+from backup_common.domain.offsite import OffsiteCopy
 from backup_common.domain.retention import Candidate, RetentionPlan, apply_policy
 from backup_common.domain.schedule import Firing
 from backup_common.domain.verification import Verification
@@ -242,6 +243,22 @@ class NotificationRepository(Protocol):
         """How many deliveries are neither delivered nor given up."""
 
 
+class OffsiteRepository(Protocol):
+    async def get(self, backup_id: str, *, for_update: bool = False) -> OffsiteCopy | None: ...
+
+    async def save(self, copy: OffsiteCopy) -> None: ...
+
+    async def due(self, now: datetime, limit: int) -> list[str]:
+        """Completed backups to copy now, oldest first: never taken up, or failed and due again."""
+
+    async def locked_due(self, now: datetime, limit: int) -> list[str]:
+        """Deleted backups whose off-site objects Object Lock kept, now due to be removed again."""
+
+    async def local_expiry(self, created_before: datetime, limit: int) -> list[str]:
+        """Completed backups made before ``created_before``, copied off-site, whose local copy has
+        not been removed."""
+
+
 class Housekeeping(Protocol):
     async def purge(self, before: datetime, batch: int) -> dict[str, int]:
         """Deletes, ``batch`` rows at a time, sent outbox rows, processed message ids, finished
@@ -282,6 +299,9 @@ class UnitOfWork(Protocol):
 
     @property
     def notifications(self) -> NotificationRepository: ...
+
+    @property
+    def offsite(self) -> OffsiteRepository: ...
 
     async def __aenter__(self) -> Self: ...
 
@@ -416,6 +436,91 @@ class BackupStorage(Protocol):
         """Removes the backup's directory and everything in it; False when it was gone already."""
 
 
+class OffsiteError(Exception):
+    """The object store failed, refused or could not be reached; the message says why."""
+
+
+class OffsiteLocked(OffsiteError):
+    """Object Lock keeps objects the store was asked to remove until ``until`` (None: unknown)."""
+
+    def __init__(self, message: str, until: datetime | None) -> None:
+        super().__init__(message)
+        self.until = until
+
+
+@dataclass(frozen=True)
+class OffsiteObject:
+    """One file of a backup's directory as the object store holds it."""
+
+    name: str
+    size: int
+    # Hex SHA-256 of the whole file as the store checked it on upload; None when the store does not
+    # say (an object written by another tool).
+    sha256: str | None
+
+
+# Called with the bytes sent so far in one copy.
+UploadProgress = Callable[[int], Awaitable[None]]
+
+
+class OffsiteStore(Protocol):
+    """An S3-compatible object store holding a copy of each backup's directory under
+    ``<prefix>/<storage path>/``: the same names as local storage (``YYYY-MM-DD/<id>/``)."""
+
+    def location(self, storage_path: str) -> str:
+        """The backup's place in the store as a user names it (``s3://bucket/prefix/…/``)."""
+
+    async def upload(
+        self,
+        storage_path: str,
+        directory: Path,
+        names: Sequence[str],
+        *,
+        retain_until: datetime | None = None,
+        progress: UploadProgress | None = None,
+        expected: Mapping[str, str] | None = None,
+    ) -> list[OffsiteObject]:
+        """Copies the named files of ``directory``, ``manifest.json`` last (a copy without it is
+        unfinished), each with a SHA-256 the store checks; a file the store already holds with the
+        same size and checksum is not sent again (a resumed copy). ``retain_until`` is the Object
+        Lock retention date when the bucket has Object Lock. ``expected`` gives the hex SHA-256 some
+        files must have (as the catalog recorded them): one that differs is not copied (OffsiteError),
+        and a large one is read once only. Returns what the store holds."""
+
+    async def listing(self, storage_path: str) -> dict[str, OffsiteObject]:
+        """The backup's objects by file name; empty when the store holds none."""
+
+    async def download(self, storage_path: str, names: Sequence[str], directory: Path) -> None:
+        """Writes the named objects into ``directory`` (created when missing), each under a
+        temporary name, fsynced and renamed, checked against the store's checksum."""
+
+    def stream(self, storage_path: str, name: str) -> AsyncIterator[bytes]:
+        """The object's bytes, in chunks."""
+
+    async def read_json(self, storage_path: str, name: str) -> dict[str, Any]:
+        """A small JSON object (a manifest); OffsiteError when missing or unreadable."""
+
+    async def remove(self, storage_path: str) -> int:
+        """Removes the backup's objects, ``manifest.json`` first (what is left is recognisably no
+        backup); returns how many it removed. OffsiteLocked when Object Lock keeps some."""
+
+    async def mark_deleted(self, backup_id: str) -> None:
+        """Leaves a tombstone saying the backup was deleted, for objects Object Lock keeps: a
+        catalog rebuilt from the store does not bring it back."""
+
+    async def deleted(self) -> set[str]:
+        """The ids of backups with a tombstone."""
+
+    async def backups(self) -> list[str]:
+        """The storage paths (``YYYY-MM-DD/<id>``) of every backup with a ``manifest.json``."""
+
+    async def lock_enabled(self) -> bool:
+        """Whether the bucket has Object Lock on (objects then carry a retention date)."""
+
+    async def close(self) -> None:
+        """Closes the store's connections."""
+
+
 # What a consumer hands a handler: an event, or a command (which carries its message_id).
 Message = Event | Command
 # Takes the message of the type it is registered for in a handler table.
@@ -433,3 +538,5 @@ class Ports:
     locks: Locks
     clock: Clock
     holder: str  # this process, as named in the leases it holds
+    # The off-site copy's object store; None when BACKUP_OFFSITE_URL is unset.
+    offsite: OffsiteStore | None = None

@@ -34,7 +34,7 @@ import {
   humanize,
   shortId,
 } from "../../../lib/format";
-import { backupProgress, describePartProgress } from "../../../lib/progress";
+import { backupProgress, describeOffsite, describePartProgress } from "../../../lib/progress";
 import { useLoad } from "../../../lib/useLoad";
 
 import styles from "./admin.module.css";
@@ -687,6 +687,12 @@ function BackupDetailsRow({ backup }: { backup: Backup }) {
                   <code>{shown.storage_path || "—"}</code>
                 </dd>
               </div>
+              {shown.offsite ? (
+                <div>
+                  <dt>Off-site copy</dt>
+                  <dd>{describeOffsite(shown.offsite)}</dd>
+                </div>
+              ) : null}
             </dl>
             <table className={styles.table}>
               <caption className={styles.caption}>Parts</caption>

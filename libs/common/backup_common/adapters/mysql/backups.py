@@ -13,6 +13,7 @@ from asyncmy.errors import IntegrityError
 
 from backup_common.adapters.mysql import db
 from backup_common.adapters.mysql.db import DUPLICATE_KEY, naive, placeholders, utc
+from backup_common.adapters.mysql.offsite import offsite_copies_of
 from backup_common.adapters.mysql.verifications import verifications_of
 from backup_common.domain.events import BackupPart, BackupType
 from backup_common.domain.jobs import Lease
@@ -161,6 +162,7 @@ class MysqlBackups:
         )
         backup = _backup(row, [_part(part) for part in parts])
         backup.verification = (await verifications_of(self._conn, [backup_id])).get(backup_id)
+        backup.offsite = (await offsite_copies_of(self._conn, [backup_id])).get(backup_id)
         return backup
 
     async def by_idempotency_key(self, requested_by: str, key: str) -> tuple[Backup, str | None] | None:
@@ -326,9 +328,11 @@ class MysqlBackups:
                 parts[part["backup_id"]].append(_part(part))
         total = int(total_row["n"]) if total_row else 0
         verified = await verifications_of(self._conn, [row["id"] for row in rows])
+        copies = await offsite_copies_of(self._conn, [row["id"] for row in rows])
         backups = [_backup(row, parts[row["id"]]) for row in rows]
         for backup in backups:
             backup.verification = verified.get(backup.id)
+            backup.offsite = copies.get(backup.id)
         return backups, total
 
     async def stats(self) -> CatalogStats:

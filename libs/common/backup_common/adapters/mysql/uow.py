@@ -21,6 +21,7 @@ from backup_common.adapters.mysql.documents import MysqlDocuments
 from backup_common.adapters.mysql.housekeeping import MysqlHousekeeping
 from backup_common.adapters.mysql.leases import LeaseStore, MysqlJobLeases
 from backup_common.adapters.mysql.notifications import MysqlNotifications
+from backup_common.adapters.mysql.offsite import MysqlOffsiteCopies
 from backup_common.adapters.mysql.outbox import add_to_outbox
 from backup_common.adapters.mysql.restores import MysqlRestores
 from backup_common.adapters.mysql.schedules import MysqlSchedules
@@ -56,6 +57,7 @@ class MysqlUnitOfWork:
     schedules: MysqlSchedules
     housekeeping: MysqlHousekeeping
     notifications: MysqlNotifications
+    offsite: MysqlOffsiteCopies
 
     def __init__(self, pool: db.Pool, leases: LeaseStore, on_events: Callable[[], None] = lambda: None) -> None:
         self._pool = pool
@@ -87,6 +89,7 @@ class MysqlUnitOfWork:
         self.schedules = MysqlSchedules(conn)
         self.housekeeping = MysqlHousekeeping(conn)
         self.notifications = MysqlNotifications(conn)
+        self.offsite = MysqlOffsiteCopies(conn)
         return self
 
     def _mark_events(self) -> None:

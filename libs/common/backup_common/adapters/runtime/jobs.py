@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import time
@@ -22,6 +23,7 @@ from typing import Any, Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from backup_common.adapters.runtime.fetch import LocalCopyMissing, local_copy
 from backup_common.adapters.settings import SettingsError
 from backup_common.adapters.waiting import cancel_and_wait
 from backup_common.domain.documents import SettingsDocument
@@ -36,6 +38,7 @@ from backup_common.domain.jobs import (
     part_job_key,
 )
 from backup_common.domain.model import Backup, BackupStatus, PartResult, Trigger
+from backup_common.domain.offsite import OffsiteCopy
 from backup_common.domain.ports import BackupStorage, Heartbeat, MessageRejected, Ports, UnitOfWork, read_settings
 from backup_common.domain.verification import Check, Verification
 from backup_common.engine.archive import ArchiveError
@@ -90,6 +93,18 @@ class PartJobs:
     @property
     def storage(self) -> BackupStorage:
         return self._ports.storage
+
+    async def part_manifest(self, backup: Backup, part: BackupPart) -> dict[str, Any]:
+        try:
+            return await self._ports.storage.read_part_manifest(backup, part)
+        except OSError:
+            if self._ports.offsite is None:
+                raise
+        try:
+            await local_copy(self._ports, backup, checksums=False)
+        except LocalCopyMissing as exc:
+            raise FileNotFoundError(errno.ENOENT, str(exc)) from exc
+        return await self._ports.storage.read_part_manifest(backup, part)
 
     async def backup(self, backup_id: str) -> Backup | None:
         async with self._ports.uow() as uow:
@@ -165,6 +180,9 @@ class PartJobs:
                 wrapped = await self._ports.keys.wrapped(backup_id)
                 data_key = await self._ports.keys.data_key(backup_id)
                 await self._ports.storage.write_manifest(backup, encryption_info(wrapped), data_key=data_key)
+                if self._ports.offsite is not None:
+                    # Listed as pending off-site from the moment it is usable; the copier takes it up.
+                    await uow.offsite.save(OffsiteCopy(backup_id))
             await uow.backups.save(backup)
             await settle_waiting_restore(uow, backup, self._ports.clock())
             await uow.commit()
@@ -319,8 +337,9 @@ class PartJob:
         return await self.jobs.previous_with_files(self.backup)
 
     async def part_manifest(self, backup: Backup, part: BackupPart) -> dict[str, Any]:
-        """Another backup's part manifest (OSError when storage lost it)."""
-        return await self.jobs.storage.read_part_manifest(backup, part)
+        """Another backup's part manifest, fetched back from its off-site copy when the local copy
+        is gone (OSError when neither has it)."""
+        return await self.jobs.part_manifest(backup, part)
 
 
 # Writes the part's archive and its part manifest durably; returns what the catalog records.

@@ -40,6 +40,7 @@ from backup_common.adapters.mysql.migrations import MigrationError, migrate
 from backup_common.adapters.mysql.outbox import OutboxRelay, RetryPolicy
 from backup_common.adapters.mysql.processed import MysqlProcessedMessages
 from backup_common.adapters.mysql.uow import unit_of_work_factory
+from backup_common.adapters.offsite.s3 import s3_offsite
 from backup_common.adapters.runtime.health import ServiceMetrics, healthz, metrics_response, readiness
 from backup_common.adapters.runtime.jobs import JobWorker, reap_jobs
 from backup_common.adapters.settings import ENV_PREFIX, Settings, SettingsError, load_settings
@@ -140,6 +141,7 @@ def service_ports(settings: Settings, pool: db.Pool, holder: str, on_events: Cal
         locks=MysqlLocks(pool),
         clock=system_clock,
         holder=holder,
+        offsite=s3_offsite(settings),
     )
 
 
@@ -179,6 +181,8 @@ def lifecycle(
         await service.stop()
         await cancel_and_wait(tasks)
         await broker.close()
+        if ports.offsite is not None:
+            await ports.offsite.close()
         await db.close_pool(pool)
 
     return run

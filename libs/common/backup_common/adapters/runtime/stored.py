@@ -1,5 +1,6 @@
 """Where a backup's parts are in storage, with their manifests and the passwords of their archives,
-as restores and verification read them: through the ports, from the catalog and storage."""
+as restores and verification read them: through the ports, from the catalog and storage (fetched
+back from the off-site copy when the local one is missing or damaged)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from backup_common.adapters.runtime.fetch import LocalCopyMissing, local_copy
 from backup_common.adapters.runtime.jobs import PartFailure
 from backup_common.domain.events import BackupPart
 from backup_common.domain.model import Backup, BackupStatus
@@ -26,14 +28,21 @@ class StoredPart:
 
 
 class StoredParts:
-    def __init__(self, ports: Ports) -> None:
+    def __init__(self, ports: Ports, *, checksums: bool = True) -> None:
+        """``checksums``: hash each archive before it is used, to fetch a damaged one from off-site
+        (False when the caller has just done so, or hashes it itself)."""
         self._ports = ports
+        self._checksums = checksums
 
     async def part(self, backup: Backup, part: BackupPart) -> StoredPart:
         """Where the part's archive is, its manifest, and the password its data key gives."""
         record = backup.part(part)
         if record.file_name is None:
             raise PartFailure(f"backup {backup.id} records no archive for its {part.value} part")
+        try:
+            directory = await local_copy(self._ports, backup, checksums=self._checksums)
+        except LocalCopyMissing as exc:
+            raise PartFailure(str(exc)) from exc
         try:
             manifest = await self._ports.storage.read_part_manifest(backup, part)
         except OSError as exc:
@@ -46,7 +55,7 @@ class StoredParts:
             if key is None:
                 raise PartFailure(f"backup {backup.id} has no data key any more (it was crypto-erased)")
             password = archive_password(key)
-        return StoredPart(backup.id, self._ports.storage.directory(backup) / record.file_name, manifest, password)
+        return StoredPart(backup.id, directory / record.file_name, manifest, password)
 
     async def files_chain(self, backup: Backup) -> list[StoredPart]:
         """The files parts a restore of ``backup`` replays: its complete base first, then each
