@@ -25,6 +25,7 @@ from backup_common.domain.documents import Document
 from backup_common.domain.events import BackupPart, BackupType, Event
 from backup_common.domain.jobs import Lease, LeaseLost, ReapedJob, ReapResult
 from backup_common.domain.model import (
+    REBUILT_UNCONFIRMED,
     AuditEntry,
     Backup,
     BackupFilter,
@@ -201,7 +202,14 @@ class _Backups:
 
     async def unerased_failures(self, before: datetime, limit: int) -> list[str]:
         backups = self._catalog.backups.values()
-        failed = [b for b in backups if b.status is BackupStatus.FAILED and not b.erased_at and b.updated_at < before]
+        failed = [
+            b
+            for b in backups
+            if b.status is BackupStatus.FAILED
+            and not b.erased_at
+            and b.updated_at < before
+            and not (b.error or "").startswith(REBUILT_UNCONFIRMED)
+        ]
         return [b.id for b in failed][:limit]
 
     async def list(self, query: BackupFilter) -> tuple[list[Backup], int]:

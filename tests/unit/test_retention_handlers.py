@@ -23,7 +23,15 @@ from backup_common.domain.events import (
     DeleteRequested,
     RestoreFailed,
 )
-from backup_common.domain.model import Backup, BackupStatus, PartResult, Restore, RestoreStatus, Trigger
+from backup_common.domain.model import (
+    REBUILT_UNCONFIRMED,
+    Backup,
+    BackupStatus,
+    PartResult,
+    Restore,
+    RestoreStatus,
+    Trigger,
+)
 from backup_common.domain.schedule import FiringOutcome
 from backup_gateway import handlers as gateway
 from backup_retention.bootstrap import bootstrap
@@ -249,8 +257,13 @@ async def test_housekeeping_retries_a_stuck_deletion_erases_old_failures_and_pur
     failed = Backup.request(BackupType.DATABASE, requested_by="alice", now=system.clock())
     failed.fail_part(BackupPart.DATABASE, "disk full", system.clock())
     system.storage.directory(failed).mkdir(parents=True)
+    # What a catalog rebuild could not confirm is left for an operator to look at.
+    unconfirmed = Backup.request(BackupType.DATABASE, requested_by="alice", now=system.clock())
+    unconfirmed.fail_part(BackupPart.DATABASE, "database.zip is missing", system.clock())
+    unconfirmed.error = f"{REBUILT_UNCONFIRMED}database.zip is missing"
     async with system.ports.uow() as uow:
         await uow.backups.add(failed)
+        await uow.backups.add(unconfirmed)
         await uow.commit()
     system.clock.advance(2 * 24 * 3600)
 
@@ -262,6 +275,7 @@ async def test_housekeeping_retries_a_stuck_deletion_erases_old_failures_and_pur
     assert report.failures_erased == [failed.id]
     assert system.catalog.backups[failed.id].status is BackupStatus.FAILED
     assert not system.storage.directory(failed).exists()
+    assert system.catalog.backups[unconfirmed.id].erased_at is None
     assert system.catalog.purges == [system.clock() - WINDOWS.keep]
 
 

@@ -37,6 +37,7 @@ from backup_common.cli.backups import add_backup_commands
 from backup_common.cli.fetch import locate_or_fetch
 from backup_common.cli.local import operator, use_local_secrets
 from backup_common.cli.progress import describe, progress_display, share
+from backup_common.cli.rebuild import rebuild_catalog
 from backup_common.cli.restore import cmd_restore
 from backup_common.cli.supervise import run_services
 from backup_common.domain.commands import message_schemas
@@ -394,6 +395,11 @@ def cmd_key(args: argparse.Namespace) -> int:
     return asyncio.run(reveal())
 
 
+def cmd_catalog_rebuild(args: argparse.Namespace) -> int:
+    use_local_secrets(os.environ, create=False)
+    return asyncio.run(rebuild_catalog(load_settings(), dry_run=args.dry_run))
+
+
 def cmd_outbox(args: argparse.Namespace) -> int:
     settings = load_settings()
 
@@ -490,6 +496,18 @@ def build_parser() -> argparse.ArgumentParser:
     outbox.add_argument("action", choices=["list", "retry"], nargs="?", default="list")
     outbox.add_argument("--limit", type=int, default=100, help="parked events listed at most (default 100)")
     outbox.set_defaults(func=cmd_outbox)
+
+    catalog = commands.add_parser("catalog", help="work on the catalog itself")
+    catalog_actions = catalog.add_subparsers(dest="action", required=True, metavar="ACTION")
+    rebuild = catalog_actions.add_parser(
+        "rebuild",
+        help="add the backups storage holds (local and off-site) that the catalog lacks, from their signed manifests",
+        epilog="exit status: 0 every backup found is in the catalog, 1 some could not be confirmed (added as failed,"
+        " or not added, each saying why), 2 it could not run, or stopped (configuration, master key, catalog or"
+        " off-site store; what it added stays)",
+    )
+    rebuild.add_argument("--dry-run", action="store_true", help="print what would be added, and write nothing")
+    rebuild.set_defaults(func=cmd_catalog_rebuild)
 
     schemas = commands.add_parser("export-schemas", help="write the events' and commands' JSON Schemas to a directory")
     schemas.add_argument("directory", nargs="?", default="infra/schemas")

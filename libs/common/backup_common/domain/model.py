@@ -33,6 +33,9 @@ from backup_common.domain.events import (
 from backup_common.domain.offsite import OffsiteCopy
 from backup_common.domain.verification import Verification, VerificationStatus
 
+# How the reason of a backup a catalog rebuild could not confirm begins. Such a backup is kept for an
+# operator to look at: housekeeping never erases it on its own, as it does other failed backups.
+REBUILT_UNCONFIRMED = "rebuilt from storage: "
 MAX_ERROR_TEXT = 4000  # the catalog's error columns are TEXT; a reason longer than this is cut
 # A part keeps this many of its warnings (a tree full of sockets must not bloat every read of the
 # backup); its warning_count is the true total.

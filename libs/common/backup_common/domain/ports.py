@@ -110,7 +110,8 @@ class BackupRepository(Protocol):
         """Backups in ``status`` that have not changed since ``before``, the longest idle first."""
 
     async def unerased_failures(self, before: datetime, limit: int) -> list[str]:
-        """Failed backups, failed before ``before``, whose files and key were not erased yet."""
+        """Failed backups, failed before ``before``, whose files and key were not erased yet (but not
+        those a catalog rebuild could not confirm: see REBUILT_UNCONFIRMED)."""
 
     async def list(self, query: BackupFilter) -> tuple[list[Backup], int]:
         """One page, newest first, and how many backups match the filter. Their parts carry their

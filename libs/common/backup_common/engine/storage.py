@@ -43,10 +43,15 @@ def tool_info() -> dict[str, str]:
     return {"name": "backup-system", "version": __version__}
 
 
-def encryption_info(key: WrappedKey | None) -> dict[str, Any]:
-    """The manifest's `encryption` entry: how to open the archives given the master key."""
+def encryption_info(key: WrappedKey | None, *, mac_key: WrappedKey | None = None) -> dict[str, Any]:
+    """The manifest's `encryption` entry: how to open the archives given the master key. Archives
+    that are not encrypted carry ``mac_key``, the wrapped key the backup manifest's MAC is made
+    with, when given: storage and the master key alone can then authenticate that manifest too."""
     if key is None:
-        return {"scheme": "none"}
+        if mac_key is None:
+            return {"scheme": "none"}
+        wrapped = base64.b64encode(mac_key.wrapped).decode()
+        return {"scheme": "none", "mac_key_id": mac_key.key_id, "mac_wrapped_key": wrapped}
     return {
         "scheme": "winzip-aes-256",
         "key_id": key.key_id,
@@ -168,6 +173,9 @@ def backup_manifest(backup: Backup, parts: dict[str, dict[str, Any]], encryption
             "type": backup.type.value,
             "description": backup.description,
             "requested_by": backup.requested_by,
+            "trigger": backup.trigger.value,
+            "schedule": backup.schedule,
+            "archive": backup.archive,
             "parent_id": backup.parent_id,
             "created_at": created.isoformat(),
             "completed_at": datetime.now(UTC).isoformat(),

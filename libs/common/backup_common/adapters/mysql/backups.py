@@ -18,6 +18,7 @@ from backup_common.adapters.mysql.verifications import verifications_of
 from backup_common.domain.events import BackupPart, BackupType
 from backup_common.domain.jobs import Lease
 from backup_common.domain.model import (
+    REBUILT_UNCONFIRMED,
     Backup,
     BackupFilter,
     BackupStatus,
@@ -289,8 +290,8 @@ class MysqlBackups:
         rows = await db.fetch_all(
             self._conn,
             "SELECT id FROM backups WHERE status = 'failed' AND erased_at IS NULL AND updated_at < %s"
-            " ORDER BY updated_at LIMIT %s",
-            (naive(before), limit),
+            " AND (error IS NULL OR error NOT LIKE %s) ORDER BY updated_at LIMIT %s",
+            (naive(before), f"{REBUILT_UNCONFIRMED}%", limit),
         )
         return [row["id"] for row in rows]
 

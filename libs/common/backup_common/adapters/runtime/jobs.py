@@ -179,7 +179,9 @@ class PartJobs:
                 # for a backup whose archives are not encrypted.
                 wrapped = await self._ports.keys.wrapped(backup_id)
                 data_key = await self._ports.keys.data_key(backup_id)
-                await self._ports.storage.write_manifest(backup, encryption_info(wrapped), data_key=data_key)
+                mac_key = None if wrapped is not None else await self._ports.keys.wrapped(backup_id)
+                encryption = encryption_info(wrapped, mac_key=mac_key)
+                await self._ports.storage.write_manifest(backup, encryption, data_key=data_key)
                 if self._ports.offsite is not None:
                     # Listed as pending off-site from the moment it is usable; the copier takes it up.
                     await uow.offsite.save(OffsiteCopy(backup_id))
