@@ -66,22 +66,33 @@ class BrokerLink:
             # Made here rather than by connect_robust: stopped while it connects, a connection only
             # connect_robust knew of would be left reconnecting forever.
             connection: AbstractRobustConnection = aio_pika.RobustConnection(make_url(self._url))
+            attempt = asyncio.create_task(self._open(connection), name="broker-link-attempt")
             try:
-                await connection.connect(timeout=10)
-                await self._declare(connection)
-                self._publisher = await AmqpPublisher(connection, self._topology).start()
+                # Shielded: aio_pika's connect cancelled half-way can lose the AMQP connection it is
+                # opening (asyncio.wait_for on Python 3.11 drops a result that came as it was cancelled),
+                # whose reader and heartbeat would then run for good.
+                await asyncio.shield(attempt)
                 self._connection = connection
                 self._up.set()
                 log.info("connected to RabbitMQ; exchange %s", self._topology.exchange)
                 return
             except BaseException as exc:
                 # Also when stopped half-way: a robust connection left open would reconnect forever.
-                await connection.close()
+                try:
+                    await _settle(attempt)
+                finally:
+                    self._publisher = None
+                    await connection.close()
                 if not isinstance(exc, Exception):
                     raise
                 log.warning("RabbitMQ not reachable (%s); retrying in %.0f s", type(exc).__name__, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
+
+    async def _open(self, connection: AbstractRobustConnection) -> None:
+        await connection.connect(timeout=10)
+        await self._declare(connection)
+        self._publisher = await AmqpPublisher(connection, self._topology).start()
 
     async def _declare(self, connection: AbstractRobustConnection) -> None:
         channel = await connection.channel()
@@ -104,3 +115,17 @@ class BrokerLink:
             await self._publisher.close()
         if self._connection is not None:
             await self._connection.close()
+
+
+async def _settle(attempt: asyncio.Task[None]) -> None:
+    """Lets a connection attempt its caller stopped end by itself (its timeout bounds it), so that
+    what it opened is known and can be closed; cancels it when the caller is stopped again."""
+    try:
+        await asyncio.wait([attempt])
+    except asyncio.CancelledError:
+        attempt.cancel()
+        await asyncio.wait([attempt])
+        raise
+    finally:
+        if attempt.done() and not attempt.cancelled():
+            attempt.exception()  # retrieved: the caller reports the failure it saw
